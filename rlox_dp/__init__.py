@@ -1,0 +1,42 @@
+"""rlox_dp: Diffusion Policy (Chi et al., RSS 2023) and its baselines, trained from demonstrations.
+
+    from rlox_dp import Trainer
+    metrics = Trainer("diffusion", env="Pendulum-v1", seed=42).train()
+"""
+
+from rlox_dp.algorithms import (
+    Algorithm,
+    AlgorithmConfig,
+    BCChunkConfig,
+    BCConfig,
+    DiffusionConfig,
+    available_algorithms,
+    get_algorithm_class,
+    register_algorithm,
+)
+from rlox_dp.buffers import Batch, DemonstrationBuffer, Demonstrations, Normalizer
+from rlox_dp.checkpoint import CheckpointError
+from rlox_dp.config import ConfigError
+from rlox_dp.runtime import NonFiniteLossError
+from rlox_dp.trainer import Trainer
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Algorithm",
+    "AlgorithmConfig",
+    "BCChunkConfig",
+    "BCConfig",
+    "Batch",
+    "CheckpointError",
+    "ConfigError",
+    "DemonstrationBuffer",
+    "Demonstrations",
+    "DiffusionConfig",
+    "NonFiniteLossError",
+    "Normalizer",
+    "Trainer",
+    "available_algorithms",
+    "get_algorithm_class",
+    "register_algorithm",
+]

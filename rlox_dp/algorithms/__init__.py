@@ -1,0 +1,25 @@
+"""Algorithms trained from demonstrations; importing this package registers them."""
+
+from rlox_dp.algorithms.base import (
+    Algorithm,
+    AlgorithmConfig,
+    available_algorithms,
+    get_algorithm_class,
+    register_algorithm,
+)
+from rlox_dp.algorithms.bc import BCChunkConfig, BCChunkPolicy, BCConfig, BCPolicy
+from rlox_dp.algorithms.diffusion import DiffusionConfig, DiffusionPolicy
+
+__all__ = [
+    "Algorithm",
+    "AlgorithmConfig",
+    "BCChunkConfig",
+    "BCChunkPolicy",
+    "BCConfig",
+    "BCPolicy",
+    "DiffusionConfig",
+    "DiffusionPolicy",
+    "available_algorithms",
+    "get_algorithm_class",
+    "register_algorithm",
+]

@@ -1,0 +1,345 @@
+"""The interface every algorithm shares, its common config, and the algorithm registry.
+
+Timeline of one training window / one inference call (``T_o`` = n_obs_steps, ``H`` = horizon,
+``n_a`` = n_action_steps), the original Diffusion Policy convention::
+
+    step:     s      s+1   ...  s+T_o-1   ...                         s+H-1
+    obs:     |o_s ... o_{s+T_o-1}|
+    actions: |a_s ...         a_{s+T_o-1} ... a_{s+T_o-2+n_a} ... a_{s+H-1}|
+                               '---- executed at inference -----'
+
+An algorithm predicts the ``H`` actions from the ``T_o`` observations; at inference the ``n_a``
+actions starting at the current step ``s+T_o-1`` are executed, then it replans (receding horizon).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Mapping
+from typing import Any, ClassVar, Literal, TypeVar
+
+import gymnasium as gym
+import numpy as np
+import torch
+from torch import nn
+
+from rlox_dp.buffers import Batch, Normalizer
+from rlox_dp.config import Config, ConfigError, did_you_mean
+
+__all__ = [
+    "Algorithm",
+    "AlgorithmConfig",
+    "available_algorithms",
+    "get_algorithm_class",
+    "register_algorithm",
+]
+
+
+@dataclasses.dataclass
+class AlgorithmConfig(Config):
+    """Fields shared by every algorithm: windowing, normalization, optimization, EMA, schedule.
+
+    Attributes:
+        n_obs_steps: observations the policy conditions on (current + past), ``T_o``.
+        horizon: actions predicted per call, ``H``.
+        n_action_steps: actions executed per call before replanning; ``None`` picks
+            ``min(horizon // 2, horizon - n_obs_steps + 1)`` (8 for the paper's H=16, T_o=2).
+        drop_n_last_frames: windows whose start would reach into the last frames are not sampled
+            (LeRobot's option; 0 keeps every window the original repo keeps).
+        obs_normalization / action_normalization: ``"min_max"`` (to [-1, 1]) or ``"mean_std"``;
+            images always use ``"image"`` (0..255 -> [0, 1]).
+        batch_size, lr, adam_betas, adam_eps, weight_decay: AdamW settings.
+        lr_scheduler: ``"cosine"`` (with linear warmup, the original repo's), ``"linear"``
+            or ``"constant"`` (both with warmup).
+        lr_warmup_steps: linear warmup length in gradient steps.
+        grad_clip_norm: max global gradient norm; ``None`` disables clipping.
+        use_ema / ema_*: exponential moving average of the weights with the original repo's power
+            schedule ``decay = 1 - (1 + step / ema_inv_gamma) ** -ema_power`` clamped to
+            ``[ema_min_decay, ema_max_decay]``; the EMA weights are the ones evaluated and acted with.
+        total_steps: gradient steps of ``Trainer.train()``.
+        log_every, checkpoint_every, eval_every: in gradient steps (0 disables periodic eval).
+        n_eval_episodes, n_eval_envs, eval_seed: evaluation protocol (episode j uses seed
+            ``eval_seed + j``).
+        n_demos: episodes collected from the built-in expert when no demos are given.
+        compile_model: wrap the network in ``torch.compile``.
+    """
+
+    n_obs_steps: int = 2
+    horizon: int = 16
+    n_action_steps: int | None = None
+    drop_n_last_frames: int = 0
+    obs_normalization: Literal["min_max", "mean_std"] = "min_max"
+    action_normalization: Literal["min_max", "mean_std"] = "min_max"
+    batch_size: int = 256
+    lr: float = 1e-4
+    adam_betas: tuple[float, float] = (0.95, 0.999)
+    adam_eps: float = 1e-8
+    weight_decay: float = 1e-6
+    lr_scheduler: Literal["cosine", "linear", "constant"] = "cosine"
+    lr_warmup_steps: int = 500
+    grad_clip_norm: float | None = 10.0
+    use_ema: bool = True
+    ema_power: float = 0.75
+    ema_inv_gamma: float = 1.0
+    ema_min_decay: float = 0.0
+    ema_max_decay: float = 0.9999
+    total_steps: int = 5000
+    log_every: int = 50
+    checkpoint_every: int = 1000
+    eval_every: int = 0
+    n_eval_episodes: int = 20
+    n_eval_envs: int = 4
+    eval_seed: int = 0
+    n_demos: int = 50
+    compile_model: bool = False
+
+    ALIASES: ClassVar[dict[str, str]] = {
+        "obs_horizon": "n_obs_steps",
+        "action_horizon": "horizon",
+        "learning_rate": "lr",
+        "optimizer_lr": "lr",
+        "optimizer_betas": "adam_betas",
+        "optimizer_eps": "adam_eps",
+        "optimizer_weight_decay": "weight_decay",
+        "scheduler_name": "lr_scheduler",
+        "scheduler_warmup_steps": "lr_warmup_steps",
+        "grad_clip": "grad_clip_norm",
+    }
+
+    def validate(self) -> None:
+        """Check ranges and the window arithmetic; fills in ``n_action_steps`` when ``None``."""
+        positive = ["n_obs_steps", "horizon", "batch_size", "total_steps", "log_every",
+                    "checkpoint_every", "n_eval_envs", "n_demos"]
+        for name in positive:
+            if getattr(self, name) < 1:
+                raise ConfigError(f"config field {name!r} must be >= 1, got {getattr(self, name)}")
+        for name in ["drop_n_last_frames", "lr_warmup_steps", "eval_every", "n_eval_episodes"]:
+            if getattr(self, name) < 0:
+                raise ConfigError(f"config field {name!r} must be >= 0, got {getattr(self, name)}")
+        if self.horizon < self.n_obs_steps:
+            raise ConfigError(
+                f"config field 'horizon' must be >= n_obs_steps ({self.n_obs_steps}) because the "
+                f"predicted actions start at the first observation step; got {self.horizon}"
+            )
+        max_exec = self.horizon - self.n_obs_steps + 1
+        if self.n_action_steps is None:
+            self.n_action_steps = max(1, min(self.horizon // 2, max_exec))
+        if not 1 <= self.n_action_steps <= max_exec:
+            raise ConfigError(
+                f"config field 'n_action_steps' must be in [1, horizon - n_obs_steps + 1 = "
+                f"{max_exec}] (actions executed from the current step to the end of the horizon), "
+                f"got {self.n_action_steps}"
+            )
+        if not self.lr > 0:
+            raise ConfigError(f"config field 'lr' must be > 0, got {self.lr}")
+        if not all(0.0 <= b < 1.0 for b in self.adam_betas):
+            raise ConfigError(f"config field 'adam_betas' must be in [0, 1), got {self.adam_betas}")
+        if self.adam_eps <= 0 or self.weight_decay < 0:
+            raise ConfigError(
+                f"config fields 'adam_eps' (> 0) and 'weight_decay' (>= 0) got "
+                f"{self.adam_eps}, {self.weight_decay}"
+            )
+        if self.grad_clip_norm is not None and self.grad_clip_norm <= 0:
+            raise ConfigError(f"config field 'grad_clip_norm' must be > 0 or None, got {self.grad_clip_norm}")
+        if not 0.0 <= self.ema_min_decay <= self.ema_max_decay < 1.0:
+            raise ConfigError(
+                "config fields 'ema_min_decay' <= 'ema_max_decay' must lie in [0, 1), got "
+                f"{self.ema_min_decay}, {self.ema_max_decay}"
+            )
+        if self.ema_power <= 0 or self.ema_inv_gamma <= 0:
+            raise ConfigError(
+                f"config fields 'ema_power' and 'ema_inv_gamma' must be > 0, got "
+                f"{self.ema_power}, {self.ema_inv_gamma}"
+            )
+
+
+A = TypeVar("A", bound="type[Algorithm]")
+_REGISTRY: dict[str, type[Algorithm]] = {}
+
+
+def register_algorithm(name: str) -> Callable[[A], A]:
+    """Class decorator registering an :class:`Algorithm` subclass under ``name``."""
+
+    def decorator(cls: A) -> A:
+        if name in _REGISTRY and _REGISTRY[name] is not cls:
+            raise ValueError(f"algorithm name {name!r} is already registered by {_REGISTRY[name]}")
+        if not (isinstance(cls, type) and issubclass(cls, Algorithm)):
+            raise TypeError(f"@register_algorithm({name!r}) expects an Algorithm subclass, got {cls!r}")
+        cls.name = name
+        _REGISTRY[name] = cls
+        return cls
+
+    return decorator
+
+
+def available_algorithms() -> list[str]:
+    """Sorted names of the registered algorithms."""
+    return sorted(_REGISTRY)
+
+
+def get_algorithm_class(name: str) -> type[Algorithm]:
+    """Look ``name`` up in the registry; an unknown name raises an error listing the known ones."""
+    if not isinstance(name, str) or name not in _REGISTRY:
+        raise ValueError(
+            f"unknown algorithm {name!r}.{did_you_mean(str(name), _REGISTRY)} "
+            f"Known algorithms: {', '.join(available_algorithms())}"
+        )
+    return _REGISTRY[name]
+
+
+def _as_tensor(x: Any, device: torch.device) -> torch.Tensor:
+    if isinstance(x, torch.Tensor):
+        return x.to(device)
+    return torch.as_tensor(np.asarray(x), device=device)
+
+
+class Algorithm(nn.Module, ABC):
+    """Base class of BC and Diffusion Policy (a policy plus the loss it is trained with).
+
+    Subclasses implement :meth:`compute_loss` and :meth:`predict_normalized_actions`; this class
+    handles normalization, action-space clipping and the receding-horizon queues of
+    :meth:`select_action`, which satisfies :class:`rlox_dp.envs.evaluation.EvalPolicy`.
+    """
+
+    name: ClassVar[str] = ""
+    config_class: ClassVar[type[AlgorithmConfig]] = AlgorithmConfig
+
+    def __init__(
+        self,
+        config: AlgorithmConfig,
+        observation_space: gym.spaces.Dict,
+        action_space: gym.spaces.Box,
+        normalizer: Normalizer,
+    ) -> None:
+        super().__init__()
+        if not isinstance(config, self.config_class):
+            raise TypeError(
+                f"{type(self).__name__} expects config of type {self.config_class.__name__}, "
+                f"got {type(config).__name__}"
+            )
+        if not isinstance(action_space, gym.spaces.Box) or len(action_space.shape) != 1:
+            raise ValueError(
+                f"action_space must be a 1-D gymnasium Box (continuous actions), got {action_space}"
+            )
+        if not isinstance(observation_space, gym.spaces.Dict):
+            raise ValueError(f"observation_space must be a gymnasium Dict space, got {observation_space}")
+        missing = [k for k in [*observation_space.spaces, "action"] if k not in normalizer.keys]
+        if missing:
+            raise ValueError(
+                f"normalizer has no statistics for {missing}; it has {sorted(normalizer.keys)}"
+            )
+        for key, space in observation_space.spaces.items():
+            stat_shape = tuple(normalizer.spec()[key]["shape"])
+            if tuple(space.shape) != stat_shape:
+                raise ValueError(
+                    f"observation {key!r}: the env's shape {tuple(space.shape)} does not match the "
+                    f"demonstrations' shape {stat_shape}"
+                )
+        if tuple(normalizer.spec()["action"]["shape"]) != tuple(action_space.shape):
+            raise ValueError(
+                f"action: the env's shape {tuple(action_space.shape)} does not match the "
+                f"demonstrations' shape {tuple(normalizer.spec()['action']['shape'])}"
+            )
+        self.config = config
+        self.observation_space = observation_space
+        self.action_space = action_space
+        self.normalizer = normalizer
+        self.action_dim = int(action_space.shape[0])
+        self.register_buffer("action_low", torch.as_tensor(action_space.low, dtype=torch.float32))
+        self.register_buffer("action_high", torch.as_tensor(action_space.high, dtype=torch.float32))
+        self._obs_history: dict[str, torch.Tensor] | None = None
+        self._action_queue: torch.Tensor | None = None
+        self._queue_pos: torch.Tensor | None = None
+        self._fresh: torch.Tensor | None = None
+
+    # -- what subclasses implement ----------------------------------------------------------------
+    @abstractmethod
+    def compute_loss(
+        self, batch: Batch, generator: torch.Generator | None = None
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """Training loss of a normalized batch (``Batch.action`` is ``(B, H, D_act)``).
+
+        Returns:
+            ``(loss, info)``: scalar loss tensor (with grad) and detached scalar diagnostics
+            for logging (tensors, so that no host-device sync happens unless they are read).
+        """
+
+    @abstractmethod
+    def predict_normalized_actions(
+        self, obs: dict[str, torch.Tensor], generator: torch.Generator | None = None
+    ) -> torch.Tensor:
+        """Actions to execute, normalized: obs ``(B, T_o, ...)`` -> ``(B, n_action_steps, D_act)``."""
+
+    # -- shared inference -----------------------------------------------------------------------------
+    @property
+    def device(self) -> torch.device:
+        """Device of the module's buffers."""
+        return self.action_low.device
+
+    def normalize_obs(self, obs: Mapping[str, Any]) -> dict[str, torch.Tensor]:
+        """Raw observation window key -> ``(B, T_o, ...)`` to normalized float tensors."""
+        missing = [k for k in self.observation_space.spaces if k not in obs]
+        if missing:
+            raise KeyError(f"observation is missing keys {missing}; got keys {sorted(obs)}")
+        return {
+            k: self.normalizer.normalize(k, _as_tensor(obs[k], self.device))
+            for k in self.observation_space.spaces
+        }
+
+    @torch.no_grad()
+    def predict_action_chunk(
+        self, obs_window: Mapping[str, Any], generator: torch.Generator | None = None
+    ) -> torch.Tensor:
+        """Raw observation window ``(B, T_o, ...)`` per key -> raw actions ``(B, n_action_steps, D_act)``.
+
+        Actions are unnormalized and clipped to the action space bounds.
+        """
+        actions = self.predict_normalized_actions(self.normalize_obs(obs_window), generator)
+        actions = self.normalizer.unnormalize("action", actions)
+        return torch.maximum(torch.minimum(actions, self.action_high), self.action_low)
+
+    def reset(self, env_mask: np.ndarray | torch.Tensor | None = None) -> None:
+        """Clear observation history and queued actions (of the envs where ``env_mask`` is True)."""
+        if env_mask is None or self._obs_history is None:
+            self._obs_history = self._action_queue = self._queue_pos = self._fresh = None
+            return
+        mask = _as_tensor(env_mask, self.device).bool()
+        self._fresh |= mask
+        self._queue_pos[mask] = self.config.n_action_steps
+
+    @torch.no_grad()
+    def select_action(self, obs: Mapping[str, Any]) -> np.ndarray:
+        """One action per env: obs key -> ``(B, ...)`` -> ``(B, D_act)`` numpy array.
+
+        Keeps the last ``n_obs_steps`` observations per env (edge-replicated at an episode start,
+        as in training) and a queue of ``n_action_steps`` actions, replanning an env only when its
+        queue is empty (receding horizon).
+        """
+        t_o, n_a = self.config.n_obs_steps, self.config.n_action_steps
+        current = {k: _as_tensor(obs[k], self.device) for k in self.observation_space.spaces}
+        batch = next(iter(current.values())).shape[0]
+        if self._obs_history is None or self._queue_pos.shape[0] != batch:
+            self._obs_history = {
+                k: v.unsqueeze(1).expand(-1, t_o, *v.shape[1:]).clone() for k, v in current.items()
+            }
+            self._action_queue = torch.zeros(batch, n_a, self.action_dim, device=self.device)
+            self._queue_pos = torch.full((batch,), n_a, dtype=torch.long, device=self.device)
+            self._fresh = torch.zeros(batch, dtype=torch.bool, device=self.device)
+        else:
+            fresh = self._fresh
+            for k, v in current.items():
+                hist = torch.roll(self._obs_history[k], shifts=-1, dims=1)
+                hist[:, -1] = v
+                hist[fresh] = v[fresh].unsqueeze(1).expand(-1, t_o, *v.shape[1:])
+                self._obs_history[k] = hist
+            self._fresh = torch.zeros_like(fresh)
+        need = self._queue_pos >= n_a
+        if bool(need.any()):
+            window = {k: v[need] for k, v in self._obs_history.items()}
+            self._action_queue[need] = self.predict_action_chunk(window).to(self._action_queue.dtype)
+            self._queue_pos[need] = 0
+        rows = torch.arange(batch, device=self.device)
+        action = self._action_queue[rows, self._queue_pos]
+        self._queue_pos += 1
+        return action.cpu().numpy()

@@ -1,0 +1,229 @@
+"""Diffusion Policy (Chi et al., RSS 2023): denoise a chunk of actions conditioned on observations.
+
+Training draws a timestep ``t ~ U{0..T-1}`` and noise ``eps ~ N(0, I)`` per window, forms
+``x_t = sqrt(abar_t) a + sqrt(1 - abar_t) eps`` and regresses the denoiser's output on ``eps``
+(``prediction_type="epsilon"``) or on ``a`` (``"sample"``), masking padded actions. Inference
+encodes the observation window once, runs the sampler (DDPM or DDIM) from ``N(0, I)`` and executes
+``n_action_steps`` actions of the chunk starting at the current step.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import ClassVar, Literal
+
+import gymnasium as gym
+import torch
+
+from rlox_dp.algorithms.base import Algorithm, AlgorithmConfig, register_algorithm
+from rlox_dp.algorithms.bc import masked_mse
+from rlox_dp.algorithms.observation import ObservationEncoder
+from rlox_dp.buffers import Batch, Normalizer
+from rlox_dp.config import ConfigError
+from rlox_dp.diffusion import make_sampler, make_schedule
+from rlox_dp.networks import build_denoiser
+
+__all__ = ["DiffusionConfig", "DiffusionPolicy"]
+
+
+@dataclasses.dataclass
+class DiffusionConfig(AlgorithmConfig):
+    """Diffusion Policy options (names follow LeRobot's ``DiffusionConfig``; rlox names are aliases).
+
+    Attributes:
+        denoiser: ``"unet"`` (1-D conditional U-Net, the paper's CNN variant) or ``"mlp"``.
+        down_dims, kernel_size, n_groups, diffusion_step_embed_dim, use_film_scale_modulation:
+            U-Net options; ``horizon`` must be divisible by ``2 ** len(down_dims)``.
+        hidden_dim, n_layers: MLP denoiser options (rlox's ``hidden_dim``).
+        noise_scheduler_type: sampler used at inference, ``"DDPM"`` or ``"DDIM"``.
+        num_train_timesteps: diffusion steps ``T`` (rlox: ``n_diffusion_steps``).
+        beta_schedule: ``"squaredcos_cap_v2"`` (original repo), ``"cosine"`` or ``"linear"``
+            (rlox: ``noise_schedule``).
+        beta_start, beta_end: linear schedule endpoints.
+        prediction_type: ``"epsilon"`` (noise) or ``"sample"`` (clean actions).
+        clip_sample, clip_sample_range: clamp the predicted clean chunk to ``±range`` while sampling.
+        num_inference_steps: sampler steps; ``None`` uses all ``T`` (rlox: ``n_inference_steps``).
+        ddim_eta: DDIM stochasticity (0 = deterministic).
+        vision options: ``crop_shape``, ``crop_is_random``, ``resize_shape``,
+            ``spatial_softmax_num_keypoints``, ``use_separate_rgb_encoder_per_camera``,
+            ``use_group_norm``, ``vision_backbone`` (only ``"resnet18"``, trained from scratch).
+    """
+
+    denoiser: Literal["unet", "mlp"] = "unet"
+    down_dims: tuple[int, ...] = (256, 512, 1024)
+    kernel_size: int = 5
+    n_groups: int = 8
+    diffusion_step_embed_dim: int = 128
+    use_film_scale_modulation: bool = True
+    hidden_dim: int = 256
+    n_layers: int = 4
+    noise_scheduler_type: Literal["DDPM", "DDIM"] = "DDPM"
+    num_train_timesteps: int = 100
+    beta_schedule: Literal["squaredcos_cap_v2", "cosine", "linear"] = "squaredcos_cap_v2"
+    beta_start: float = 1e-4
+    beta_end: float = 0.02
+    prediction_type: Literal["epsilon", "sample"] = "epsilon"
+    clip_sample: bool = True
+    clip_sample_range: float = 1.0
+    num_inference_steps: int | None = None
+    ddim_eta: float = 0.0
+    vision_backbone: Literal["resnet18"] = "resnet18"
+    crop_shape: tuple[int, int] | None = (84, 84)
+    crop_is_random: bool = True
+    resize_shape: tuple[int, int] | None = None
+    spatial_softmax_num_keypoints: int = 32
+    use_separate_rgb_encoder_per_camera: bool = False
+    use_group_norm: bool = True
+    pretrained_backbone_weights: str | None = None
+
+    ALIASES: ClassVar[dict[str, str]] = {
+        **AlgorithmConfig.ALIASES,
+        "n_diffusion_steps": "num_train_timesteps",
+        "noise_schedule": "beta_schedule",
+        "n_inference_steps": "num_inference_steps",
+        "sampler": "noise_scheduler_type",
+        "noise_scheduler": "noise_scheduler_type",
+        "denoiser_type": "denoiser",
+    }
+
+    def validate(self) -> None:
+        super().validate()
+        if self.denoiser == "unet":
+            factor = 2 ** len(self.down_dims)
+            if self.horizon % factor != 0:
+                raise ConfigError(
+                    f"config field 'horizon' must be divisible by 2**len(down_dims) = {factor} "
+                    f"(down_dims={self.down_dims}), got {self.horizon}"
+                )
+            if any(d < 1 or d % self.n_groups for d in self.down_dims):
+                raise ConfigError(
+                    f"config field 'down_dims' must be positive multiples of n_groups "
+                    f"({self.n_groups}), got {self.down_dims}"
+                )
+        if self.kernel_size < 1 or self.kernel_size % 2 == 0:
+            raise ConfigError(f"config field 'kernel_size' must be odd and >= 1, got {self.kernel_size}")
+        for name in ["n_groups", "diffusion_step_embed_dim", "hidden_dim", "n_layers",
+                     "num_train_timesteps", "spatial_softmax_num_keypoints"]:
+            if getattr(self, name) < 1:
+                raise ConfigError(f"config field {name!r} must be >= 1, got {getattr(self, name)}")
+        if self.num_inference_steps is None:
+            self.num_inference_steps = self.num_train_timesteps
+        if not 1 <= self.num_inference_steps <= self.num_train_timesteps:
+            raise ConfigError(
+                f"config field 'num_inference_steps' must be in [1, num_train_timesteps = "
+                f"{self.num_train_timesteps}], got {self.num_inference_steps}"
+            )
+        if not 0.0 < self.beta_start <= self.beta_end < 1.0:
+            raise ConfigError(
+                f"config fields 'beta_start' and 'beta_end' must satisfy 0 < beta_start <= beta_end "
+                f"< 1, got {self.beta_start}, {self.beta_end}"
+            )
+        if self.clip_sample_range <= 0:
+            raise ConfigError(f"config field 'clip_sample_range' must be > 0, got {self.clip_sample_range}")
+        if self.ddim_eta < 0:
+            raise ConfigError(f"config field 'ddim_eta' must be >= 0, got {self.ddim_eta}")
+        if self.pretrained_backbone_weights is not None:
+            raise ConfigError(
+                "config field 'pretrained_backbone_weights' must be None: rlox_dp never downloads "
+                f"weights (the backbone trains from scratch), got {self.pretrained_backbone_weights!r}"
+            )
+
+
+@register_algorithm("diffusion")
+class DiffusionPolicy(Algorithm):
+    """Diffusion Policy with a U-Net or MLP denoiser and global observation conditioning."""
+
+    config_class: ClassVar[type[AlgorithmConfig]] = DiffusionConfig
+    config: DiffusionConfig
+
+    def __init__(
+        self,
+        config: DiffusionConfig,
+        observation_space: gym.spaces.Dict,
+        action_space: gym.spaces.Box,
+        normalizer: Normalizer,
+    ) -> None:
+        super().__init__(config, observation_space, action_space, normalizer)
+        self.obs_encoder = ObservationEncoder(
+            observation_space,
+            config.n_obs_steps,
+            {
+                "crop_shape": config.crop_shape,
+                "crop_is_random": config.crop_is_random,
+                "resize_shape": config.resize_shape,
+                "spatial_softmax_num_keypoints": config.spatial_softmax_num_keypoints,
+                "share_encoder": not config.use_separate_rgb_encoder_per_camera,
+                "use_group_norm": config.use_group_norm,
+            },
+        )
+        if config.denoiser == "unet":
+            options = dict(
+                down_dims=config.down_dims,
+                kernel_size=config.kernel_size,
+                n_groups=config.n_groups,
+                diffusion_step_embed_dim=config.diffusion_step_embed_dim,
+                use_film_scale_modulation=config.use_film_scale_modulation,
+            )
+        else:
+            options = dict(hidden_dim=config.hidden_dim, n_layers=config.n_layers)
+        self.denoiser = build_denoiser(
+            config.denoiser,
+            action_dim=self.action_dim,
+            horizon=config.horizon,
+            cond_dim=self.obs_encoder.output_dim,
+            **options,
+        )
+        self.schedule = make_schedule(
+            config.beta_schedule, config.num_train_timesteps, config.beta_start, config.beta_end
+        )
+        self.sampler = make_sampler(
+            config.noise_scheduler_type,
+            self.schedule,
+            prediction_type=config.prediction_type,
+            clip_sample=config.clip_sample,
+            clip_sample_range=config.clip_sample_range,
+            **({"eta": config.ddim_eta} if config.noise_scheduler_type == "DDIM" else {}),
+        )
+
+    def compute_loss(
+        self, batch: Batch, generator: torch.Generator | None = None
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """Denoising loss of a normalized batch: actions ``(B, H, D_act)``, padded actions masked."""
+        actions = batch.action
+        cond = self.obs_encoder(batch.obs, generator)
+        noise = torch.randn(actions.shape, generator=generator, device=actions.device, dtype=actions.dtype)
+        t = torch.randint(
+            0, self.config.num_train_timesteps, (actions.shape[0],), generator=generator,
+            device=actions.device,
+        )
+        noisy = self.schedule.add_noise(actions, noise, t)
+        pred = self.denoiser(noisy, t, cond)
+        target = noise if self.config.prediction_type == "epsilon" else actions
+        loss = masked_mse(pred, target, batch.action_is_pad)
+        return loss, {"mse": loss.detach()}
+
+    def sample_chunk(
+        self, obs: dict[str, torch.Tensor], generator: torch.Generator | None = None,
+        num_inference_steps: int | None = None,
+    ) -> torch.Tensor:
+        """Normalized obs ``(B, T_o, ...)`` -> a whole normalized chunk ``(B, H, D_act)``.
+
+        The observation encoding is computed once and reused at every denoising step.
+        """
+        cond = self.obs_encoder(obs, generator)
+        shape = (cond.shape[0], self.config.horizon, self.action_dim)
+        return self.sampler.sample(
+            lambda x, t: self.denoiser(x, t, cond),
+            shape,
+            num_inference_steps or self.config.num_inference_steps,
+            generator=generator,
+            device=cond.device,
+            dtype=cond.dtype,
+        )
+
+    def predict_normalized_actions(
+        self, obs: dict[str, torch.Tensor], generator: torch.Generator | None = None
+    ) -> torch.Tensor:
+        """``(B, T_o, ...)`` per key -> executed slice ``(B, n_action_steps, D_act)``, normalized."""
+        start = self.config.n_obs_steps - 1
+        return self.sample_chunk(obs, generator)[:, start : start + self.config.n_action_steps]

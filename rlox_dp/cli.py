@@ -1,0 +1,156 @@
+"""Command line: ``rlox-dp train|eval|list`` (also ``python -m rlox_dp``), mirroring the API.
+
+    python -m rlox_dp train diffusion --env Pendulum-v1
+    python -m rlox_dp train diffusion --env gym_pusht/PushT-v0 --demos pusht.zarr --config obs=keypoints
+    python -m rlox_dp eval runs/.../checkpoints/last.safetensors --episodes 50
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+__all__ = ["format_table", "main", "parse_overrides"]
+
+
+def _parse_value(text: str) -> Any:
+    """``"3"`` -> 3, ``"1e-4"`` -> 1e-4, ``"true"`` -> True, ``"null"`` -> None,
+    ``"64,128"`` -> [64, 128], anything else stays a string."""
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        pass
+    if "," in text:
+        return [_parse_value(part) for part in text.split(",") if part != ""]
+    lowered = text.lower()
+    if lowered in ("true", "false", "none", "null"):
+        return {"true": True, "false": False}.get(lowered)
+    return text
+
+
+def parse_overrides(items: Sequence[str]) -> dict[str, Any]:
+    """``["lr=3e-4", "down_dims=64,128,256"]`` -> ``{"lr": 3e-4, "down_dims": [64, 128, 256]}``."""
+    out: dict[str, Any] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ValueError(f"--config expects key=value, got {item!r}")
+        out[key.strip()] = _parse_value(value.strip())
+    return out
+
+
+def format_table(rows: dict[str, Any], title: str = "") -> str:
+    """A two-column text table of metric names and values."""
+    width = max([len(k) for k in rows] + [6])
+    lines = [title] if title else []
+    lines.append(f"{'metric':<{width}}  value")
+    lines.append(f"{'-' * width}  {'-' * 12}")
+    for key, value in rows.items():
+        shown = f"{value:.4g}" if isinstance(value, float) else str(value)
+        lines.append(f"{key:<{width}}  {shown}")
+    return "\n".join(lines)
+
+
+def _build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="rlox-dp", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    train = sub.add_parser("train", help="train (and evaluate) an algorithm on demonstrations")
+    train.add_argument("algorithm", help="registered algorithm: diffusion, bc, bc_chunk")
+    train.add_argument("--env", required=True, help="Gymnasium env id, e.g. Pendulum-v1")
+    train.add_argument("--demos", default=None, help="demonstrations (.zarr or .npz); default: built-in expert")
+    train.add_argument("--config", nargs="*", default=[], metavar="KEY=VALUE", help="config overrides")
+    train.add_argument("--steps", type=int, default=None, help="gradient steps (default: config total_steps)")
+    train.add_argument("--seed", type=int, default=None)
+    train.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
+    train.add_argument("--log-dir", default=None, help="TensorBoard logs and checkpoints")
+    train.add_argument("--resume", default=None, metavar="CHECKPOINT", help="continue a run from a checkpoint")
+    train.add_argument("--eval-episodes", type=int, default=None)
+    train.add_argument("--video-dir", default=None, help="save videos of a few evaluation episodes here")
+    train.add_argument("--cache-dir", default=None, help="expert/demo cache (default $RLOX_DP_CACHE or ~/.cache/rlox_dp)")
+    train.add_argument("--no-progress", action="store_true", help="hide progress bars")
+
+    ev = sub.add_parser("eval", help="evaluate a checkpoint in vectorized envs")
+    ev.add_argument("checkpoint")
+    ev.add_argument("--episodes", type=int, default=None)
+    ev.add_argument("--envs", type=int, default=None, help="parallel envs")
+    ev.add_argument("--seed", type=int, default=None, help="first evaluation seed")
+    ev.add_argument("--device", default="auto")
+    ev.add_argument("--video-dir", default=None)
+    ev.add_argument("--no-progress", action="store_true")
+
+    sub.add_parser("list", help="list registered algorithms and built-in experts")
+    return parser
+
+
+def _run_train(args: argparse.Namespace) -> int:
+    from rlox_dp import Trainer
+
+    progress = not args.no_progress
+    overrides = parse_overrides(args.config)
+    if args.resume:
+        if overrides:
+            raise ValueError("--config cannot change a resumed run's config; start a new run instead")
+        trainer = Trainer.load(args.resume, demos=args.demos, device=args.device,
+                               log_dir=args.log_dir, cache_dir=args.cache_dir, progress=progress)
+    else:
+        trainer = Trainer(args.algorithm, env=args.env, config=overrides, demos=args.demos,
+                          seed=args.seed, device=args.device, log_dir=args.log_dir,
+                          cache_dir=args.cache_dir, progress=progress)
+    logging.getLogger("rlox_dp").info(
+        "training %s on %s (device %s, %d demonstration windows); logs in %s",
+        trainer.algorithm_name, trainer.env_id, trainer.device, len(trainer.buffer), trainer.log_dir,
+    )
+    if args.eval_episodes is not None:
+        trainer.config.n_eval_episodes = args.eval_episodes
+    metrics = trainer.train(args.steps)
+    if args.video_dir and not metrics.get("interrupted"):
+        trainer.evaluate(n_episodes=2, video_dir=args.video_dir, n_videos=2)
+    rows = {"algorithm": trainer.algorithm_name, "env": trainer.env_id, **metrics,
+            "checkpoint": str(trainer.log_dir / "checkpoints" / "last.safetensors")}
+    print(format_table(rows, title=f"rlox_dp train: {trainer.algorithm_name} on {trainer.env_id}"))
+    return 130 if metrics.get("interrupted") else 0
+
+
+def _run_eval(args: argparse.Namespace) -> int:
+    from rlox_dp import Trainer
+
+    trainer = Trainer.load(args.checkpoint, device=args.device, progress=not args.no_progress)
+    summary = trainer.evaluate(args.episodes, args.envs, seed=args.seed, video_dir=args.video_dir,
+                               n_videos=2 if args.video_dir else 0)
+    rows = {"algorithm": trainer.algorithm_name, "env": trainer.env_id, "step": trainer.state.step, **summary}
+    print(format_table(rows, title=f"rlox_dp eval: {args.checkpoint}"))
+    return 0
+
+
+def _run_list() -> int:
+    from rlox_dp import available_algorithms
+    from rlox_dp.envs.experts import available_experts
+
+    print("algorithms: " + ", ".join(available_algorithms()))
+    print("built-in experts: " + ", ".join(available_experts()))
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of ``rlox-dp``; returns the process exit code (2 for bad input)."""
+    os.environ.setdefault("PYGAME_HIDE_SUPPORT_PROMPT", "1")
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    args = _build_parser().parse_args(argv)
+    from rlox_dp.checkpoint import CheckpointError
+    from rlox_dp.runtime import NonFiniteLossError
+
+    try:
+        if args.command == "train":
+            return _run_train(args)
+        if args.command == "eval":
+            return _run_eval(args)
+        return _run_list()
+    except (ValueError, TypeError, KeyError, FileNotFoundError, CheckpointError, NonFiniteLossError) as err:
+        print(f"rlox-dp: error: {err}", file=sys.stderr)
+        return 2

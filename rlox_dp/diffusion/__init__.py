@@ -1,0 +1,33 @@
+"""Diffusion math: noise schedules (forward process) and samplers (reverse process)."""
+
+from __future__ import annotations
+
+from rlox_dp.diffusion.samplers import (
+    SAMPLERS,
+    DDIMSampler,
+    DDPMSampler,
+    Sampler,
+    StepOutput,
+    make_sampler,
+)
+from rlox_dp.diffusion.schedules import (
+    PRIOR_MISMATCH_THRESHOLD,
+    SCHEDULES,
+    NoiseSchedule,
+    PriorMismatchWarning,
+    make_schedule,
+)
+
+__all__ = [
+    "PRIOR_MISMATCH_THRESHOLD",
+    "SAMPLERS",
+    "SCHEDULES",
+    "DDIMSampler",
+    "DDPMSampler",
+    "NoiseSchedule",
+    "PriorMismatchWarning",
+    "Sampler",
+    "StepOutput",
+    "make_sampler",
+    "make_schedule",
+]

@@ -1,0 +1,410 @@
+"""Reverse-process samplers (DDPM, DDIM) over a :class:`~rlox_dp.diffusion.NoiseSchedule`.
+
+The contract follows diffusers' schedulers without their hidden state: ``timesteps(n)`` returns
+the timesteps instead of storing them, and ``step`` takes both ``t`` and ``t_prev``.
+
+Every step is the same affine update, only its coefficients differ between samplers::
+
+    x0_hat  = model_output                                      (prediction_type "sample")
+            = (x_t - sqrt(1 - ab_t) eps_hat) / sqrt(ab_t)       (prediction_type "epsilon")
+    x0_hat  = clamp(x0_hat, -clip_sample_range, clip_sample_range)      (if clip_sample)
+    x_prev  = coef_x0 * x0_hat + coef_xt * x_t + std * z,   z ~ N(0, I)
+
+with ``ab_prev = alphas_cumprod[t_prev]`` (1 when ``t_prev = -1``, the final step). Writing the
+update in ``(x0_hat, x_t)`` means the noise estimate it implies is always the one re-derived
+from the clipped ``x0_hat``, ``eps = (x_t - sqrt(ab_t) x0_hat) / sqrt(1 - ab_t)`` (GLIDE's
+convention, diffusers' ``use_clipped_model_output=True``); DDPM and DDIM are consistent with
+each other, and DDIM with ``eta = 1`` has exactly DDPM's coefficients. Without clipping the
+re-derived eps equals the model's.
+
+Coefficients are computed in float64 on the CPU, once per :meth:`Sampler.sample` call, and
+enter the loop as Python floats: the loop never reads values back from the device.
+"""
+
+from __future__ import annotations
+
+import operator
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Sequence
+from typing import Literal, NamedTuple
+
+import torch
+from torch import Tensor
+
+from rlox_dp.diffusion.schedules import NoiseSchedule
+
+__all__ = ["SAMPLERS", "DDIMSampler", "DDPMSampler", "Sampler", "StepOutput", "make_sampler"]
+
+SAMPLERS: tuple[str, ...] = ("ddpm", "ddim")
+"""Names accepted by :func:`make_sampler` (case-insensitive)."""
+
+PredictionType = Literal["epsilon", "sample"]
+_PREDICTION_TYPES: tuple[str, ...] = ("epsilon", "sample")
+
+
+class StepOutput(NamedTuple):
+    """Result of one reverse step.
+
+    Attributes:
+        prev_sample: ``(B, ...)`` the sample at ``t_prev`` (the final sample when ``t_prev = -1``).
+        pred_x0: ``(B, ...)`` the model's (clipped, if ``clip_sample``) estimate of ``x_0``.
+    """
+
+    prev_sample: Tensor
+    pred_x0: Tensor
+
+
+class _StepCoefficients(NamedTuple):
+    """Python-float coefficients of one ``(t, t_prev)`` step (see the module docstring)."""
+
+    x0_from_xt: float  # sqrt(1 / ab_t)
+    x0_from_eps: float  # sqrt(1 / ab_t - 1)
+    coef_x0: float
+    coef_xt: float
+    std: float
+
+
+class Sampler(ABC):
+    """Stateless reverse-process sampler; subclasses define :meth:`transition_coefficients`.
+
+    Args:
+        schedule: the noise schedule the model was trained with. Its ``alphas_cumprod`` is
+            copied (float64, CPU) at construction.
+        prediction_type: what the model predicts, ``"epsilon"`` (the noise) or ``"sample"`` (x_0).
+        clip_sample: clamp the predicted ``x_0`` to ``[-clip_sample_range, clip_sample_range]``
+            before each update (the noise estimate is then re-derived from the clamped x_0).
+        clip_sample_range: positive clamp bound (1.0 for data normalized to [-1, 1]).
+    """
+
+    def __init__(
+        self,
+        schedule: NoiseSchedule,
+        prediction_type: PredictionType = "epsilon",
+        clip_sample: bool = True,
+        clip_sample_range: float = 1.0,
+    ) -> None:
+        if not isinstance(schedule, NoiseSchedule):
+            raise TypeError(f"schedule must be a NoiseSchedule; got {type(schedule).__name__}")
+        if prediction_type not in _PREDICTION_TYPES:
+            raise ValueError(
+                f"prediction_type must be one of {_PREDICTION_TYPES}; got {prediction_type!r}"
+            )
+        if not isinstance(clip_sample, bool):
+            raise TypeError(f"clip_sample must be a bool; got {type(clip_sample).__name__}")
+        if not (float(clip_sample_range) > 0.0 and float(clip_sample_range) < float("inf")):
+            raise ValueError(
+                f"clip_sample_range must be a positive finite float; got {clip_sample_range}"
+            )
+        self.schedule = schedule
+        self.prediction_type: PredictionType = prediction_type
+        self.clip_sample = clip_sample
+        self.clip_sample_range = float(clip_sample_range)
+        self._alphas_cumprod = schedule.alphas_cumprod.detach().to("cpu", torch.float64)
+
+    @property
+    def num_train_timesteps(self) -> int:
+        """T of the schedule."""
+        return self._alphas_cumprod.shape[0]
+
+    def __repr__(self) -> str:
+        return (
+            f"{type(self).__name__}(T={self.num_train_timesteps}, prediction_type="
+            f"{self.prediction_type!r}, clip_sample={self.clip_sample}, "
+            f"clip_sample_range={self.clip_sample_range}{self._extra_repr()})"
+        )
+
+    def _extra_repr(self) -> str:
+        return ""
+
+    @abstractmethod
+    def transition_coefficients(
+        self, alpha_bar_t: Tensor, alpha_bar_prev: Tensor
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        """Coefficients of ``x_prev = coef_x0 * x0_hat + coef_xt * x_t + std * z``.
+
+        Args:
+            alpha_bar_t: ``(N,)`` float64 ``ab`` at the current timesteps.
+            alpha_bar_prev: ``(N,)`` float64 ``ab`` at the previous timesteps (1 for the final step).
+
+        Returns:
+            ``(coef_x0, coef_xt, std)``, each ``(N,)`` float64, ``std >= 0``.
+        """
+
+    # --------------------------------------------------------------- timesteps
+    def _check_num_steps(self, num_inference_steps: int) -> int:
+        if isinstance(num_inference_steps, bool):
+            raise TypeError("num_inference_steps must be an int; got bool")
+        try:
+            n = operator.index(num_inference_steps)
+        except TypeError:
+            raise TypeError(
+                f"num_inference_steps must be an int; got {type(num_inference_steps).__name__}"
+            ) from None
+        if not 1 <= n <= self.num_train_timesteps:
+            raise ValueError(
+                f"num_inference_steps must lie in [1, {self.num_train_timesteps}] "
+                f"(num_train_timesteps); got {n}"
+            )
+        return n
+
+    def timesteps(self, num_inference_steps: int) -> Tensor:
+        """Descending ``(num_inference_steps,)`` int64 timesteps with "trailing" spacing.
+
+        ``t_i = round((n - i) * T / n) - 1`` for ``i = 0..n-1`` (rounding half up, in exact integer
+        arithmetic; diffusers' ``"trailing"`` uses numpy's round-half-even and can differ by one on
+        exact ties). The first timestep is always ``T - 1``: the ``N(0, I)`` prior only matches
+        ``q(x_t)`` at the last training step, while "leading" spacing (``0, T/n, 2T/n, ...``)
+        would start at ``T - T/n``, a noise level the prior does not match. Consecutive values
+        differ by at least 1, so they are unique; the last one is ``round(T / n) - 1 >= 0``.
+        """
+        n = self._check_num_steps(num_inference_steps)
+        T = self.num_train_timesteps
+        numer = (n - torch.arange(n, dtype=torch.int64)) * T
+        return (2 * numer + n) // (2 * n) - 1
+
+    def pairs(self, num_inference_steps: int) -> list[tuple[int, int]]:
+        """The ``(t, t_prev)`` pairs of a full loop; the last pair has ``t_prev = -1``."""
+        ts = self.timesteps(num_inference_steps).tolist()
+        return list(zip(ts, ts[1:] + [-1], strict=True))
+
+    def _coefficients(self, pairs: Sequence[tuple[int, int]]) -> list[_StepCoefficients]:
+        """Float64 coefficients for each ``(t, t_prev)`` pair, as Python floats."""
+        t = torch.tensor([p[0] for p in pairs], dtype=torch.long)
+        t_prev = torch.tensor([p[1] for p in pairs], dtype=torch.long)
+        ab = self._alphas_cumprod
+        ab_t = ab[t]
+        ab_prev = torch.where(t_prev >= 0, ab[t_prev.clamp(min=0)], torch.ones_like(ab_t))
+        coef_x0, coef_xt, std = self.transition_coefficients(ab_t, ab_prev)
+        table = torch.stack(
+            [(1.0 / ab_t).sqrt(), (1.0 / ab_t - 1.0).sqrt(), coef_x0, coef_xt, std], 1
+        )
+        if not bool(torch.isfinite(table).all()) or bool((std < 0).any()):
+            raise RuntimeError(f"{type(self).__name__} produced invalid step coefficients: {table}")
+        return [_StepCoefficients(*row) for row in table.tolist()]
+
+    # -------------------------------------------------------------------- step
+    def _update(
+        self,
+        model_output: Tensor,
+        sample: Tensor,
+        c: _StepCoefficients,
+        generator: torch.Generator | None,
+    ) -> StepOutput:
+        if self.prediction_type == "epsilon":
+            pred_x0 = c.x0_from_xt * sample - c.x0_from_eps * model_output
+        else:
+            pred_x0 = model_output
+        if self.clip_sample:
+            pred_x0 = pred_x0.clamp(-self.clip_sample_range, self.clip_sample_range)
+        prev = c.coef_x0 * pred_x0 + c.coef_xt * sample
+        if c.std > 0.0:  # no draw when deterministic, so the generator is left untouched
+            noise = torch.randn(
+                sample.shape, generator=generator, device=sample.device, dtype=sample.dtype
+            )
+            prev = prev + c.std * noise
+        return StepOutput(prev, pred_x0)
+
+    def step(
+        self,
+        model_output: Tensor,
+        t: int,
+        t_prev: int,
+        sample: Tensor,
+        generator: torch.Generator | None = None,
+    ) -> StepOutput:
+        """One reverse step from ``t`` to ``t_prev`` (``-1``: final step, returns the x_0 estimate).
+
+        Args:
+            model_output: ``(B, ...)`` the model's eps or x_0 prediction at ``(sample, t)``.
+            t: current timestep in ``[0, T)``.
+            t_prev: next timestep in ``[-1, t)``.
+            sample: ``(B, ...)`` floating-point ``x_t``.
+            generator: source of the step noise (on sample's device); None uses torch's global
+                RNG. Not used when the step is deterministic (DDIM eta = 0, the final step).
+
+        Returns:
+            :class:`StepOutput` ``(prev_sample, pred_x0)``, both ``(B, ...)``.
+        """
+        t, t_prev = _as_int(t, "t"), _as_int(t_prev, "t_prev")
+        if not 0 <= t < self.num_train_timesteps:
+            raise ValueError(f"t must lie in [0, {self.num_train_timesteps - 1}]; got {t}")
+        if not -1 <= t_prev < t:
+            raise ValueError(f"t_prev must lie in [-1, t) = [-1, {t}); got {t_prev}")
+        _check_output(model_output, sample)
+        return self._update(model_output, sample, self._coefficients([(t, t_prev)])[0], generator)
+
+    def sample(
+        self,
+        denoise_fn: Callable[[Tensor, Tensor], Tensor],
+        shape: Sequence[int],
+        num_inference_steps: int,
+        generator: torch.Generator | None = None,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+        init_noise: Tensor | None = None,
+    ) -> Tensor:
+        """Run the reverse process from ``N(0, I)`` noise to a sample.
+
+        Gradients are not disabled here; wrap the call in ``torch.no_grad()`` for inference.
+
+        Args:
+            denoise_fn: ``(x_t (B, ...), t (B,) int64) -> model_output (B, ...)``.
+            shape: ``(B, ...)`` shape of the samples.
+            num_inference_steps: number of model evaluations, in ``[1, T]``.
+            generator: RNG on ``device`` for the initial and step noise; None: global RNG.
+            device: defaults to init_noise's device, else the CPU.
+            dtype: defaults to init_noise's dtype, else float32.
+            init_noise: optional ``(B, ...)`` starting ``x_{T-1}`` (not modified); drawn from
+                ``generator`` otherwise.
+
+        Returns:
+            ``(B, ...)`` samples.
+        """
+        n = self._check_num_steps(num_inference_steps)
+        shape = tuple(int(s) for s in shape)
+        if len(shape) == 0 or any(s < 1 for s in shape):
+            raise ValueError(f"shape must be (B, ...) with positive sizes; got {shape}")
+        if init_noise is not None and tuple(init_noise.shape) != shape:
+            raise ValueError(f"init_noise must have shape {shape}; got {tuple(init_noise.shape)}")
+        if device is None:
+            device = init_noise.device if init_noise is not None else torch.device("cpu")
+        device = torch.device(device)
+        if dtype is None:
+            dtype = init_noise.dtype if init_noise is not None else torch.float32
+        if not dtype.is_floating_point:
+            raise TypeError(f"dtype must be a floating-point torch.dtype; got {dtype}")
+        if generator is not None and generator.device.type != device.type:
+            raise ValueError(
+                f"generator must live on device {device}; got a generator on {generator.device}"
+            )
+
+        if init_noise is None:
+            x = torch.randn(shape, generator=generator, device=device, dtype=dtype)
+        else:
+            x = init_noise.to(device=device, dtype=dtype)
+        pairs = self.pairs(n)
+        for (t, _), c in zip(pairs, self._coefficients(pairs), strict=True):
+            t_batch = torch.full((shape[0],), t, dtype=torch.long, device=device)
+            out = denoise_fn(x, t_batch)
+            _check_output(out, x)
+            x = self._update(out, x, c, generator).prev_sample
+        return x
+
+
+def _as_int(value: int, name: str) -> int:
+    if isinstance(value, bool):
+        raise TypeError(f"{name} must be an int; got bool")
+    try:
+        return operator.index(value)
+    except TypeError:
+        raise TypeError(f"{name} must be an int; got {type(value).__name__}") from None
+
+
+def _check_output(model_output: Tensor, sample: Tensor) -> None:
+    if not isinstance(sample, Tensor) or not sample.is_floating_point():
+        raise TypeError(
+            f"sample must be a floating-point tensor; got {getattr(sample, 'dtype', type(sample))}"
+        )
+    if not isinstance(model_output, Tensor) or model_output.shape != sample.shape:
+        got = (
+            tuple(model_output.shape)
+            if isinstance(model_output, Tensor)
+            else type(model_output).__name__
+        )
+        raise ValueError(
+            f"model_output must be a tensor of the sample's shape {tuple(sample.shape)}; got {got}"
+        )
+
+
+class DDPMSampler(Sampler):
+    """Ancestral sampling (Ho et al. 2020), correctly respaced for fewer steps.
+
+    With all T steps this is the classic DDPM. For a stride ``t -> t_prev`` it uses the betas of
+    the respaced chain (Nichol & Dhariwal 2021, sec. 4), recomputed from ``alphas_cumprod``:
+    ``alpha' = ab_t / ab_prev``, ``beta' = 1 - alpha'``, then the posterior
+    ``q(x_prev | x_t, x_0)`` of that chain::
+
+        coef_x0 = sqrt(ab_prev) beta' / (1 - ab_t)
+        coef_xt = sqrt(alpha') (1 - ab_prev) / (1 - ab_t)
+        std^2   = beta' (1 - ab_prev) / (1 - ab_t)
+
+    The variance is the posterior ("fixed_small") one, diffusers' default and what the original
+    Diffusion Policy uses; it is 0 on the final step, which returns the x_0 estimate.
+    """
+
+    def transition_coefficients(
+        self, alpha_bar_t: Tensor, alpha_bar_prev: Tensor
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        """See :meth:`Sampler.transition_coefficients` and the class docstring."""
+        alpha = alpha_bar_t / alpha_bar_prev
+        beta = 1.0 - alpha
+        one_minus_ab = 1.0 - alpha_bar_t
+        coef_x0 = alpha_bar_prev.sqrt() * beta / one_minus_ab
+        coef_xt = alpha.sqrt() * (1.0 - alpha_bar_prev) / one_minus_ab
+        std = (beta * (1.0 - alpha_bar_prev) / one_minus_ab).sqrt()
+        return coef_x0, coef_xt, std
+
+
+class DDIMSampler(Sampler):
+    """DDIM (Song et al. 2021, eq. 12): ``x_prev = sqrt(ab_prev) x0_hat + sqrt(1 - ab_prev - std^2) eps + std z``.
+
+    ``std = eta * sqrt((1 - ab_prev) / (1 - ab_t)) * sqrt(1 - ab_t / ab_prev)``; ``eta = 0`` is
+    deterministic (no noise is drawn), ``eta = 1`` gives exactly the respaced DDPM coefficients.
+    With ``eps = (x_t - sqrt(ab_t) x0_hat) / sqrt(1 - ab_t)`` this is ``coef_xt = sqrt(1 - ab_prev
+    - std^2) / sqrt(1 - ab_t)`` and ``coef_x0 = sqrt(ab_prev) - coef_xt * sqrt(ab_t)``.
+
+    Args:
+        eta: in [0, 1]; other args as in :class:`Sampler`.
+    """
+
+    def __init__(
+        self,
+        schedule: NoiseSchedule,
+        prediction_type: PredictionType = "epsilon",
+        clip_sample: bool = True,
+        clip_sample_range: float = 1.0,
+        eta: float = 0.0,
+    ) -> None:
+        super().__init__(schedule, prediction_type, clip_sample, clip_sample_range)
+        if not 0.0 <= float(eta) <= 1.0:
+            raise ValueError(f"eta must lie in [0, 1]; got {eta}")
+        self.eta = float(eta)
+
+    def _extra_repr(self) -> str:
+        return f", eta={self.eta}"
+
+    def transition_coefficients(
+        self, alpha_bar_t: Tensor, alpha_bar_prev: Tensor
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        """See :meth:`Sampler.transition_coefficients` and the class docstring."""
+        one_minus_ab = 1.0 - alpha_bar_t
+        var = (
+            self.eta**2
+            * (1.0 - alpha_bar_prev)
+            / one_minus_ab
+            * (1.0 - alpha_bar_t / alpha_bar_prev)
+        )
+        # 1 - ab_prev - var >= 0 holds exactly for eta <= 1; clamp only float64 round-off.
+        coef_xt = (1.0 - alpha_bar_prev - var).clamp(min=0.0).sqrt() / one_minus_ab.sqrt()
+        coef_x0 = alpha_bar_prev.sqrt() - coef_xt * alpha_bar_t.sqrt()
+        return coef_x0, coef_xt, var.sqrt()
+
+
+_SAMPLER_CLASSES: dict[str, type[Sampler]] = {"ddpm": DDPMSampler, "ddim": DDIMSampler}
+
+
+def make_sampler(name: str, schedule: NoiseSchedule, **kwargs: object) -> Sampler:
+    """Build a sampler by name, case-insensitive (``"DDPM"`` / ``"DDIM"`` as in LeRobot configs).
+
+    Args:
+        name: one of :data:`SAMPLERS`, any case.
+        schedule: the training noise schedule.
+        **kwargs: forwarded to the sampler (``prediction_type``, ``clip_sample``,
+            ``clip_sample_range``; ``eta`` for DDIM).
+    """
+    if not isinstance(name, str):
+        raise TypeError(f"name must be a str, one of {SAMPLERS}; got {type(name).__name__}")
+    key = name.lower()
+    if key not in _SAMPLER_CLASSES:
+        raise ValueError(f"name must be one of {SAMPLERS} (case-insensitive); got {name!r}")
+    return _SAMPLER_CLASSES[key](schedule, **kwargs)

@@ -1,0 +1,409 @@
+"""Run policies in vectorized envs: one rollout loop for evaluation and demonstration collection.
+
+Seeding contract: :func:`rollout` runs exactly one episode per entry of ``seeds`` and resets the
+env of episode ``j`` with ``seeds[j]``, whichever sub-env runs it. With a deterministic policy the
+results therefore do not depend on ``n_envs``. Episodes are scheduled on the vector env with
+autoreset disabled: when a sub-env's episode ends it is reset (``options={"reset_mask": ...}``)
+with the next seed, and the policy is told via ``policy.reset(env_mask)`` (``env_mask`` marks
+every sub-env that was just reset) before it is asked for that env's next action. Once every
+seed has been handed out, finished sub-envs keep running filler episodes (reset without a seed,
+also announced through ``policy.reset``) whose steps are neither counted nor recorded, until the
+last real episode ends; ``policy.reset(None)`` is called once at the start.
+
+Videos (``video_dir`` with ``n_videos > 0``): the first ``n_videos`` episodes are rendered with
+``render_mode="rgb_array"`` and written as ``episode_<j>_seed_<seed>.mp4`` with OpenCV (a
+dependency of gym-pusht). Without OpenCV the frames are saved instead as
+``episode_<j>_seed_<seed>.npz`` (key ``frames``, ``(T, H, W, 3)`` uint8) and this is logged once.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+from typing import Any, Protocol, runtime_checkable
+
+import gymnasium as gym
+import numpy as np
+from gymnasium.vector import AutoresetMode
+
+from rlox_dp.envs.factory import make_vec_env
+
+__all__ = ["Episode", "EvalPolicy", "EvalResult", "RolloutResult", "evaluate_policy", "rollout"]
+
+logger = logging.getLogger(__name__)
+
+SUCCESS_KEYS = ("is_success", "success")
+"""Info keys read as per-step success flags, in order of preference."""
+PUSHT_SUCCESS_COVERAGE = 0.95
+"""Score of a step with ``info["coverage"]``: ``clip(coverage / 0.95, 0, 1)`` (Chi et al. 2023)."""
+
+
+@runtime_checkable
+class EvalPolicy(Protocol):
+    """What :func:`evaluate_policy` and :func:`rollout` need from a policy."""
+
+    def reset(self, env_mask: np.ndarray | None = None) -> None:
+        """Clear internal observation/action queues of the envs where ``env_mask`` ``(n_envs,)``
+        bool is True (of all envs if None); called before those envs' first action."""
+
+    def select_action(self, obs: dict[str, np.ndarray]) -> np.ndarray:
+        """Map the observation batch ``key -> (n_envs, *obs_shape)`` to actions ``(n_envs, D_act)``."""
+
+
+@dataclass
+class Episode:
+    """One finished episode.
+
+    Attributes:
+        seed: the reset seed.
+        episode_return: undiscounted sum of rewards.
+        length: number of steps T.
+        success: True if any step's info reported success (``"is_success"`` or ``"success"``),
+            None if the env never reported it.
+        score: max over steps of ``clip(info["coverage"] / 0.95, 0, 1)``, None without coverage.
+        observations: when recorded, key -> ``(T, *obs_shape)``, the observation before each action.
+        actions: when recorded, ``(T, D_act)`` actions as sent to the env.
+        rewards: when recorded, ``(T,)`` float64 rewards.
+    """
+
+    seed: int
+    episode_return: float
+    length: int
+    success: bool | None
+    score: float | None
+    observations: dict[str, np.ndarray] | None = None
+    actions: np.ndarray | None = None
+    rewards: np.ndarray | None = None
+
+
+@dataclass
+class RolloutResult:
+    """Episodes in the order of the ``seeds`` given to :func:`rollout`, with timing."""
+
+    episodes: list[Episode]
+    wall_time_s: float
+    env_steps: int
+
+
+@dataclass
+class EvalResult:
+    """Per-episode evaluation results, all arrays of shape ``(E,)`` ordered by seed.
+
+    ``successes`` is None when the env never reported success; when some episodes reported it
+    and others did not, the silent ones count as failures. ``scores`` is None unless the env
+    reports ``info["coverage"]`` (PushT): then it is the Diffusion Policy paper's score.
+    """
+
+    returns: np.ndarray
+    lengths: np.ndarray
+    successes: np.ndarray | None
+    scores: np.ndarray | None
+    seeds: np.ndarray
+    wall_time_s: float
+    env_steps: int
+
+    def summary(self) -> dict[str, float]:
+        """Scalar metrics under stable ``"eval/..."`` names."""
+        out = {
+            "eval/return_mean": float(np.mean(self.returns)),
+            "eval/return_std": float(np.std(self.returns)),
+            "eval/length_mean": float(np.mean(self.lengths)),
+        }
+        if self.successes is not None:
+            out["eval/success_rate"] = float(np.mean(self.successes))
+        if self.scores is not None:
+            out["eval/score_mean"] = float(np.mean(self.scores))
+        out["eval/n_episodes"] = float(len(self.returns))
+        out["eval/env_steps_per_s"] = float(self.env_steps / max(self.wall_time_s, 1e-9))
+        return out
+
+
+def _video_backend() -> str:
+    """``"mp4"`` when OpenCV can write videos here, else ``"npz"``."""
+    return "mp4" if importlib.util.find_spec("cv2") is not None else "npz"
+
+
+def write_video(path: Path, frames: Sequence[np.ndarray], fps: float, backend: str) -> Path:
+    """Write ``frames`` (each ``(H, W, 3)`` uint8 RGB) to ``path`` + ``.mp4`` or ``.npz``."""
+    array = np.stack([np.asarray(f, dtype=np.uint8) for f in frames])
+    if backend == "mp4":
+        import cv2
+
+        out = path.with_suffix(".mp4")
+        height, width = array.shape[1:3]
+        writer = cv2.VideoWriter(str(out), cv2.VideoWriter_fourcc(*"mp4v"), fps, (width, height))
+        try:
+            for frame in array:
+                writer.write(np.ascontiguousarray(frame[..., ::-1]))  # RGB -> BGR
+        finally:
+            writer.release()
+        return out
+    out = path.with_suffix(".npz")
+    np.savez_compressed(out, frames=array)
+    return out
+
+
+class _VideoRecorder(gym.Wrapper):
+    """Records the episodes whose reset seed is in ``names`` (seed -> file stem) to ``video_dir``."""
+
+    def __init__(self, env: gym.Env, video_dir: str, names: Mapping[int, str], backend: str):
+        super().__init__(env)
+        self._video_dir = Path(video_dir)
+        self._names = dict(names)
+        self._backend = backend
+        self._fps = float(env.metadata.get("render_fps") or 30)
+        self._frames: list[np.ndarray] | None = None
+        self._stem: str | None = None
+
+    def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None):
+        obs, info = self.env.reset(seed=seed, options=options)
+        self._stem = self._names.get(seed) if seed is not None else None
+        self._frames = [self.env.render()] if self._stem is not None else None
+        return obs, info
+
+    def step(self, action):
+        obs, reward, terminated, truncated, info = self.env.step(action)
+        if self._frames is not None:
+            self._frames.append(self.env.render())
+            if terminated or truncated:
+                write_video(self._video_dir / self._stem, self._frames, self._fps, self._backend)
+                self._frames = None
+        return obs, reward, terminated, truncated, info
+
+
+def _info_value(infos: Mapping[str, Any], key: str, i: int) -> Any | None:
+    """Value of ``key`` for sub-env ``i`` in a vector env's info dict, None if absent."""
+    mask = infos.get(f"_{key}")
+    if key not in infos or (mask is not None and not mask[i]):
+        return None
+    return infos[key][i]
+
+
+def rollout(
+    policy: EvalPolicy,
+    env_id: str,
+    seeds: Sequence[int],
+    *,
+    n_envs: int = 8,
+    env_kwargs: Mapping[str, Any] | None = None,
+    max_episode_steps: int | None = None,
+    record: bool = False,
+    video_dir: str | None = None,
+    n_videos: int = 0,
+    asynchronous: bool = False,
+    progress: bool = False,
+    progress_desc: str = "rollout",
+) -> RolloutResult:
+    """Run one episode per seed with ``policy`` on ``min(n_envs, len(seeds))`` parallel envs.
+
+    Args:
+        policy: see :class:`EvalPolicy`; gets observation batches ``key -> (n_envs, ...)`` and
+            returns ``(n_envs, D_act)`` actions, which are sent to the env unchanged (no clipping).
+        env_id: see :func:`rlox_dp.envs.factory.make_env`.
+        seeds: distinct reset seeds, one episode each.
+        n_envs: number of parallel sub-envs.
+        env_kwargs, max_episode_steps: passed to :func:`~rlox_dp.envs.factory.make_env`.
+        record: keep each episode's observations, actions and rewards.
+        video_dir, n_videos: write videos of the episodes of ``seeds[:n_videos]`` (module docstring).
+        asynchronous: one subprocess per env.
+        progress: show a tqdm bar over episodes.
+
+    Returns:
+        :class:`RolloutResult` with episodes in the order of ``seeds``.
+    """
+    seeds = [int(s) for s in seeds]
+    if not seeds:
+        raise ValueError("seeds: expected at least one seed, got an empty sequence")
+    if len(set(seeds)) != len(seeds):
+        raise ValueError(f"seeds: expected distinct seeds, got duplicates in {seeds}")
+    if n_envs < 1:
+        raise ValueError(f"n_envs: expected a positive int, got {n_envs}")
+    if n_videos < 0 or (n_videos > 0 and video_dir is None):
+        raise ValueError(f"n_videos: expected 0, or > 0 together with video_dir; got {n_videos}")
+    n_episodes, n_envs = len(seeds), min(int(n_envs), len(seeds))
+
+    wrapper = None
+    if n_videos > 0:
+        backend = _video_backend()
+        if backend == "npz":
+            logger.warning("OpenCV (cv2) is not installed: saving video frames as .npz files")
+        Path(video_dir).mkdir(parents=True, exist_ok=True)
+        names = {s: f"episode_{j:03d}_seed_{s}" for j, s in enumerate(seeds[:n_videos])}
+        wrapper = partial(_VideoRecorder, video_dir=video_dir, names=names, backend=backend)
+    pbar = None
+    if progress:
+        from tqdm import tqdm
+
+        pbar = tqdm(total=n_episodes, desc=progress_desc, unit="episode")
+
+    envs = make_vec_env(
+        env_id,
+        n_envs,
+        asynchronous=asynchronous,
+        env_kwargs=env_kwargs,
+        render_mode="rgb_array" if n_videos > 0 else None,
+        max_episode_steps=max_episode_steps,
+        autoreset_mode=AutoresetMode.DISABLED,
+        wrapper=wrapper,
+    )
+    action_shape = (n_envs, *envs.single_action_space.shape)
+    action_dtype = envs.single_action_space.dtype
+    episodes: list[Episode | None] = [None] * n_episodes
+    slot = np.arange(n_envs)  # episode index run by each sub-env, -1 for filler episodes
+    next_episode, n_finished, env_steps = n_envs, 0, 0
+    ret = np.zeros(n_envs)
+    length = np.zeros(n_envs, dtype=np.int64)
+    success: list[bool | None] = [None] * n_envs
+    score: list[float | None] = [None] * n_envs
+    traj: list[dict[str, list]] = [_empty_traj() for _ in range(n_envs)]
+    start = time.perf_counter()
+    try:
+        obs, _ = envs.reset(seed=seeds[:n_envs])
+        policy.reset(None)
+        while n_finished < n_episodes:
+            obs = dict(obs)
+            action = np.asarray(policy.select_action(obs))
+            if action.shape != action_shape:
+                raise ValueError(
+                    f"policy.select_action: expected actions of shape {action_shape}, "
+                    f"got {action.shape}"
+                )
+            if not np.all(np.isfinite(action)):
+                raise ValueError("policy.select_action: returned non-finite actions")
+            action = action.astype(action_dtype, copy=False)
+            next_obs, reward, terminated, truncated, infos = envs.step(action)
+            done = terminated | truncated
+            for i in np.flatnonzero(slot >= 0):
+                env_steps += 1
+                ret[i] += float(reward[i])
+                length[i] += 1
+                success[i], score[i] = _update_outcome(infos, i, success[i], score[i])
+                if record:
+                    for key, value in obs.items():
+                        traj[i]["obs"].setdefault(key, []).append(np.array(value[i]))
+                    traj[i]["action"].append(action[i].copy())
+                    traj[i]["reward"].append(float(reward[i]))
+                if done[i]:
+                    episodes[slot[i]] = _make_episode(
+                        seeds[slot[i]], ret[i], length[i], success[i], score[i], traj[i], record
+                    )
+                    n_finished += 1
+                    if pbar is not None:
+                        pbar.update(1)
+            if n_finished == n_episodes or not done.any():
+                obs = next_obs
+                continue
+            reset_seeds: list[int | None] = [None] * n_envs
+            for i in np.flatnonzero(done):
+                slot[i] = next_episode if next_episode < n_episodes else -1
+                if next_episode < n_episodes:
+                    reset_seeds[i] = seeds[next_episode]
+                    next_episode += 1
+                ret[i], length[i], success[i], score[i] = 0.0, 0, None, None
+                traj[i] = _empty_traj()
+            obs, _ = envs.reset(seed=reset_seeds, options={"reset_mask": done.copy()})
+            policy.reset(done.copy())
+    finally:
+        envs.close()
+        if pbar is not None:
+            pbar.close()
+    return RolloutResult(
+        episodes=[e for e in episodes if e is not None],
+        wall_time_s=time.perf_counter() - start,
+        env_steps=env_steps,
+    )
+
+
+def _empty_traj() -> dict[str, Any]:
+    return {"obs": {}, "action": [], "reward": []}
+
+
+def _update_outcome(
+    infos: Mapping[str, Any], i: int, success: bool | None, score: float | None
+) -> tuple[bool | None, float | None]:
+    """Fold sub-env ``i``'s step info into the episode's (any-step success, max score)."""
+    for key in SUCCESS_KEYS:
+        value = _info_value(infos, key, i)
+        if value is not None:
+            success = bool(success) or bool(value)
+            break
+    coverage = _info_value(infos, "coverage", i)
+    if coverage is not None:
+        step_score = float(np.clip(float(coverage) / PUSHT_SUCCESS_COVERAGE, 0.0, 1.0))
+        score = step_score if score is None else max(score, step_score)
+    return success, score
+
+
+def _make_episode(
+    seed: int,
+    episode_return: float,
+    length: int,
+    success: bool | None,
+    score: float | None,
+    traj: dict[str, Any],
+    record: bool,
+) -> Episode:
+    episode = Episode(int(seed), float(episode_return), int(length), success, score)
+    if record:
+        episode.observations = {k: np.stack(v) for k, v in traj["obs"].items()}
+        episode.actions = np.stack(traj["action"])
+        episode.rewards = np.asarray(traj["reward"], dtype=np.float64)
+    return episode
+
+
+def evaluate_policy(
+    policy: EvalPolicy,
+    env_id: str,
+    *,
+    n_episodes: int,
+    n_envs: int = 8,
+    seed: int = 0,
+    env_kwargs: Mapping[str, Any] | None = None,
+    max_episode_steps: int | None = None,
+    video_dir: str | None = None,
+    n_videos: int = 0,
+    asynchronous: bool = False,
+    progress: bool = False,
+) -> EvalResult:
+    """Evaluate ``policy`` on exactly ``n_episodes`` episodes; episode j is reset with ``seed + j``.
+
+    Results do not depend on ``n_envs`` for a deterministic policy (see the module docstring).
+    Arguments are those of :func:`rollout`; returns an :class:`EvalResult`.
+    """
+    if n_episodes < 1:
+        raise ValueError(f"n_episodes: expected a positive int, got {n_episodes}")
+    seeds = [int(seed) + j for j in range(int(n_episodes))]
+    result = rollout(
+        policy,
+        env_id,
+        seeds,
+        n_envs=n_envs,
+        env_kwargs=env_kwargs,
+        max_episode_steps=max_episode_steps,
+        video_dir=video_dir,
+        n_videos=n_videos,
+        asynchronous=asynchronous,
+        progress=progress,
+        progress_desc=f"eval {env_id}",
+    )
+    eps = result.episodes
+    reported = [e.success for e in eps]
+    scores = [e.score for e in eps]
+    return EvalResult(
+        returns=np.array([e.episode_return for e in eps], dtype=np.float64),
+        lengths=np.array([e.length for e in eps], dtype=np.int64),
+        successes=None
+        if all(s is None for s in reported)
+        else np.array([bool(s) for s in reported], dtype=bool),
+        scores=None
+        if all(s is None for s in scores)
+        else np.array([0.0 if s is None else s for s in scores], dtype=np.float64),
+        seeds=np.array([e.seed for e in eps], dtype=np.int64),
+        wall_time_s=result.wall_time_s,
+        env_steps=result.env_steps,
+    )

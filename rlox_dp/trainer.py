@@ -1,0 +1,470 @@
+"""``Trainer``: demonstrations in, a trained and evaluated policy out, in one shared loop.
+
+    Trainer("diffusion", env="Pendulum-v1", seed=42).train()
+
+looks the algorithm up in the registry, validates its config, loads (or collects from the
+built-in expert) the demonstrations, builds the :class:`DemonstrationBuffer`, trains with AdamW,
+warmup + cosine learning rate, gradient clipping and an EMA of the weights, logs to TensorBoard,
+writes atomic checkpoints, and evaluates the EMA policy in vectorized Gymnasium envs.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import math
+import os
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from rlox_dp.algorithms import Algorithm, AlgorithmConfig, get_algorithm_class
+from rlox_dp.buffers import DemonstrationBuffer, Demonstrations, Normalizer
+from rlox_dp.checkpoint import (
+    CheckpointError,
+    load_checkpoint,
+    optimizer_state_from_tensors,
+    optimizer_state_to_tensors,
+    save_checkpoint,
+    space_from_json,
+    space_to_json,
+)
+from rlox_dp.config import ConfigError
+from rlox_dp.ema import EMA
+from rlox_dp.runtime import NonFiniteLossError, TrainState, lr_at, resolve_device, seed_everything
+
+__all__ = ["NonFiniteLossError", "Trainer"]
+
+logger = logging.getLogger("rlox_dp")
+
+#: config keys that configure the environment rather than the algorithm.
+ENV_CONFIG_KEYS = {"obs": "obs_mode", "obs_mode": "obs_mode"}
+
+
+class Trainer:
+    """Train one registered algorithm on demonstrations for one Gymnasium env.
+
+    Args:
+        algorithm: registered name (``"diffusion"``, ``"bc"``, ``"bc_chunk"``).
+        env: Gymnasium env id with a continuous (Box) action space.
+        config: the algorithm's config dataclass, or a dict of its fields (documented aliases
+            accepted; ``"seed"`` and the env option ``"obs"`` also allowed).
+        demos: a ``.zarr``/``.npz`` path, :class:`Demonstrations`, a :class:`DemonstrationBuffer`,
+            or ``None`` for the env's built-in expert (trained once and cached).
+        seed: seeds weights, sampling and data order (default 0).
+        device: ``"auto"`` (CUDA when available, else CPU), ``"cpu"``, ``"cuda"``, ``"cuda:1"`` ...
+        log_dir: TensorBoard logs and checkpoints; default ``runs/<algorithm>-<env>-<time>``.
+        env_kwargs: passed to the env factory (e.g. ``{"obs_mode": "keypoints"}`` for PushT).
+        cache_dir: where experts and collected demos are cached (default ``$RLOX_DP_CACHE`` or
+            ``~/.cache/rlox_dp``).
+        progress: show progress bars.
+    """
+
+    def __init__(
+        self,
+        algorithm: str,
+        env: str,
+        *,
+        config: AlgorithmConfig | Mapping[str, Any] | None = None,
+        demos: str | os.PathLike | Demonstrations | DemonstrationBuffer | None = None,
+        seed: int | None = None,
+        device: str | torch.device = "auto",
+        log_dir: str | os.PathLike | None = None,
+        env_kwargs: Mapping[str, Any] | None = None,
+        cache_dir: str | os.PathLike | None = None,
+        progress: bool = True,
+        _normalizer: Normalizer | None = None,
+    ) -> None:
+        self.algorithm_name = algorithm
+        self.algorithm_class = get_algorithm_class(algorithm)
+        self.env_id = env
+        self.env_kwargs = dict(env_kwargs or {})
+        self.config, config_seed = self._build_config(config)
+        if seed is not None and config_seed is not None and seed != config_seed:
+            raise ConfigError(f"seed given twice with different values: seed={seed}, config seed={config_seed}")
+        self.seed = int(seed if seed is not None else (config_seed if config_seed is not None else 0))
+        self.device = resolve_device(device)
+        self.cache_dir = Path(cache_dir) if cache_dir is not None else None
+        self.progress = progress
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        self.log_dir = Path(log_dir) if log_dir is not None else Path("runs") / f"{algorithm}-{env.replace('/', '_')}-{stamp}"
+        self.observation_space, self.action_space = self._env_spaces()
+        self.demos_source = demos if isinstance(demos, (str, os.PathLike)) else None
+        self._demos_arg = demos
+        self._buffer: DemonstrationBuffer | None = None
+        self.demo_info: dict[str, float] = {}
+        seed_everything(self.seed)
+        if _normalizer is None:
+            _normalizer = self.buffer.normalizer
+        self.policy: Algorithm = self.algorithm_class(
+            self.config, self.observation_space, self.action_space, _normalizer
+        ).to(self.device)
+        self.optimizer = torch.optim.AdamW(
+            self.policy.parameters(), lr=self.config.lr, betas=self.config.adam_betas,
+            eps=self.config.adam_eps, weight_decay=self.config.weight_decay,
+        )
+        self.ema = (
+            EMA(self.policy, power=self.config.ema_power, inv_gamma=self.config.ema_inv_gamma,
+                min_decay=self.config.ema_min_decay, max_decay=self.config.ema_max_decay)
+            if self.config.use_ema else None
+        )
+        self.state = TrainState(self.seed, self.device)
+        self._train_step = self._make_train_step()
+        self._writer = None
+
+    # -- construction helpers -----------------------------------------------------------------------
+    def _build_config(self, config: Any) -> tuple[AlgorithmConfig, int | None]:
+        cls = self.algorithm_class.config_class
+        if config is None:
+            return cls(), None
+        if isinstance(config, AlgorithmConfig):
+            if not isinstance(config, cls):
+                raise ConfigError(
+                    f"config is a {type(config).__name__}, but algorithm {self.algorithm_name!r} "
+                    f"expects a {cls.__name__} (or a dict)"
+                )
+            return config, None
+        if not isinstance(config, Mapping):
+            raise ConfigError(f"config must be a dict or {cls.__name__}, got {type(config).__name__}")
+        values = dict(config)
+        seed = values.pop("seed", None)
+        for key, env_key in ENV_CONFIG_KEYS.items():
+            if key in values:
+                self.env_kwargs[env_key] = values.pop(key)
+        return cls.from_dict(values), seed
+
+    def _env_spaces(self) -> tuple[gym.spaces.Dict, gym.spaces.Box]:
+        from rlox_dp.envs import env_spaces
+
+        return env_spaces(self.env_id, env_kwargs=self.env_kwargs)
+
+    def _load_demonstrations(self) -> Demonstrations:
+        demos = self._demos_arg
+        if isinstance(demos, Demonstrations):
+            return demos
+        if demos is None:
+            from rlox_dp.envs.experts import default_demonstrations
+
+            demos = default_demonstrations(
+                self.env_id, n_episodes=self.config.n_demos, cache_dir=self.cache_dir,
+                progress=self.progress, env_kwargs=self.env_kwargs,
+            )
+            self.demo_info = {
+                k: float(v) for k, v in demos.metadata.items()
+                if k.startswith("expert_") and isinstance(v, (int, float))
+            }
+            return demos
+        if isinstance(demos, (str, os.PathLike)):
+            if self.env_id.startswith("gym_pusht/"):
+                from rlox_dp.envs.pusht import load_pusht_demonstrations
+
+                return load_pusht_demonstrations(demos, obs_mode=self.env_kwargs.get("obs_mode", "keypoints"))
+            from rlox_dp.buffers.loaders import load_demonstrations
+
+            return load_demonstrations(demos, obs_keys=list(self.observation_space.spaces))
+        raise TypeError(
+            "demos must be a path (.zarr/.npz), Demonstrations, DemonstrationBuffer or None, got "
+            f"{type(demos).__name__}"
+        )
+
+    def _check_demos(self, demos: Demonstrations) -> None:
+        obs_keys = set(self.observation_space.spaces)
+        if set(demos.observations) != obs_keys:
+            raise ValueError(
+                f"demos observation keys {sorted(demos.observations)} do not match env {self.env_id!r} "
+                f"observation keys {sorted(obs_keys)}"
+            )
+        for key, space in self.observation_space.spaces.items():
+            got = tuple(demos.observations[key].shape[1:])
+            if got != tuple(space.shape):
+                raise ValueError(
+                    f"demos observation {key!r} has per-step shape {got}, env {self.env_id!r} "
+                    f"expects {tuple(space.shape)}"
+                )
+        if tuple(demos.actions.shape[1:]) != tuple(self.action_space.shape):
+            raise ValueError(
+                f"demos actions have per-step shape {tuple(demos.actions.shape[1:])}, env "
+                f"{self.env_id!r} expects {tuple(self.action_space.shape)}"
+            )
+
+    @property
+    def buffer(self) -> DemonstrationBuffer:
+        """The training windows (built on first use; loads or collects demonstrations)."""
+        if self._buffer is None:
+            if isinstance(self._demos_arg, DemonstrationBuffer):
+                buf = self._demos_arg
+                if (buf.n_obs_steps, buf.horizon, buf.n_action_steps) != (
+                    self.config.n_obs_steps, self.config.horizon, self.config.n_action_steps
+                ):
+                    raise ValueError(
+                        "demos buffer windows (n_obs_steps, horizon, n_action_steps) = "
+                        f"{(buf.n_obs_steps, buf.horizon, buf.n_action_steps)} differ from the config's "
+                        f"{(self.config.n_obs_steps, self.config.horizon, self.config.n_action_steps)}"
+                    )
+                self._buffer = buf
+            else:
+                demos = self._load_demonstrations()
+                self._check_demos(demos)
+                normalization = {k: self.config.obs_normalization for k in self.observation_space.spaces
+                                 if len(self.observation_space[k].shape) == 1}
+                normalization["action"] = self.config.action_normalization
+                existing = getattr(self, "policy", None)
+                self._buffer = DemonstrationBuffer(
+                    demos, self.config.n_obs_steps, self.config.horizon, self.config.n_action_steps,
+                    drop_n_last_frames=self.config.drop_n_last_frames,
+                    normalization=None if existing is not None else normalization,
+                    normalizer=existing.normalizer if existing is not None else None,
+                    device=self.device,
+                )
+        return self._buffer
+
+    def _make_train_step(self):
+        if self.config.compile_model:
+            # Compile the networks in place (state-dict keys unchanged); the loss code stays eager.
+            for module in self.policy.children():
+                if not isinstance(module, Normalizer) and any(True for _ in module.parameters()):
+                    module.compile()
+
+        def step(batch):
+            return self.policy.compute_loss(batch, self.state.model_generator)
+
+        return step
+
+    # -- training -------------------------------------------------------------------------------
+    @property
+    def eval_policy(self) -> Algorithm:
+        """The policy evaluated and saved for acting: the EMA weights when EMA is on."""
+        return self.ema.model if self.ema is not None else self.policy
+
+    def _writer_or_none(self):
+        if self._writer is None:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.log_dir.mkdir(parents=True, exist_ok=True)
+            self._writer = SummaryWriter(str(self.log_dir))
+            self._writer.add_text("config", "```\n" + json.dumps(self.describe(), indent=2, default=str) + "\n```")
+        return self._writer
+
+    def describe(self) -> dict[str, Any]:
+        """JSON-able summary of the run: algorithm, env, seed, device and full config."""
+        return {"algorithm": self.algorithm_name, "env": self.env_id, "env_kwargs": self.env_kwargs,
+                "seed": self.seed, "device": str(self.device), "config": self.config.to_dict()}
+
+    def train(self, total_steps: int | None = None, *, total_timesteps: int | None = None,
+              evaluate: bool = True) -> dict[str, float]:
+        """Train until ``total_steps`` gradient steps in all (resumed runs continue counting).
+
+        Args:
+            total_steps: gradient steps (default ``config.total_steps``).
+            total_timesteps: rlox-compatible alternative: the number of training windows
+                (demonstration samples) to draw; gradient steps = ceil(total_timesteps / batch_size).
+            evaluate: evaluate the EMA policy at the end (``config.n_eval_episodes`` episodes).
+
+        Returns:
+            metrics: ``loss`` (mean over the last ``log_every`` steps), ``step``, ``train_time_s``,
+            ``steps_per_s``, the evaluation summary (``eval/return_mean`` ...), ``expert/...`` when
+            demos came from the built-in expert, and ``interrupted`` (1.0 after Ctrl-C).
+        """
+        if total_steps is not None and total_timesteps is not None:
+            raise ValueError("give total_steps or total_timesteps, not both")
+        if total_timesteps is not None:
+            if total_timesteps < 1:
+                raise ValueError(f"total_timesteps must be >= 1, got {total_timesteps}")
+            total_steps = math.ceil(total_timesteps / self.config.batch_size)
+        total = int(total_steps if total_steps is not None else self.config.total_steps)
+        if total < 1:
+            raise ValueError(f"total_steps must be >= 1, got {total}")
+        buffer = self.buffer
+        cfg = self.config
+        writer = self._writer_or_none()
+        self.policy.train()
+        metrics: dict[str, float] = {}
+        recent: list[torch.Tensor] = []
+        t0 = time.perf_counter()
+        start = self.state.step
+        bar = tqdm(total=total, initial=start, desc=f"{self.algorithm_name} {self.env_id}",
+                   disable=not self.progress, dynamic_ncols=True, leave=False)
+        interrupted = False
+        try:
+            while self.state.step < total:
+                step = self.state.step
+                lr = lr_at(step, cfg.lr, cfg.lr_warmup_steps, total, cfg.lr_scheduler)
+                for group in self.optimizer.param_groups:
+                    group["lr"] = lr
+                batch = buffer.sample(cfg.batch_size, generator=self.state.data_generator)
+                batch = batch.to(self.device, non_blocking=True)
+                loss, info = self._train_step(batch)
+                if not torch.isfinite(loss):
+                    raise NonFiniteLossError(
+                        f"non-finite training loss ({loss.item()}) at step {step}; stopped without "
+                        f"updating the weights. The last good checkpoint in {self.log_dir} is kept. "
+                        "Lower the learning rate or check the demonstrations."
+                    )
+                self.optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                grad_norm = (torch.nn.utils.clip_grad_norm_(self.policy.parameters(), cfg.grad_clip_norm)
+                             if cfg.grad_clip_norm is not None else None)
+                self.optimizer.step()
+                decay = self.ema.update(self.policy) if self.ema is not None else None
+                self.state.step += 1
+                recent.append(loss.detach())
+                if self.state.step % cfg.log_every == 0 or self.state.step == total:
+                    mean_loss = torch.stack(recent).mean().item()
+                    recent.clear()
+                    metrics["loss"] = mean_loss
+                    writer.add_scalar("train/loss", mean_loss, self.state.step)
+                    writer.add_scalar("train/lr", lr, self.state.step)
+                    for k, v in info.items():
+                        writer.add_scalar(f"train/{k}", float(v), self.state.step)
+                    if grad_norm is not None:
+                        writer.add_scalar("train/grad_norm", float(grad_norm), self.state.step)
+                    if decay is not None:
+                        writer.add_scalar("train/ema_decay", decay, self.state.step)
+                    bar.set_postfix(loss=f"{mean_loss:.4f}", lr=f"{lr:.2e}")
+                bar.update(1)
+                if self.state.step % cfg.checkpoint_every == 0 and self.state.step < total:
+                    self.save(self.log_dir / "checkpoints" / "last.safetensors")
+                if cfg.eval_every and self.state.step % cfg.eval_every == 0 and self.state.step < total:
+                    self._log_eval(self.evaluate(), writer)
+                    self.policy.train()
+        except KeyboardInterrupt:
+            interrupted = True
+            path = self.save(self.log_dir / "checkpoints" / "last.safetensors")
+            logger.warning("interrupted at step %d; checkpoint saved to %s", self.state.step, path)
+        finally:
+            bar.close()
+        elapsed = time.perf_counter() - t0
+        if recent:
+            metrics["loss"] = torch.stack(recent).mean().item()
+        metrics.update(step=float(self.state.step), train_time_s=elapsed,
+                       steps_per_s=(self.state.step - start) / max(elapsed, 1e-9),
+                       interrupted=float(interrupted))
+        metrics.update({f"expert/{k[len('expert_'):]}": v for k, v in self.demo_info.items()})
+        if not interrupted:
+            self.save(self.log_dir / "checkpoints" / "last.safetensors")
+            if evaluate and cfg.n_eval_episodes > 0:
+                metrics.update(self._log_eval(self.evaluate(), writer))
+        writer.flush()
+        return metrics
+
+    def _log_eval(self, summary: dict[str, float], writer) -> dict[str, float]:
+        for k, v in summary.items():
+            writer.add_scalar(k, v, self.state.step)
+        return summary
+
+    def evaluate(self, n_episodes: int | None = None, n_envs: int | None = None, *,
+                 seed: int | None = None, video_dir: str | os.PathLike | None = None,
+                 n_videos: int = 0) -> dict[str, float]:
+        """Evaluate the (EMA) policy on ``n_episodes`` episodes with seeds ``seed, seed+1, ...``.
+
+        Returns:
+            ``EvalResult.summary()``: ``eval/return_mean``, ``eval/success_rate`` (when the env
+            reports success), ``eval/score_mean`` (PushT coverage score) ...
+        """
+        from rlox_dp.envs import evaluate_policy
+
+        policy = self.eval_policy
+        was_training = policy.training
+        policy.eval()
+        policy.reset()
+        try:
+            result = evaluate_policy(
+                policy, self.env_id,
+                n_episodes=int(n_episodes if n_episodes is not None else self.config.n_eval_episodes),
+                n_envs=int(n_envs if n_envs is not None else self.config.n_eval_envs),
+                seed=int(seed if seed is not None else self.config.eval_seed),
+                env_kwargs=self.env_kwargs, video_dir=None if video_dir is None else str(video_dir),
+                n_videos=n_videos, progress=self.progress,
+            )
+        finally:
+            policy.reset()
+            policy.train(was_training)
+        self.last_eval = result
+        return result.summary()
+
+    # -- checkpoints ----------------------------------------------------------------------------
+    def save(self, path: str | os.PathLike) -> Path:
+        """Atomically write weights, EMA weights, optimizer, normalizer, RNG states, step, config."""
+        path = Path(path)
+        tensors = {f"policy/{k}": v for k, v in self.policy.state_dict().items()}
+        if self.ema is not None:
+            tensors.update({f"ema/{k}": v for k, v in self.ema.model.state_dict().items()})
+        opt_tensors, opt_meta = optimizer_state_to_tensors(self.optimizer.state_dict())
+        tensors.update(opt_tensors)
+        tensors.update(self.state.rng_tensors())
+        meta = {
+            **self.describe(),
+            "config": self.config.to_dict(),
+            "step": self.state.step,
+            "ema_step": self.ema.step if self.ema is not None else None,
+            "optimizer": opt_meta,
+            "normalizer": self.policy.normalizer.spec(),
+            "observation_space": space_to_json(self.observation_space),
+            "action_space": space_to_json(self.action_space),
+            "demos": str(self.demos_source) if self.demos_source is not None else None,
+            "demo_info": self.demo_info,
+            "log_dir": str(self.log_dir),
+        }
+        save_checkpoint(path, tensors, meta)
+        return path
+
+    @classmethod
+    def load(cls, path: str | os.PathLike, *, demos: Any = None, device: str | torch.device = "auto",
+             log_dir: str | os.PathLike | None = None, cache_dir: str | os.PathLike | None = None,
+             progress: bool = True) -> Trainer:
+        """Rebuild a trainer from a checkpoint; ``.train(total_steps)`` resumes exactly.
+
+        ``demos`` defaults to the path recorded in the checkpoint (or the built-in expert's cached
+        demos); it is only read when training continues. Evaluation needs no demonstrations.
+        """
+        tensors, meta = load_checkpoint(path)
+        try:
+            algorithm_class = get_algorithm_class(meta["algorithm"])
+            config = algorithm_class.config_class.from_dict(meta["config"])
+            normalizer = Normalizer.from_spec(meta["normalizer"])
+        except (KeyError, ConfigError, ValueError) as err:
+            raise CheckpointError(f"checkpoint {str(path)!r} has an invalid or incompatible header: {err}") from None
+        trainer = cls.__new__(cls)
+        trainer._init_from_checkpoint(meta, config, normalizer, demos, device, log_dir, cache_dir, progress)
+        trainer._load_tensors(tensors, meta, path)
+        return trainer
+
+    def _init_from_checkpoint(self, meta, config, normalizer, demos, device, log_dir, cache_dir, progress):
+        demos = demos if demos is not None else meta.get("demos")
+        self.__init__(
+            meta["algorithm"], meta["env"], config=config, demos=demos, seed=meta["seed"],
+            device=device, log_dir=log_dir if log_dir is not None else meta.get("log_dir"),
+            env_kwargs=meta.get("env_kwargs"), cache_dir=cache_dir, progress=progress,
+            _normalizer=normalizer,
+        )
+        self.demo_info = dict(meta.get("demo_info") or {})
+        obs_space = space_from_json(meta["observation_space"])
+        act_space = space_from_json(meta["action_space"])
+        if obs_space != self.observation_space or act_space != self.action_space:
+            raise CheckpointError(
+                f"checkpoint spaces {obs_space}, {act_space} differ from env {self.env_id!r}'s "
+                f"{self.observation_space}, {self.action_space}"
+            )
+
+    def _load_tensors(self, tensors: dict[str, torch.Tensor], meta: dict[str, Any], path) -> None:
+        def part(prefix: str) -> dict[str, torch.Tensor]:
+            return {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
+
+        try:
+            self.policy.load_state_dict(part("policy/"))
+            if self.ema is not None:
+                ema_state = part("ema/")
+                self.ema.model.load_state_dict(ema_state if ema_state else part("policy/"))
+                self.ema.step = int(meta.get("ema_step") or meta["step"])
+            self.optimizer.load_state_dict(optimizer_state_from_tensors(tensors, meta["optimizer"]))
+        except (RuntimeError, KeyError, ValueError) as err:
+            raise CheckpointError(f"checkpoint {str(path)!r} does not fit this model/config: {err}") from None
+        self.state.step = int(meta["step"])
+        self.state.load_rng_tensors(tensors)
