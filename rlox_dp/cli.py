@@ -74,6 +74,7 @@ def _build_parser() -> argparse.ArgumentParser:
     train.add_argument("--video-dir", default=None, help="save videos of a few evaluation episodes here")
     train.add_argument("--cache-dir", default=None, help="expert/demo cache (default $RLOX_DP_CACHE or ~/.cache/rlox_dp)")
     train.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    train.add_argument("--no-preset", action="store_true", help="ignore rlox_dp.presets for this env")
 
     ev = sub.add_parser("eval", help="evaluate a checkpoint in vectorized envs")
     ev.add_argument("checkpoint")
@@ -101,7 +102,7 @@ def _run_train(args: argparse.Namespace) -> int:
     else:
         trainer = Trainer(args.algorithm, env=args.env, config=overrides, demos=args.demos,
                           seed=args.seed, device=args.device, log_dir=args.log_dir,
-                          cache_dir=args.cache_dir, progress=progress)
+                          cache_dir=args.cache_dir, progress=progress, preset=not args.no_preset)
     logging.getLogger("rlox_dp").info(
         "training %s on %s (device %s, %d demonstration windows); logs in %s",
         trainer.algorithm_name, trainer.env_id, trainer.device, len(trainer.buffer), trainer.log_dir,

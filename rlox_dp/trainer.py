@@ -38,6 +38,7 @@ from rlox_dp.checkpoint import (
 )
 from rlox_dp.config import ConfigError
 from rlox_dp.ema import EMA
+from rlox_dp.presets import preset_for
 from rlox_dp.runtime import NonFiniteLossError, TrainState, lr_at, resolve_device, seed_everything
 
 __all__ = ["NonFiniteLossError", "Trainer"]
@@ -65,6 +66,8 @@ class Trainer:
         cache_dir: where experts and collected demos are cached (default ``$RLOX_DP_CACHE`` or
             ``~/.cache/rlox_dp``).
         progress: show progress bars.
+        preset: apply the recommended settings of ``rlox_dp.presets`` for this algorithm and env
+            under a dict config (your keys win); ignored when ``config`` is a dataclass.
     """
 
     def __init__(
@@ -80,9 +83,11 @@ class Trainer:
         env_kwargs: Mapping[str, Any] | None = None,
         cache_dir: str | os.PathLike | None = None,
         progress: bool = True,
+        preset: bool = True,
         _normalizer: Normalizer | None = None,
     ) -> None:
         self.algorithm_name = algorithm
+        self.use_preset = preset
         self.algorithm_class = get_algorithm_class(algorithm)
         self.env_id = env
         self.env_kwargs = dict(env_kwargs or {})
@@ -123,7 +128,7 @@ class Trainer:
     def _build_config(self, config: Any) -> tuple[AlgorithmConfig, int | None]:
         cls = self.algorithm_class.config_class
         if config is None:
-            return cls(), None
+            config = {}
         if isinstance(config, AlgorithmConfig):
             if not isinstance(config, cls):
                 raise ConfigError(
@@ -137,7 +142,23 @@ class Trainer:
         seed = values.pop("seed", None)
         for key, env_key in ENV_CONFIG_KEYS.items():
             if key in values:
+                if not self.env_id.startswith("gym_pusht/"):
+                    raise ConfigError(
+                        f"config key {key!r} (observation mode) only applies to PushT envs "
+                        f"(gym_pusht/...), not {self.env_id!r}"
+                    )
                 self.env_kwargs[env_key] = values.pop(key)
+        values = cls.resolve_aliases(values)
+        if self.use_preset:
+            preset = preset_for(self.algorithm_name, self.env_id)
+            window = {"horizon", "n_obs_steps", "n_action_steps"}
+            if window & set(values):  # the user's window wins as a whole
+                preset = {k: v for k, v in preset.items() if k not in window}
+            preset = {k: v for k, v in preset.items() if k not in values}
+            if preset:
+                logger.info("using the %s preset for %s: %s (preset=False turns it off)",
+                            self.algorithm_name, self.env_id, preset)
+            values = {**preset, **values}
         return cls.from_dict(values), seed
 
     def _env_spaces(self) -> tuple[gym.spaces.Dict, gym.spaces.Box]:
@@ -154,7 +175,7 @@ class Trainer:
 
             demos = default_demonstrations(
                 self.env_id, n_episodes=self.config.n_demos, cache_dir=self.cache_dir,
-                progress=self.progress, env_kwargs=self.env_kwargs,
+                progress=self.progress,
             )
             self.demo_info = {
                 k: float(v) for k, v in demos.metadata.items()

@@ -11,7 +11,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from rlox_dp.buffers import Demonstrations, DemonstrationBuffer, Normalizer
+from rlox_dp.buffers import DemonstrationBuffer, Demonstrations, Normalizer
 
 RAW = {"state": "identity", "action": "identity"}
 
@@ -41,7 +41,7 @@ def as_tuples(buf: DemonstrationBuffer) -> list[tuple]:
     b = buf.window(torch.arange(len(buf)))
     obs, act, pad = b.obs["state"].tolist(), b.action.tolist(), b.action_is_pad.tolist()
     return [
-        (tuple(map(tuple, o)), tuple(map(tuple, a)), tuple(p)) for o, a, p in zip(obs, act, pad)
+        (tuple(map(tuple, o)), tuple(map(tuple, a)), tuple(p)) for o, a, p in zip(obs, act, pad, strict=True)
     ]
 
 
@@ -79,7 +79,7 @@ def test_windows_property(lengths, to, extra, ta_frac, drop) -> None:
     buf = DemonstrationBuffer(encoded_demos(lengths), to, h, ta, drop_n_last_frames=drop, normalization=RAW)
     windows = as_tuples(buf)
     assert windows == brute_force(lengths, to, h, ta, drop)
-    for obs, act, pad in windows:  # never crosses an episode boundary
+    for obs, act, _ in windows:  # never crosses an episode boundary
         assert len({o[0] for o in obs}) == 1 and {a[0] - 0.5 for a in act} == {obs[0][0]}
     # every episode, however short, yields at least one window
     assert set(buf.episode_of_window.tolist()) == set(range(len(lengths)))
@@ -99,7 +99,7 @@ def window_ids(buf: DemonstrationBuffer) -> dict[tuple, int]:
 
 
 def ids_of(batch, ids: dict[tuple, int]) -> list[int]:
-    return [ids[(tuple(map(tuple, a)), tuple(p))] for a, p in zip(batch.action.tolist(), batch.action_is_pad.tolist())]
+    return [ids[(tuple(map(tuple, a)), tuple(p))] for a, p in zip(batch.action.tolist(), batch.action_is_pad.tolist(), strict=True)]
 
 
 def test_uniform_sampling_over_windows() -> None:
@@ -166,6 +166,16 @@ def test_normalized_storage_and_images() -> None:
     # a non-image mode keeps the key as normalized float32
     buf2 = DemonstrationBuffer(demos, 2, 4, 2, normalization={"image": "mean_std"})
     assert buf2._data["image"].dtype == torch.float32
+
+
+def test_read_only_inputs_without_warnings(recwarn: pytest.WarningsRecorder) -> None:
+    demos = encoded_demos([4, 6])
+    demos.observations["image"] = np.zeros((10, 1, 2, 2), np.uint8)
+    for arr in (*demos.observations.values(), demos.actions):
+        arr.setflags(write=False)
+    buf = DemonstrationBuffer(demos, 2, 4, 2)
+    assert buf.sample(3).obs["image"].shape == (3, 2, 1, 2, 2)
+    assert not [w for w in recwarn if "writable" in str(w.message)]
 
 
 def test_given_normalizer_is_used_and_checked() -> None:

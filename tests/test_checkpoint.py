@@ -23,7 +23,7 @@ from rlox_dp.checkpoint import (
 def checkpoint(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("ckpt")
     trainer = Trainer("bc", env="Pendulum-v1", config=TINY["bc"], demos=pendulum_demos(),
-                      device="cpu", log_dir=tmp / "run", progress=False)
+                      device="cpu", log_dir=tmp / "run", progress=False, preset=False)
     trainer.train(3, evaluate=False)
     return trainer.save(tmp / "bc.safetensors")
 

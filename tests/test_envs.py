@@ -57,6 +57,8 @@ def test_bad_arguments():
         make_env("Pendulum-v1", max_episode_steps=0)
     with pytest.raises(ValueError, match="n_envs"):
         make_vec_env("Pendulum-v1", 0)
+    with pytest.raises(ValueError, match="autoreset_mode: expected one of"):
+        make_vec_env("Pendulum-v1", 1, autoreset_mode="Sometimes")
     with pytest.raises(TypeError, match="Box observation space"):
         StateDictObservation(gym.make("FrozenLake-v1"))
 
@@ -95,6 +97,8 @@ def test_make_vec_env_disabled_autoreset_with_reset_mask():
         _, _, _, truncated, _ = envs.step(act)
         assert truncated.all()
         obs, _ = envs.reset(seed=[5, None], options={"reset_mask": np.array([True, True])})
-        np.testing.assert_array_equal(obs["state"][0], make_env("Pendulum-v1").reset(seed=5)[0]["state"])
+        single = make_env("Pendulum-v1")
+        np.testing.assert_array_equal(obs["state"][0], single.reset(seed=5)[0]["state"])
+        single.close()
     finally:
         envs.close()

@@ -39,7 +39,9 @@ def schedule_and_batch(draw: st.DrawFn) -> tuple[NoiseSchedule, torch.Tensor, tu
     """A schedule, (B,) timesteps, a (B, ...) shape and a torch seed."""
     sched = draw(schedules())
     B = draw(st.integers(1, 8))
-    t = torch.tensor(draw(st.lists(st.integers(0, sched.num_train_timesteps - 1), min_size=B, max_size=B)))
+    t = torch.tensor(
+        draw(st.lists(st.integers(0, sched.num_train_timesteps - 1), min_size=B, max_size=B))
+    )
     trailing = tuple(draw(st.lists(st.integers(1, 4), min_size=0, max_size=2)))
     return sched, t, (B, *trailing), draw(st.integers(0, 2**31 - 1))
 
@@ -70,8 +72,12 @@ def test_predict_x0_and_eps_invert_add_noise(args: tuple) -> None:
     ab = sched.alphas_cumprod[t].reshape((-1,) + (1,) * (len(shape) - 1))
     assert torch.allclose(x_t, ab.sqrt() * x0 + (1 - ab).sqrt() * eps, rtol=1e-12, atol=1e-12)
     # Inverting divides by sqrt(ab) (resp. sqrt(1 - ab)): scale the tolerance accordingly.
-    assert torch.allclose(sched.predict_x0(x_t, eps, t), x0, rtol=0, atol=1e-12 / ab.sqrt().min().item())
-    assert torch.allclose(sched.predict_eps(x_t, x0, t), eps, rtol=0, atol=1e-12 / (1 - ab).sqrt().min().item())
+    assert torch.allclose(
+        sched.predict_x0(x_t, eps, t), x0, rtol=0, atol=1e-12 / ab.sqrt().min().item()
+    )
+    assert torch.allclose(
+        sched.predict_eps(x_t, x0, t), eps, rtol=0, atol=1e-12 / (1 - ab).sqrt().min().item()
+    )
 
 
 def test_helpers_keep_float32() -> None:
@@ -79,7 +85,11 @@ def test_helpers_keep_float32() -> None:
     x0, eps, t = torch.randn(4, 3), torch.randn(4, 3), torch.tensor([0, 10, 50, 99])
     x_t = sched.add_noise(x0, eps, t)
     assert x_t.dtype == torch.float32
-    for out in (sched.predict_x0(x_t, eps, t), sched.predict_eps(x_t, x0, t), sched.posterior_mean(x0, x_t, t)):
+    for out in (
+        sched.predict_x0(x_t, eps, t),
+        sched.predict_eps(x_t, x0, t),
+        sched.posterior_mean(x0, x_t, t),
+    ):
         assert out.dtype == torch.float32 and out.shape == (4, 3)
     # float32 round trip: error ~ float32 eps * |x_t| / sqrt(ab_t) with ab_99 ~ 2.4e-7
     assert torch.allclose(sched.predict_eps(x_t, x0, t), eps, atol=1e-4)
@@ -99,17 +109,18 @@ def test_posterior_matches_gaussian_conditioning(args: tuple) -> None:
     assert var.shape == t.shape and var.dtype == torch.float64
     assert bool((var >= 0).all()) and bool((var <= beta * (1 + 1e-12)).all())
     mean = sched.posterior_mean(x0, x_t, t)
-    view = (-1,) + (1,) * (len(shape) - 1)
+    assert mean.shape == shape
     for i, ti in enumerate(t.tolist()):
         if ti == 0:  # x_{-1} is x_0 itself
             assert var[i] == 0 and torch.allclose(mean[i], x0[i], rtol=0, atol=1e-12)
             continue
         a, b, ab_prev = 1 - beta[i].item(), beta[i].item(), sched.alphas_cumprod[ti - 1].item()
         precision = a / b + 1 / (1 - ab_prev)
-        expected_mean = (math.sqrt(a) / b * x_t[i] + math.sqrt(ab_prev) / (1 - ab_prev) * x0[i]) / precision
+        expected_mean = (
+            math.sqrt(a) / b * x_t[i] + math.sqrt(ab_prev) / (1 - ab_prev) * x0[i]
+        ) / precision
         assert var[i].item() == pytest.approx(1 / precision, rel=1e-9)
         assert torch.allclose(mean[i], expected_mean, rtol=1e-9, atol=1e-12)
-    assert mean.shape == shape and var.reshape(view).shape[0] == shape[0]
 
 
 @pytest.mark.parametrize("T", [1, 2, 10, 100, 1000])
@@ -133,7 +144,9 @@ def test_squaredcos_cap_v2_equals_diffusers_betas_for_alpha_bar(T: int) -> None:
     def alpha_bar_fn(t: float) -> float:
         return math.cos((t + 0.008) / 1.008 * math.pi / 2) ** 2
 
-    diffusers_betas = [min(1 - alpha_bar_fn((i + 1) / T) / alpha_bar_fn(i / T), 0.999) for i in range(T)]
+    diffusers_betas = [
+        min(1 - alpha_bar_fn((i + 1) / T) / alpha_bar_fn(i / T), 0.999) for i in range(T)
+    ]
     ours = make_schedule("squaredcos_cap_v2", T).betas
     assert np.allclose(ours.numpy(), diffusers_betas, rtol=1e-9, atol=0)
     assert torch.allclose(ours, make_schedule("cosine", T).betas, rtol=1e-12, atol=0)
@@ -157,10 +170,14 @@ def _prior_warnings(*args: object) -> list[warnings.WarningMessage]:
 
 @FAST
 @given(st.integers(1, 1000), st.floats(1e-5, 0.05), st.floats(0.0, 1.0))
-def test_prior_mismatch_warning_fires_iff_signal_left(T: int, beta_start: float, frac: float) -> None:
+def test_prior_mismatch_warning_fires_iff_signal_left(
+    T: int, beta_start: float, frac: float
+) -> None:
     beta_end = beta_start + frac * (0.1 - beta_start)
     ab_last = make_schedule("linear", T, beta_start, beta_end).alphas_cumprod[-1].item()
-    assert len(_prior_warnings("linear", T, beta_start, beta_end)) == int(ab_last > PRIOR_MISMATCH_THRESHOLD)
+    assert len(_prior_warnings("linear", T, beta_start, beta_end)) == int(
+        ab_last > PRIOR_MISMATCH_THRESHOLD
+    )
 
 
 @pytest.mark.parametrize(("T", "fires"), [(50, True), (100, True), (200, True), (1000, False)])

@@ -16,7 +16,7 @@ ALGOS = ["diffusion", "bc", "bc_chunk"]
 def make(algo: str, tmp_path, seed: int = 0, **overrides) -> Trainer:
     config = {**TINY[algo], **overrides}
     return Trainer(algo, env="Pendulum-v1", config=config, demos=pendulum_demos(), seed=seed,
-                   device="cpu", log_dir=tmp_path / f"{algo}-{seed}", progress=False)
+                   device="cpu", log_dir=tmp_path / f"{algo}-{seed}", progress=False, preset=False)
 
 
 @pytest.mark.parametrize("algo", ALGOS)

@@ -20,7 +20,7 @@ from rlox_dp.algorithms.bc import masked_mse
 from rlox_dp.algorithms.observation import ObservationEncoder
 from rlox_dp.buffers import Batch, Normalizer
 from rlox_dp.config import ConfigError
-from rlox_dp.diffusion import make_sampler, make_schedule
+from rlox_dp.diffusion import NoiseSchedule, Sampler, make_sampler, make_schedule
 from rlox_dp.networks import build_denoiser
 
 __all__ = ["DiffusionConfig", "DiffusionPolicy"]
@@ -176,7 +176,11 @@ class DiffusionPolicy(Algorithm):
         self.schedule = make_schedule(
             config.beta_schedule, config.num_train_timesteps, config.beta_start, config.beta_end
         )
-        self.sampler = make_sampler(
+        self.sampler = self._build_sampler()
+
+    def _build_sampler(self) -> Sampler:
+        config = self.config
+        return make_sampler(
             config.noise_scheduler_type,
             self.schedule,
             prediction_type=config.prediction_type,
@@ -184,6 +188,26 @@ class DiffusionPolicy(Algorithm):
             clip_sample_range=config.clip_sample_range,
             **({"eta": config.ddim_eta} if config.noise_scheduler_type == "DDIM" else {}),
         )
+
+    def configure_inference(
+        self, noise_scheduler_type: str | None = None, num_inference_steps: int | None = None,
+        ddim_eta: float | None = None,
+    ) -> None:
+        """Switch the sampler after training, e.g. to DDIM with 10 steps for fast inference.
+
+        Validated like the config (errors name the field); ``None`` keeps the current value.
+        """
+        changes = {k: v for k, v in {"noise_scheduler_type": noise_scheduler_type,
+                                     "num_inference_steps": num_inference_steps,
+                                     "ddim_eta": ddim_eta}.items() if v is not None}
+        self.config = self.config.replace(**changes)
+        self.sampler = self._build_sampler()
+
+    def _schedule_on(self, device: torch.device) -> NoiseSchedule:
+        """The schedule's tables on ``device`` (moved once and cached: no copy per step)."""
+        if self.schedule.device != device:
+            self.schedule = self.schedule.to(device)
+        return self.schedule
 
     def compute_loss(
         self, batch: Batch, generator: torch.Generator | None = None
@@ -196,7 +220,7 @@ class DiffusionPolicy(Algorithm):
             0, self.config.num_train_timesteps, (actions.shape[0],), generator=generator,
             device=actions.device,
         )
-        noisy = self.schedule.add_noise(actions, noise, t)
+        noisy = self._schedule_on(actions.device).add_noise(actions, noise, t)
         pred = self.denoiser(noisy, t, cond)
         target = noise if self.config.prediction_type == "epsilon" else actions
         loss = masked_mse(pred, target, batch.action_is_pad)

@@ -102,6 +102,12 @@ def _is_uint8_image(x: np.ndarray, chunk: int = 1024) -> bool:
     return True
 
 
+def _to_tensor(x: np.ndarray, dtype: type) -> torch.Tensor:
+    """``x`` as a CPU tensor of numpy ``dtype``; shares memory when no conversion is needed."""
+    x = np.ascontiguousarray(x, dtype=dtype)
+    return torch.from_numpy(x if x.flags.writeable else x.copy())
+
+
 class DemonstrationBuffer:
     """Normalized demonstrations on ``device``, served as fixed-length training windows.
 
@@ -121,7 +127,8 @@ class DemonstrationBuffer:
 
     Storage: every key is normalized once here and kept as float32 on ``device``, except
     image keys in mode ``"image"`` holding integers 0..255, which stay uint8 ``(N, C, H, W)``
-    and become float ``[0, 1]`` per batch.
+    and become float ``[0, 1]`` per batch. On the CPU, a uint8 image array of ``demos`` is
+    used without a copy (PushT: 0.7 GB), so do not modify it while the buffer is in use.
     """
 
     def __init__(
@@ -180,9 +187,9 @@ class DemonstrationBuffer:
         self._data: dict[str, torch.Tensor] = {}
         for key, arr in raw.items():
             if key in self._uint8_keys:
-                self._data[key] = torch.from_numpy(np.asarray(arr, dtype=np.uint8)).to(self._device)
+                self._data[key] = _to_tensor(arr, np.uint8).to(self._device)
             else:
-                self._data[key] = normalizer.normalize(key, torch.as_tensor(arr).to(self._device))
+                self._data[key] = normalizer.normalize(key, _to_tensor(arr, np.float32).to(self._device))
 
         # Flat window table: global index of the first step, and the episode bounds [lo, hi).
         ends = demos.episode_ends.astype(np.int64)

@@ -5,8 +5,9 @@ Formats:
 - ``.zarr`` (or any directory): the original Diffusion Policy replay-buffer layout, zarr
   format v2. ``data/<key>`` arrays with first dim N (observations and the action),
   ``meta/episode_ends`` ``(E,)``. This library also writes ``meta/reward`` ``(N,)``,
-  ``meta/episode_seeds`` ``(E,)`` and the metadata dict as the root attribute ``"metadata"``;
-  the original repo ignores them.
+  ``meta/episode_seeds`` ``(E,)`` and the root attributes ``"metadata"`` (the dict) and
+  ``"obs_keys"`` (their order; other stores load in sorted order); the original repo
+  ignores them.
 - ``.npz``: ``obs/<key>``, ``action``, ``episode_ends`` and optional ``reward``,
   ``episode_seeds``, ``metadata_json`` (a JSON string). Read with ``allow_pickle=False``.
 
@@ -81,7 +82,12 @@ def _load_zarr(path: Path, obs_keys: Sequence[str] | None, action_key: str,
             raise ValueError(f"zarr store {str(path)!r} has no {name!r} (replay-buffer layout "
                              "needs data/<key> arrays and meta/episode_ends)")
     data = root["data"]
-    keys = _select_obs_keys(list(data.keys()), obs_keys, action_key, f"zarr store {str(path)!r} data/")
+    # Store listings come in no fixed order: use the order saved by save_demonstrations, or sorted.
+    available = sorted(data.keys())
+    saved_order = list(root.attrs.get("obs_keys", []))
+    if sorted(saved_order + [action_key]) == available:
+        available = saved_order + [action_key]
+    keys = _select_obs_keys(available, obs_keys, action_key, f"zarr store {str(path)!r} data/")
     observations = {k: _read_array(k, data[k], channels_last) for k in keys}
     meta = root["meta"]
     return Demonstrations(
@@ -183,6 +189,7 @@ def _write_zarr(demos: Demonstrations, tmp: Path) -> None:
     if demos.episode_seeds is not None:
         put(meta, "episode_seeds", np.asarray(demos.episode_seeds))
     root.attrs["metadata"] = demos.metadata
+    root.attrs["obs_keys"] = list(demos.observations)
 
 
 def _write_npz(demos: Demonstrations, tmp: Path) -> None:

@@ -7,6 +7,7 @@ from rlox_dp.diffusion.samplers import (
     DDIMSampler,
     DDPMSampler,
     Sampler,
+    StepCoefficients,
     StepOutput,
     make_sampler,
 )
@@ -27,6 +28,7 @@ __all__ = [
     "NoiseSchedule",
     "PriorMismatchWarning",
     "Sampler",
+    "StepCoefficients",
     "StepOutput",
     "make_sampler",
     "make_schedule",

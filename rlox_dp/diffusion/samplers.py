@@ -33,7 +33,15 @@ from torch import Tensor
 
 from rlox_dp.diffusion.schedules import NoiseSchedule
 
-__all__ = ["SAMPLERS", "DDIMSampler", "DDPMSampler", "Sampler", "StepOutput", "make_sampler"]
+__all__ = [
+    "SAMPLERS",
+    "DDIMSampler",
+    "DDPMSampler",
+    "Sampler",
+    "StepCoefficients",
+    "StepOutput",
+    "make_sampler",
+]
 
 SAMPLERS: tuple[str, ...] = ("ddpm", "ddim")
 """Names accepted by :func:`make_sampler` (case-insensitive)."""
@@ -54,8 +62,8 @@ class StepOutput(NamedTuple):
     pred_x0: Tensor
 
 
-class _StepCoefficients(NamedTuple):
-    """Python-float coefficients of one ``(t, t_prev)`` step (see the module docstring)."""
+class StepCoefficients(NamedTuple):
+    """Float64 coefficients of one ``(t, t_prev)`` step, as Python floats (module docstring)."""
 
     x0_from_xt: float  # sqrt(1 / ab_t)
     x0_from_eps: float  # sqrt(1 / ab_t - 1)
@@ -132,14 +140,7 @@ class Sampler(ABC):
 
     # --------------------------------------------------------------- timesteps
     def _check_num_steps(self, num_inference_steps: int) -> int:
-        if isinstance(num_inference_steps, bool):
-            raise TypeError("num_inference_steps must be an int; got bool")
-        try:
-            n = operator.index(num_inference_steps)
-        except TypeError:
-            raise TypeError(
-                f"num_inference_steps must be an int; got {type(num_inference_steps).__name__}"
-            ) from None
+        n = _as_int(num_inference_steps, "num_inference_steps")
         if not 1 <= n <= self.num_train_timesteps:
             raise ValueError(
                 f"num_inference_steps must lie in [1, {self.num_train_timesteps}] "
@@ -167,8 +168,17 @@ class Sampler(ABC):
         ts = self.timesteps(num_inference_steps).tolist()
         return list(zip(ts, ts[1:] + [-1], strict=True))
 
-    def _coefficients(self, pairs: Sequence[tuple[int, int]]) -> list[_StepCoefficients]:
-        """Float64 coefficients for each ``(t, t_prev)`` pair, as Python floats."""
+    def coefficients(self, pairs: Sequence[tuple[int, int]]) -> list[StepCoefficients]:
+        """The :class:`StepCoefficients` of each ``(t, t_prev)`` pair (e.g. from :meth:`pairs`).
+
+        Each ``t`` must lie in ``[0, T)`` and each ``t_prev`` in ``[-1, t)``.
+        """
+        T = self.num_train_timesteps
+        for t_i, t_prev_i in pairs:
+            if not 0 <= _as_int(t_i, "t") < T:
+                raise ValueError(f"t must lie in [0, {T - 1}]; got {t_i}")
+            if not -1 <= _as_int(t_prev_i, "t_prev") < t_i:
+                raise ValueError(f"t_prev must lie in [-1, t) = [-1, {t_i}); got {t_prev_i}")
         t = torch.tensor([p[0] for p in pairs], dtype=torch.long)
         t_prev = torch.tensor([p[1] for p in pairs], dtype=torch.long)
         ab = self._alphas_cumprod
@@ -180,14 +190,14 @@ class Sampler(ABC):
         )
         if not bool(torch.isfinite(table).all()) or bool((std < 0).any()):
             raise RuntimeError(f"{type(self).__name__} produced invalid step coefficients: {table}")
-        return [_StepCoefficients(*row) for row in table.tolist()]
+        return [StepCoefficients(*row) for row in table.tolist()]
 
     # -------------------------------------------------------------------- step
     def _update(
         self,
         model_output: Tensor,
         sample: Tensor,
-        c: _StepCoefficients,
+        c: StepCoefficients,
         generator: torch.Generator | None,
     ) -> StepOutput:
         if self.prediction_type == "epsilon":
@@ -225,13 +235,9 @@ class Sampler(ABC):
         Returns:
             :class:`StepOutput` ``(prev_sample, pred_x0)``, both ``(B, ...)``.
         """
-        t, t_prev = _as_int(t, "t"), _as_int(t_prev, "t_prev")
-        if not 0 <= t < self.num_train_timesteps:
-            raise ValueError(f"t must lie in [0, {self.num_train_timesteps - 1}]; got {t}")
-        if not -1 <= t_prev < t:
-            raise ValueError(f"t_prev must lie in [-1, t) = [-1, {t}); got {t_prev}")
+        coefs = self.coefficients([(t, t_prev)])[0]
         _check_output(model_output, sample)
-        return self._update(model_output, sample, self._coefficients([(t, t_prev)])[0], generator)
+        return self._update(model_output, sample, coefs, generator)
 
     def sample(
         self,
@@ -264,6 +270,8 @@ class Sampler(ABC):
         shape = tuple(int(s) for s in shape)
         if len(shape) == 0 or any(s < 1 for s in shape):
             raise ValueError(f"shape must be (B, ...) with positive sizes; got {shape}")
+        if init_noise is not None and not isinstance(init_noise, Tensor):
+            raise TypeError(f"init_noise must be a tensor or None; got {type(init_noise).__name__}")
         if init_noise is not None and tuple(init_noise.shape) != shape:
             raise ValueError(f"init_noise must have shape {shape}; got {tuple(init_noise.shape)}")
         if device is None:
@@ -283,7 +291,7 @@ class Sampler(ABC):
         else:
             x = init_noise.to(device=device, dtype=dtype)
         pairs = self.pairs(n)
-        for (t, _), c in zip(pairs, self._coefficients(pairs), strict=True):
+        for (t, _), c in zip(pairs, self.coefficients(pairs), strict=True):
             t_batch = torch.full((shape[0],), t, dtype=torch.long, device=device)
             out = denoise_fn(x, t_batch)
             _check_output(out, x)

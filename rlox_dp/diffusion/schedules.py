@@ -142,7 +142,7 @@ class NoiseSchedule:
             "_sqrt_ab": ab.sqrt(),
             "_sqrt_one_minus_ab": one_minus_ab.sqrt(),
             "_sqrt_recip_ab": (1.0 / ab).sqrt(),
-            "_sqrt_recipm1_ab": (1.0 / ab - 1.0).sqrt(),
+            "_sqrt_recipm1_ab": (one_minus_ab / ab).sqrt(),
             # q(x_{t-1} | x_t, x_0) = N(coef_x0 x_0 + coef_xt x_t, posterior_variance), DDPM eq. 7.
             "_posterior_variance": b * one_minus_ab_prev / one_minus_ab,
             "_posterior_coef_x0": ab_prev.sqrt() * b / one_minus_ab,
@@ -157,9 +157,9 @@ class NoiseSchedule:
         if ab_last > PRIOR_MISMATCH_THRESHOLD:
             warnings.warn(
                 f"alphas_cumprod[-1] = {ab_last:.4g} with T = {self.num_train_timesteps} (threshold "
-                f"{PRIOR_MISMATCH_THRESHOLD:g}): x_(T-1) keeps {math.sqrt(ab_last):.0%} of the "
-                "data's std, so sampling from N(0, I) does not match what the model was trained "
-                "on. Use more steps (num_train_timesteps), a larger beta_end, or the 'cosine' / "
+                f"{PRIOR_MISMATCH_THRESHOLD:g}): x_(T-1) still carries sqrt(alphas_cumprod[-1]) = "
+                f"{math.sqrt(ab_last):.0%} of the clean signal, so sampling from N(0, I) does not "
+                "match what the model was trained on. Use more steps (num_train_timesteps), a larger beta_end, or the 'cosine' / "
                 "'squaredcos_cap_v2' schedule.",
                 PriorMismatchWarning,
                 stacklevel=stacklevel,

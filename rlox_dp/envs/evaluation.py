@@ -184,6 +184,47 @@ def _info_value(infos: Mapping[str, Any], key: str, i: int) -> Any | None:
     return infos[key][i]
 
 
+class _RunningEpisode:
+    """Return, length, outcome and (if ``record``) trajectory of the episode of one sub-env."""
+
+    def __init__(self, seed: int, record: bool) -> None:
+        self.seed, self.record = seed, record
+        self.episode_return, self.length = 0.0, 0
+        self.success: bool | None = None
+        self.score: float | None = None
+        self.obs: dict[str, list[np.ndarray]] = {}
+        self.actions: list[np.ndarray] = []
+        self.rewards: list[float] = []
+
+    def add(self, obs: Mapping[str, np.ndarray], action: np.ndarray, reward: float,
+            infos: Mapping[str, Any], i: int) -> None:
+        """Add the step of sub-env ``i``: batched ``obs`` before ``action`` ``(n_envs, D_act)``."""
+        self.episode_return += reward
+        self.length += 1
+        for key in SUCCESS_KEYS:  # success if any step reports it
+            value = _info_value(infos, key, i)
+            if value is not None:
+                self.success = bool(self.success) or bool(value)
+                break
+        coverage = _info_value(infos, "coverage", i)
+        if coverage is not None:  # score: max over steps
+            step_score = float(np.clip(float(coverage) / PUSHT_SUCCESS_COVERAGE, 0.0, 1.0))
+            self.score = step_score if self.score is None else max(self.score, step_score)
+        if self.record:
+            for key, value in obs.items():
+                self.obs.setdefault(key, []).append(np.array(value[i]))
+            self.actions.append(action[i].copy())
+            self.rewards.append(reward)
+
+    def finish(self) -> Episode:
+        episode = Episode(self.seed, self.episode_return, self.length, self.success, self.score)
+        if self.record:
+            episode.observations = {k: np.stack(v) for k, v in self.obs.items()}
+            episode.actions = np.stack(self.actions)
+            episode.rewards = np.asarray(self.rewards, dtype=np.float64)
+        return episode
+
+
 def rollout(
     policy: EvalPolicy,
     env_id: str,
@@ -225,7 +266,7 @@ def rollout(
         raise ValueError(f"n_envs: expected a positive int, got {n_envs}")
     if n_videos < 0 or (n_videos > 0 and video_dir is None):
         raise ValueError(f"n_videos: expected 0, or > 0 together with video_dir; got {n_videos}")
-    n_episodes, n_envs = len(seeds), min(int(n_envs), len(seeds))
+    n_envs = min(int(n_envs), len(seeds))
 
     wrapper = None
     if n_videos > 0:
@@ -235,12 +276,6 @@ def rollout(
         Path(video_dir).mkdir(parents=True, exist_ok=True)
         names = {s: f"episode_{j:03d}_seed_{s}" for j, s in enumerate(seeds[:n_videos])}
         wrapper = partial(_VideoRecorder, video_dir=video_dir, names=names, backend=backend)
-    pbar = None
-    if progress:
-        from tqdm import tqdm
-
-        pbar = tqdm(total=n_episodes, desc=progress_desc, unit="episode")
-
     envs = make_vec_env(
         env_id,
         n_envs,
@@ -252,60 +287,47 @@ def rollout(
         wrapper=wrapper,
     )
     action_shape = (n_envs, *envs.single_action_space.shape)
-    action_dtype = envs.single_action_space.dtype
-    episodes: list[Episode | None] = [None] * n_episodes
-    slot = np.arange(n_envs)  # episode index run by each sub-env, -1 for filler episodes
-    next_episode, n_finished, env_steps = n_envs, 0, 0
-    ret = np.zeros(n_envs)
-    length = np.zeros(n_envs, dtype=np.int64)
-    success: list[bool | None] = [None] * n_envs
-    score: list[float | None] = [None] * n_envs
-    traj: list[dict[str, list]] = [_empty_traj() for _ in range(n_envs)]
+    pending = iter(seeds[n_envs:])
+    # the episode each sub-env is running; None while it runs an uncounted filler episode
+    running: list[_RunningEpisode | None] = [_RunningEpisode(s, record) for s in seeds[:n_envs]]
+    finished: dict[int, Episode] = {}
+    env_steps = 0
+    pbar = None
+    if progress:
+        from tqdm import tqdm
+
+        pbar = tqdm(total=len(seeds), desc=progress_desc, unit="episode")
     start = time.perf_counter()
     try:
         obs, _ = envs.reset(seed=seeds[:n_envs])
         policy.reset(None)
-        while n_finished < n_episodes:
+        while len(finished) < len(seeds):
             obs = dict(obs)
             action = np.asarray(policy.select_action(obs))
             if action.shape != action_shape:
-                raise ValueError(
-                    f"policy.select_action: expected actions of shape {action_shape}, "
-                    f"got {action.shape}"
-                )
+                raise ValueError(f"policy.select_action: expected actions of shape "
+                                 f"{action_shape}, got {action.shape}")
             if not np.all(np.isfinite(action)):
                 raise ValueError("policy.select_action: returned non-finite actions")
-            action = action.astype(action_dtype, copy=False)
+            action = action.astype(envs.single_action_space.dtype, copy=False)
             next_obs, reward, terminated, truncated, infos = envs.step(action)
             done = terminated | truncated
-            for i in np.flatnonzero(slot >= 0):
+            for i, episode in enumerate(running):
+                if episode is None:
+                    continue
                 env_steps += 1
-                ret[i] += float(reward[i])
-                length[i] += 1
-                success[i], score[i] = _update_outcome(infos, i, success[i], score[i])
-                if record:
-                    for key, value in obs.items():
-                        traj[i]["obs"].setdefault(key, []).append(np.array(value[i]))
-                    traj[i]["action"].append(action[i].copy())
-                    traj[i]["reward"].append(float(reward[i]))
+                episode.add(obs, action, float(reward[i]), infos, i)
                 if done[i]:
-                    episodes[slot[i]] = _make_episode(
-                        seeds[slot[i]], ret[i], length[i], success[i], score[i], traj[i], record
-                    )
-                    n_finished += 1
+                    finished[episode.seed] = episode.finish()
                     if pbar is not None:
                         pbar.update(1)
-            if n_finished == n_episodes or not done.any():
+            if len(finished) == len(seeds) or not done.any():
                 obs = next_obs
                 continue
             reset_seeds: list[int | None] = [None] * n_envs
             for i in np.flatnonzero(done):
-                slot[i] = next_episode if next_episode < n_episodes else -1
-                if next_episode < n_episodes:
-                    reset_seeds[i] = seeds[next_episode]
-                    next_episode += 1
-                ret[i], length[i], success[i], score[i] = 0.0, 0, None, None
-                traj[i] = _empty_traj()
+                seed = reset_seeds[i] = next(pending, None)
+                running[i] = None if seed is None else _RunningEpisode(seed, record)
             obs, _ = envs.reset(seed=reset_seeds, options={"reset_mask": done.copy()})
             policy.reset(done.copy())
     finally:
@@ -313,47 +335,10 @@ def rollout(
         if pbar is not None:
             pbar.close()
     return RolloutResult(
-        episodes=[e for e in episodes if e is not None],
+        episodes=[finished[s] for s in seeds],
         wall_time_s=time.perf_counter() - start,
         env_steps=env_steps,
     )
-
-
-def _empty_traj() -> dict[str, Any]:
-    return {"obs": {}, "action": [], "reward": []}
-
-
-def _update_outcome(
-    infos: Mapping[str, Any], i: int, success: bool | None, score: float | None
-) -> tuple[bool | None, float | None]:
-    """Fold sub-env ``i``'s step info into the episode's (any-step success, max score)."""
-    for key in SUCCESS_KEYS:
-        value = _info_value(infos, key, i)
-        if value is not None:
-            success = bool(success) or bool(value)
-            break
-    coverage = _info_value(infos, "coverage", i)
-    if coverage is not None:
-        step_score = float(np.clip(float(coverage) / PUSHT_SUCCESS_COVERAGE, 0.0, 1.0))
-        score = step_score if score is None else max(score, step_score)
-    return success, score
-
-
-def _make_episode(
-    seed: int,
-    episode_return: float,
-    length: int,
-    success: bool | None,
-    score: float | None,
-    traj: dict[str, Any],
-    record: bool,
-) -> Episode:
-    episode = Episode(int(seed), float(episode_return), int(length), success, score)
-    if record:
-        episode.observations = {k: np.stack(v) for k, v in traj["obs"].items()}
-        episode.actions = np.stack(traj["action"])
-        episode.rewards = np.asarray(traj["reward"], dtype=np.float64)
-    return episode
 
 
 def evaluate_policy(

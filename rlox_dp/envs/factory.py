@@ -170,7 +170,13 @@ def make_vec_env(
     """
     if not isinstance(n_envs, (int, np.integer)) or n_envs < 1:
         raise ValueError(f"n_envs: expected a positive int, got {n_envs!r}")
-    mode = AutoresetMode(autoreset_mode) if isinstance(autoreset_mode, str) else autoreset_mode
+    try:
+        mode = AutoresetMode(autoreset_mode)
+    except ValueError:
+        raise ValueError(
+            f"autoreset_mode: expected one of {[m.value for m in AutoresetMode]}, "
+            f"got {autoreset_mode!r}"
+        ) from None
     make_one = partial(
         _make_wrapped_env,
         env_id,
@@ -180,7 +186,6 @@ def make_vec_env(
         wrapper=wrapper,
     )
     if not asynchronous:
-        # Build the first env eagerly so that a bad id fails here with our error message.
         envs: gym.vector.VectorEnv = SyncVectorEnv([make_one] * int(n_envs), autoreset_mode=mode)
     else:
         make_one().close()  # fail fast in this process rather than inside a worker
