@@ -110,10 +110,12 @@ def _run_train(args: argparse.Namespace) -> int:
     if args.eval_episodes is not None:
         trainer.config.n_eval_episodes = args.eval_episodes
     metrics = trainer.train(args.steps)
-    if args.video_dir and not metrics.get("interrupted"):
+    if args.video_dir and not metrics.get("interrupted") and trainer.dist.is_main:
         trainer.evaluate(n_episodes=2, video_dir=args.video_dir, n_videos=2)
     rows = {"algorithm": trainer.algorithm_name, "env": trainer.env_id, **metrics,
             "checkpoint": str(trainer.log_dir / "checkpoints" / "last.safetensors")}
+    if not trainer.dist.is_main:  # under torchrun only rank 0 reports
+        return 130 if metrics.get("interrupted") else 0
     print(format_table(rows, title=f"rlox_dp train: {trainer.algorithm_name} on {trainer.env_id}"))
     return 130 if metrics.get("interrupted") else 0
 
@@ -131,10 +133,10 @@ def _run_eval(args: argparse.Namespace) -> int:
 
 def _run_list() -> int:
     from rlox_dp import available_algorithms
-    from rlox_dp.envs.experts import available_experts
+    from rlox_dp.envs.experts import expert_env_ids
 
     print("algorithms: " + ", ".join(available_algorithms()))
-    print("built-in experts: " + ", ".join(available_experts()))
+    print("built-in experts: " + ", ".join(expert_env_ids()))
     return 0
 
 

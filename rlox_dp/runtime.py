@@ -15,14 +15,15 @@ class NonFiniteLossError(FloatingPointError):
     """Training produced a NaN or infinite loss; the weights were not updated with it."""
 
 
-def resolve_device(device: str | torch.device) -> torch.device:
-    """``"auto"`` -> CUDA when available, else CPU; other values are checked and returned.
+def resolve_device(device: str | torch.device, local_rank: int = 0) -> torch.device:
+    """``"auto"`` -> CUDA when available (GPU ``local_rank``: one per torchrun rank), else CPU;
+    other values are checked and returned.
 
     Raises:
         ValueError: an unknown device string, or CUDA requested where none is available.
     """
     if isinstance(device, str) and device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        return torch.device(f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu")
     try:
         dev = torch.device(device)
     except (RuntimeError, TypeError) as err:
@@ -71,6 +72,15 @@ class TrainState:
         self.data_generator.manual_seed(seed)
         self.model_generator = torch.Generator(device=device)
         self.model_generator.manual_seed(seed + 1)
+
+    def snapshot(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Copies of both generators' states (taken at the start of every step)."""
+        return self.data_generator.get_state(), self.model_generator.get_state()
+
+    def restore(self, snapshot: tuple[torch.Tensor, torch.Tensor]) -> None:
+        """Undo the draws of an unfinished step (what :meth:`snapshot` returned)."""
+        self.data_generator.set_state(snapshot[0])
+        self.model_generator.set_state(snapshot[1])
 
     def rng_tensors(self) -> dict[str, torch.Tensor]:
         """RNG states as uint8 tensors (for the checkpoint)."""

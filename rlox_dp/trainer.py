@@ -38,6 +38,7 @@ from rlox_dp.checkpoint import (
 )
 from rlox_dp.config import ConfigError
 from rlox_dp.ema import EMA
+from rlox_dp.distributed import init_distributed
 from rlox_dp.presets import preset_for
 from rlox_dp.runtime import NonFiniteLossError, TrainState, lr_at, resolve_device, seed_everything
 
@@ -47,6 +48,16 @@ logger = logging.getLogger("rlox_dp")
 
 #: config keys that configure the environment rather than the algorithm.
 ENV_CONFIG_KEYS = {"obs": "obs_mode", "obs_mode": "obs_mode"}
+
+
+class _NullWriter:
+    """Stands in for the TensorBoard writer on ranks other than 0."""
+
+    def add_scalar(self, *args: Any, **kwargs: Any) -> None:
+        pass
+
+    def flush(self) -> None:
+        pass
 
 
 class Trainer:
@@ -95,7 +106,13 @@ class Trainer:
         if seed is not None and config_seed is not None and seed != config_seed:
             raise ConfigError(f"seed given twice with different values: seed={seed}, config seed={config_seed}")
         self.seed = int(seed if seed is not None else (config_seed if config_seed is not None else 0))
-        self.device = resolve_device(device)
+        self.device = resolve_device(device, local_rank=int(os.environ.get("LOCAL_RANK", "0")))
+        self.dist = init_distributed(self.device)
+        if self.config.batch_size % self.dist.world_size:
+            raise ConfigError(
+                f"config field 'batch_size' ({self.config.batch_size}) is the global batch and must be "
+                f"divisible by the number of processes ({self.dist.world_size})"
+            )
         self.cache_dir = Path(cache_dir) if cache_dir is not None else None
         self.progress = progress
         stamp = time.strftime("%Y%m%d-%H%M%S")
@@ -122,6 +139,13 @@ class Trainer:
         )
         self.state = TrainState(self.seed, self.device)
         self._train_step = self._make_train_step()
+        self._ddp = None
+        if self.dist.enabled:
+            from torch.nn.parallel import DistributedDataParallel
+
+            self._ddp = DistributedDataParallel(
+                self.policy, device_ids=[self.device.index] if self.device.type == "cuda" else None
+            )
         self._writer = None
 
     # -- construction helpers -----------------------------------------------------------------------
@@ -248,13 +272,14 @@ class Trainer:
 
     def _make_train_step(self):
         if self.config.compile_model:
-            # Compile the networks in place (state-dict keys unchanged); the loss code stays eager.
-            for module in self.policy.children():
-                if not isinstance(module, Normalizer) and any(True for _ in module.parameters()):
-                    module.compile()
+            # Networks compiled in place (state-dict keys unchanged); the loss code stays eager.
+            self.policy.compile_networks()
+            if self.ema is not None:
+                self.ema.model.compile_networks()
 
         def step(batch):
-            return self.policy.compute_loss(batch, self.state.model_generator)
+            model = self._ddp if self._ddp is not None else self.policy
+            return model(batch, self.state.model_generator)
 
         return step
 
@@ -304,25 +329,31 @@ class Trainer:
             raise ValueError(f"total_steps must be >= 1, got {total}")
         buffer = self.buffer
         cfg = self.config
-        writer = self._writer_or_none()
+        writer = self._writer_or_none() if self.dist.is_main else _NullWriter()
         self.policy.train()
         metrics: dict[str, float] = {}
         recent: list[torch.Tensor] = []
         t0 = time.perf_counter()
         start = self.state.step
         bar = tqdm(total=total, initial=start, desc=f"{self.algorithm_name} {self.env_id}",
-                   disable=not self.progress, dynamic_ncols=True, leave=False)
+                   disable=not (self.progress and self.dist.is_main), dynamic_ncols=True, leave=False)
         interrupted = False
+        snapshot, step = self.state.snapshot(), self.state.step
         try:
             while self.state.step < total:
                 step = self.state.step
+                snapshot = self.state.snapshot()  # so Ctrl-C mid-step resumes exactly
                 lr = lr_at(step, cfg.lr, cfg.lr_warmup_steps, total, cfg.lr_scheduler)
                 for group in self.optimizer.param_groups:
                     group["lr"] = lr
-                batch = buffer.sample(cfg.batch_size, generator=self.state.data_generator)
-                batch = batch.to(self.device, non_blocking=True)
+                # The same global batch of windows on every rank; each trains on its own slice.
+                indices = torch.randint(len(buffer), (cfg.batch_size,), device=buffer.device,
+                                        generator=self.state.data_generator)
+                part = self.dist.local_slice(cfg.batch_size)
+                batch = buffer.window(indices[part]).to(self.device, non_blocking=True)
+                self.policy.global_batch = (cfg.batch_size, part.start) if self.dist.enabled else None
                 loss, info = self._train_step(batch)
-                if not torch.isfinite(loss):
+                if not torch.isfinite(self.dist.all_reduce_sum(loss)):
                     raise NonFiniteLossError(
                         f"non-finite training loss ({loss.item()}) at step {step}; stopped without "
                         f"updating the weights. The last good checkpoint in {self.log_dir} is kept. "
@@ -337,7 +368,7 @@ class Trainer:
                 self.state.step += 1
                 recent.append(loss.detach())
                 if self.state.step % cfg.log_every == 0 or self.state.step == total:
-                    mean_loss = torch.stack(recent).mean().item()
+                    mean_loss = self._global_mean(recent)
                     recent.clear()
                     metrics["loss"] = mean_loss
                     writer.add_scalar("train/loss", mean_loss, self.state.step)
@@ -350,30 +381,39 @@ class Trainer:
                         writer.add_scalar("train/ema_decay", decay, self.state.step)
                     bar.set_postfix(loss=f"{mean_loss:.4f}", lr=f"{lr:.2e}")
                 bar.update(1)
-                if self.state.step % cfg.checkpoint_every == 0 and self.state.step < total:
+                if self.state.step % cfg.checkpoint_every == 0 and self.state.step < total and self.dist.is_main:
                     self.save(self.log_dir / "checkpoints" / "last.safetensors")
-                if cfg.eval_every and self.state.step % cfg.eval_every == 0 and self.state.step < total:
+                if (cfg.eval_every and self.state.step % cfg.eval_every == 0 and self.state.step < total
+                        and self.dist.is_main):
                     self._log_eval(self.evaluate(), writer)
                     self.policy.train()
         except KeyboardInterrupt:
             interrupted = True
-            path = self.save(self.log_dir / "checkpoints" / "last.safetensors")
-            logger.warning("interrupted at step %d; checkpoint saved to %s", self.state.step, path)
+            if self.state.step == step:  # the interrupted step never reached the optimizer
+                self.state.restore(snapshot)
+            if self.dist.is_main:
+                path = self.save(self.log_dir / "checkpoints" / "last.safetensors")
+                logger.warning("interrupted at step %d; checkpoint saved to %s", self.state.step, path)
         finally:
             bar.close()
         elapsed = time.perf_counter() - t0
         if recent:
-            metrics["loss"] = torch.stack(recent).mean().item()
+            metrics["loss"] = self._global_mean(recent)
         metrics.update(step=float(self.state.step), train_time_s=elapsed,
                        steps_per_s=(self.state.step - start) / max(elapsed, 1e-9),
                        interrupted=float(interrupted))
         metrics.update({f"expert/{k[len('expert_'):]}": v for k, v in self.demo_info.items()})
-        if not interrupted:
+        if not interrupted and self.dist.is_main:
             self.save(self.log_dir / "checkpoints" / "last.safetensors")
             if evaluate and cfg.n_eval_episodes > 0:
                 metrics.update(self._log_eval(self.evaluate(), writer))
         writer.flush()
+        self.dist.barrier()
         return metrics
+
+    def _global_mean(self, losses: list[torch.Tensor]) -> float:
+        """Mean of the recent per-step losses over steps and ranks (the global batch's loss)."""
+        return self.dist.all_reduce_sum(torch.stack(losses).mean()).item() / self.dist.world_size
 
     def _log_eval(self, summary: dict[str, float], writer) -> dict[str, float]:
         for k, v in summary.items():

@@ -65,7 +65,7 @@ def test_resume_is_bit_identical_to_uninterrupted_run(tmp_path):
 
 def _train_until(trainer: Trainer, stop: int, total: int) -> None:
     """Run ``stop`` steps of a ``total``-step run (the LR schedule depends on the total)."""
-    original = trainer.buffer.sample
+    original = trainer.buffer.window
     calls = {"n": 0}
 
     def sample(*args, **kwargs):
@@ -74,9 +74,9 @@ def _train_until(trainer: Trainer, stop: int, total: int) -> None:
         calls["n"] += 1
         return original(*args, **kwargs)
 
-    trainer.buffer.sample = sample
+    trainer.buffer.window = sample
     metrics = trainer.train(total, evaluate=False)
-    trainer.buffer.sample = original
+    trainer.buffer.window = original
     assert metrics["interrupted"] == 1.0
     assert trainer.state.step == stop
 

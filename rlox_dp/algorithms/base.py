@@ -248,6 +248,10 @@ class Algorithm(nn.Module, ABC):
         self.action_dim = int(action_space.shape[0])
         self.register_buffer("action_low", torch.as_tensor(action_space.low, dtype=torch.float32))
         self.register_buffer("action_high", torch.as_tensor(action_space.high, dtype=torch.float32))
+        #: ``(global_batch_size, offset)`` when this process trains on a slice of a larger
+        #: data-parallel batch; algorithms draw per-sample randomness for the global batch and
+        #: keep their slice, so N ranks reproduce one process. ``None``: the batch is global.
+        self.global_batch: tuple[int, int] | None = None
         self._obs_history: dict[str, torch.Tensor] | None = None
         self._action_queue: torch.Tensor | None = None
         self._queue_pos: torch.Tensor | None = None
@@ -270,6 +274,18 @@ class Algorithm(nn.Module, ABC):
         self, obs: dict[str, torch.Tensor], generator: torch.Generator | None = None
     ) -> torch.Tensor:
         """Actions to execute, normalized: obs ``(B, T_o, ...)`` -> ``(B, n_action_steps, D_act)``."""
+
+    def forward(
+        self, batch: Batch, generator: torch.Generator | None = None
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """Same as :meth:`compute_loss` (so wrappers such as DDP can call the module)."""
+        return self.compute_loss(batch, generator)
+
+    def compile_networks(self, **compile_kwargs: Any) -> None:
+        """``torch.compile`` every trainable sub-network in place (state-dict keys unchanged)."""
+        for module in self.children():
+            if not isinstance(module, Normalizer) and any(True for _ in module.parameters()):
+                module.compile(**compile_kwargs)
 
     # -- shared inference -----------------------------------------------------------------------------
     @property

@@ -22,15 +22,18 @@ __all__ = ["BCChunkConfig", "BCChunkPolicy", "BCConfig", "BCPolicy", "masked_mse
 
 
 def masked_mse(pred: torch.Tensor, target: torch.Tensor, is_pad: torch.Tensor) -> torch.Tensor:
-    """Mean squared error over the non-padded actions.
+    """Mean squared error with padded actions zeroed out (LeRobot's convention).
+
+    The sum runs over real actions only and is divided by the number of ALL entries, so the loss
+    of a batch is exactly the mean of the losses of its equal-sized parts (what makes
+    data-parallel training equal to one process with the global batch).
 
     Args:
         pred, target: ``(B, H, D_act)``.
         is_pad: ``(B, H)`` bool; padded actions do not contribute.
     """
     valid = (~is_pad).unsqueeze(-1).to(pred.dtype)
-    sq = (pred - target).square() * valid
-    return sq.sum() / (valid.sum() * pred.shape[-1]).clamp_min(1.0)
+    return ((pred - target).square() * valid).mean()
 
 
 def mlp(in_dim: int, out_dim: int, hidden_dim: int, n_layers: int) -> nn.Sequential:

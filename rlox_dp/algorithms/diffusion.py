@@ -215,11 +215,12 @@ class DiffusionPolicy(Algorithm):
         """Denoising loss of a normalized batch: actions ``(B, H, D_act)``, padded actions masked."""
         actions = batch.action
         cond = self.obs_encoder(batch.obs, generator)
-        noise = torch.randn(actions.shape, generator=generator, device=actions.device, dtype=actions.dtype)
-        t = torch.randint(
-            0, self.config.num_train_timesteps, (actions.shape[0],), generator=generator,
-            device=actions.device,
-        )
+        b = actions.shape[0]
+        total, start = self.global_batch or (b, 0)
+        noise = torch.randn((total, *actions.shape[1:]), generator=generator, device=actions.device,
+                            dtype=actions.dtype)[start : start + b]
+        t = torch.randint(0, self.config.num_train_timesteps, (total,), generator=generator,
+                          device=actions.device)[start : start + b]
         noisy = self._schedule_on(actions.device).add_noise(actions, noise, t)
         pred = self.denoiser(noisy, t, cond)
         target = noise if self.config.prediction_type == "epsilon" else actions

@@ -102,7 +102,7 @@ class BimodalPointEnv(gym.Env):
             ("goal_radius", goal_radius, 0.5),
             ("max_speed", max_speed, 0.5),
             ("start_noise", start_noise, 0.2),
-            ("lateral_noise", lateral_noise, 0.2),
+            ("lateral_noise", lateral_noise, 0.4),
         ]:
             low_ok = value >= 0 if name.endswith("noise") else value > 0
             if not (low_ok and value <= high):

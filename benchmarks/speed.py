@@ -1,0 +1,426 @@
+"""CPU speed of rlox_dp's Diffusion Policy, with the shapes of LeRobot's peer benchmark.
+
+Configs use the shapes of ``/work/shared/peer/lerobot_dp_bench.py`` (horizon 16, n_obs_steps 2,
+2-D actions, 100 train timesteps, kernel 5, FiLM scale, step embedding 128):
+
+- ``lowdim_small``: obs ``environment_state (16,)`` + ``agent_pos (2,)``, down_dims 256/512/1024
+- ``lowdim``: same observations, down_dims 512/1024/2048
+- ``image``: obs ``image (3, 96, 96)`` uint8 + ``agent_pos (2,)``, ResNet-18 (GroupNorm, spatial
+  softmax 32, 84x84 crops), down_dims 512/1024/2048
+- ``pusht_keypoints_fast``: our PushT keypoints env ``state (20,)``, down_dims 256/512/1024
+  (the paper's / our default U-Net); the only config with the evaluation-throughput task
+- ``tiny``: a few-kB network for smoke tests
+
+Tasks (each in its own subprocess, so the peak RSS of ``resource.getrusage`` is per task):
+``train_bs8`` / ``train_bs64`` (zero_grad + compute_loss + backward + AdamW step on one fixed
+batch, as the peer; data sampling from a :class:`DemonstrationBuffer`, gradient clipping, the
+EMA update and a whole Trainer-like step are timed separately), ``infer_ddpm100``,
+``infer_ddim10``, ``infer_ddim<K>`` (one action chunk for one observation window, batch 1, via
+``predict_action_chunk``), ``eval`` (``evaluate_policy`` on PushT keypoints, 10 envs, plus the
+env alone). Timings: ``time.perf_counter``, warm-up first, then the median of repeats. Like the
+peer, each repeat records the share of the machine's CPU used by *other* processes and the
+median uses only "clean" repeats (< ``--quiet-thr``) when enough exist.
+
+    python benchmarks/speed.py --config lowdim_small
+    python benchmarks/speed.py --config lowdim --peer-python /tmp/lerobot-venv/bin/python
+
+With ``--peer-python`` every common task is run by the peer script too, alternating ours and
+theirs task by task with the same quiet/repeat settings; its raw results go to
+``results/lerobot_peer_<config>.json`` and the ratios to ``results/speed_vs_lerobot.json``.
+Ratios are ``their time / our time``: > 1 means rlox_dp is faster (for training this equals
+our steps/s divided by theirs).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+RESULTS = Path(__file__).resolve().parent / "results"
+PEER_SCRIPT = Path("/work/shared/peer/lerobot_dp_bench.py")
+OBS = {
+    "lowdim": {"environment_state": (16,), "agent_pos": (2,)},
+    "image": {"image": (3, 96, 96), "agent_pos": (2,)},
+    "keypoints": {"state": (20,)},
+}
+CONFIGS: dict[str, dict[str, Any]] = {
+    "lowdim_small": {"obs": "lowdim", "down_dims": (256, 512, 1024)},
+    "lowdim": {"obs": "lowdim", "down_dims": (512, 1024, 2048)},
+    "image": {"obs": "image", "down_dims": (512, 1024, 2048)},
+    "pusht_keypoints_fast": {"obs": "keypoints", "down_dims": (256, 512, 1024)},
+    "tiny": {"obs": "lowdim", "down_dims": (16, 32), "diffusion_step_embed_dim": 16, "n_groups": 4},
+}
+PEER_TASKS = ("infer_ddim10", "infer_ddpm100", "train_bs8", "train_bs64")
+
+
+# ---------------------------------------------------------------------------------- measurement
+def _cpu_sample() -> tuple[int, int, int]:
+    """(machine jiffies, machine idle jiffies, this process's jiffies), as the peer script."""
+    with open("/proc/stat") as f:
+        v = [int(x) for x in f.readline().split()[1:9]]
+    with open("/proc/self/stat") as f:
+        st = f.read()
+    fields = st[st.rfind(")") + 2 :].split()
+    return sum(v), v[3] + v[4], int(fields[11]) + int(fields[12])
+
+
+def _foreign(a: tuple[int, int, int], b: tuple[int, int, int]) -> float:
+    """Share of all cores' time used by other processes between samples ``a`` and ``b``."""
+    dt = b[0] - a[0]
+    return 0.0 if dt <= 0 else max(0.0, (dt - (b[1] - a[1]) - (b[2] - a[2])) / dt)
+
+
+def timeit(fn: Callable[[], Any], warmup: int, repeats: int, opts: dict[str, float]) -> dict[str, Any]:
+    """Run ``fn`` ``warmup`` times, then until ``repeats`` clean repeats (other processes below
+    ``opts["quiet_thr"]`` of the machine) or ``repeats + opts["max_extra"]`` attempts, waiting up
+    to ``opts["quiet_wait"]`` s for a quiet second before each. Returns the summary (seconds); a
+    dict returned by ``fn`` adds per-phase medians (``<key>_median_s``)."""
+    for _ in range(warmup):
+        fn()
+    recs: list[dict[str, float]] = []
+    while True:
+        t_wait = time.perf_counter()
+        while True:
+            a = _cpu_sample()
+            time.sleep(0.5 if opts["quiet_wait"] > 0 else 0.0)
+            if _foreign(a, _cpu_sample()) < opts["quiet_thr"] or time.perf_counter() - t_wait >= opts["quiet_wait"]:
+                break
+        a = _cpu_sample()
+        t0 = time.perf_counter()
+        extra = fn()
+        rec = {"t": time.perf_counter() - t0, "foreign": _foreign(a, _cpu_sample())}
+        rec.update(extra if isinstance(extra, dict) else {})
+        recs.append(rec)
+        n_clean = sum(r["foreign"] < opts["quiet_thr"] for r in recs)
+        if n_clean >= repeats or len(recs) >= repeats + opts["max_extra"]:
+            break
+    clean = [r for r in recs if r["foreign"] < opts["quiet_thr"]]
+    use = clean if len(clean) >= max(3, (len(recs) + 1) // 3) else recs
+    out = {"median_s": statistics.median(r["t"] for r in use), "min_s": min(r["t"] for r in use),
+           "max_s": max(r["t"] for r in use), "n": len(use), "n_clean": len(clean),
+           "n_attempts": len(recs), "contended": use is recs and len(clean) < len(recs),
+           "all_s": [r["t"] for r in recs], "foreign_share": [round(r["foreign"], 3) for r in recs]}
+    for key in recs[0]:
+        if key not in ("t", "foreign"):
+            out[f"{key}_median_s"] = statistics.median(r[key] for r in use)
+    return out
+
+
+def rss_peak_mib() -> float:
+    """Peak resident memory of this process (Linux ``ru_maxrss`` is in KiB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+# ---------------------------------------------------------------------------------- construction
+def synthetic_demos(obs_kind: str, n_episodes: int, seed: int = 0):
+    """PushT-shaped random demonstrations: episodes of 100..150 steps, positions in [0, 512]
+    pixels, images uint8 ``(N, 3, 96, 96)``; actions ``(N, 2)`` in [0, 512]."""
+    import numpy as np
+
+    from rlox_dp.buffers import Demonstrations
+
+    rng = np.random.default_rng(seed)
+    ends = np.cumsum(rng.integers(100, 151, size=n_episodes)).astype(np.int64)
+    n = int(ends[-1])
+    obs = {k: (rng.integers(0, 256, (n, *s), dtype=np.uint8) if len(s) == 3
+               else (rng.random((n, *s)) * 512).astype(np.float32)) for k, s in OBS[obs_kind].items()}
+    return Demonstrations(obs, (rng.random((n, 2)) * 512).astype(np.float32), ends)
+
+
+def build(cfg_name: str, n_episodes: int | None = None, seed: int = 0):
+    """``(policy, buffer)``: a DiffusionPolicy of config ``cfg_name`` (DDPM, 100 train steps) whose
+    normalizer is fitted on synthetic demos held by the returned DemonstrationBuffer."""
+    import gymnasium as gym
+    import numpy as np
+    import torch
+
+    from rlox_dp.algorithms import DiffusionConfig, DiffusionPolicy
+    from rlox_dp.buffers import DemonstrationBuffer
+
+    spec = dict(CONFIGS[cfg_name])
+    obs_kind = spec.pop("obs")
+    config = DiffusionConfig.from_dict({"horizon": 16, "n_obs_steps": 2, "n_action_steps": 8,
+                                        "num_train_timesteps": 100, "noise_scheduler_type": "DDPM",
+                                        "kernel_size": 5, **spec})
+    if n_episodes is None:
+        n_episodes = 20 if obs_kind == "image" else 200
+    demos = synthetic_demos(obs_kind, n_episodes, seed)
+    buffer = DemonstrationBuffer(demos, config.n_obs_steps, config.horizon, config.n_action_steps)
+    obs_space = gym.spaces.Dict({
+        k: gym.spaces.Box(0, 255, s, np.uint8) if len(s) == 3 else gym.spaces.Box(-np.inf, np.inf, s, np.float32)
+        for k, s in OBS[obs_kind].items()})
+    act_space = gym.spaces.Box(0.0, 512.0, (2,), np.float32)
+    torch.manual_seed(seed)
+    return DiffusionPolicy(config, obs_space, act_space, buffer.normalizer), buffer
+
+
+def count_params(policy) -> dict[str, int]:
+    """Total, denoiser and observation-encoder parameter counts."""
+    count = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731
+    return {"total": count(policy), "unet": count(policy.denoiser), "rgb_encoder": count(policy.obs_encoder)}
+
+
+# ---------------------------------------------------------------------------------- tasks
+def task_train(cfg_name: str, batch_size: int, opts: dict[str, float]) -> dict[str, Any]:
+    """Training step at ``batch_size``: the peer's step (fwd + bwd + AdamW on a fixed batch), plus
+    buffer sampling, clip_grad_norm_, the EMA update and a whole Trainer-like step."""
+    import torch
+
+    from rlox_dp.ema import EMA
+
+    policy, buffer = build(cfg_name)
+    policy.train()
+    gen, data_gen = torch.Generator().manual_seed(1), torch.Generator().manual_seed(2)
+    opt = torch.optim.AdamW(policy.parameters(), lr=1e-4, betas=(0.95, 0.999), eps=1e-8, weight_decay=1e-6)
+    batch = buffer.sample(batch_size, generator=data_gen)
+
+    def step() -> dict[str, float]:
+        t0 = time.perf_counter()
+        opt.zero_grad(set_to_none=True)
+        loss, _ = policy.compute_loss(batch, gen)
+        t1 = time.perf_counter()
+        loss.backward()
+        t2 = time.perf_counter()
+        opt.step()
+        step.loss = float(loss.detach())
+        return {"fwd": t1 - t0, "bwd": t2 - t1, "opt": time.perf_counter() - t2}
+
+    reps, warm = int(opts["repeats"]), 1 if opts["quick"] else 2
+    out: dict[str, Any] = {"batch_size": batch_size, "params": count_params(policy)}
+    out["step"] = timeit(step, warm, reps, opts)
+    out["steps_per_s"] = 1.0 / out["step"]["median_s"]
+    out["loss_finite"] = bool(torch.isfinite(torch.tensor(step.loss)))
+    few = {**opts, "quiet_wait": 0.0, "max_extra": 0}
+    out["sample_batch"] = timeit(lambda: buffer.sample(batch_size, generator=data_gen), 3, 30, few)
+    out["clip_grad_norm"] = timeit(lambda: torch.nn.utils.clip_grad_norm_(policy.parameters(), 10.0), 1, 5, few)
+    ema = EMA(policy)
+    out["ema_update"] = timeit(lambda: ema.update(policy), 1, 5, few)
+
+    def trainer_step() -> None:  # what Trainer.train does per gradient step
+        b = buffer.sample(batch_size, generator=data_gen)
+        loss, _ = policy.compute_loss(b, gen)
+        if not torch.isfinite(loss):
+            raise FloatingPointError("non-finite loss")
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(policy.parameters(), 10.0)
+        opt.step()
+        ema.update(policy)
+
+    out["trainer_step"] = timeit(trainer_step, 1, max(3, reps // 2), few)
+    out["trainer_steps_per_s"] = 1.0 / out["trainer_step"]["median_s"]
+    return out
+
+
+def task_infer(cfg_name: str, sampler: str, steps: int, opts: dict[str, float]) -> dict[str, Any]:
+    """Latency of one action chunk for one raw observation window (batch 1, ``predict_action_chunk``:
+    normalize + encode + ``steps`` denoiser calls + unnormalize)."""
+    import torch
+
+    policy, buffer = build(cfg_name)
+    policy.eval()
+    policy.configure_inference(sampler, steps)
+    window = buffer.window(torch.tensor([0]))  # normalized; raw units below
+    obs = {k: policy.normalizer.unnormalize(k, v) if v.ndim == 3 else (v * 255).to(torch.uint8)
+           for k, v in window.obs.items()}
+    gen = torch.Generator().manual_seed(3)
+    chunk = policy.predict_action_chunk(obs, gen)
+    out: dict[str, Any] = {"scheduler": sampler, "num_inference_steps": steps, "params": count_params(policy),
+                           "chunk_shape": list(chunk.shape), "chunk_finite": bool(torch.isfinite(chunk).all())}
+    reps = int(opts["repeats"])
+    out["policy"] = timeit(lambda: policy.predict_action_chunk(obs, gen), 1 if steps >= 100 else 2, reps, opts)
+    out["per_unet_call_ms"] = 1000 * out["policy"]["median_s"] / steps
+    return out
+
+
+class _ConstantPolicy:
+    """Env-only baseline for :func:`evaluate_policy`: always the centre of the table."""
+
+    def reset(self, env_mask=None) -> None:
+        """Nothing to reset."""
+
+    def select_action(self, obs):
+        """``(n_envs, 2)`` actions at (256, 256)."""
+        import numpy as np
+
+        return np.full((next(iter(obs.values())).shape[0], 2), 256.0, np.float32)
+
+
+def task_eval(cfg_name: str, steps: int, opts: dict[str, float]) -> dict[str, Any]:
+    """Env steps/s of ``evaluate_policy`` on PushT keypoints, 10 envs, 10 episodes, DDIM ``steps``,
+    and of the env alone (constant actions)."""
+    import torch  # noqa: F401
+
+    from rlox_dp.envs import evaluate_policy
+
+    if CONFIGS[cfg_name]["obs"] != "keypoints":
+        raise ValueError(f"--tasks eval needs a PushT keypoints config, got {cfg_name!r}")
+    policy, _ = build(cfg_name)
+    policy.eval()
+    policy.configure_inference("DDIM", steps)
+    max_steps = 40 if opts["quick"] else 300
+    kwargs = dict(n_episodes=10, n_envs=10, seed=0, env_kwargs={"obs_mode": "keypoints"},
+                  max_episode_steps=max_steps)
+    out: dict[str, Any] = {"n_envs": 10, "n_episodes": 10, "max_episode_steps": max_steps,
+                           "sampler": f"DDIM{steps}"}
+    for name, pol in (("env_only", _ConstantPolicy()), ("policy", policy)):
+        res = evaluate_policy(pol, "gym_pusht/PushT-v0", **kwargs)
+        out[name] = {"env_steps": res.env_steps, "wall_s": res.wall_time_s,
+                     "env_steps_per_s": res.env_steps / res.wall_time_s}
+    return out
+
+
+def run_task(cfg_name: str, task: str, opts: dict[str, float]) -> dict[str, Any]:
+    """Run one task in this process with ``opts["threads"]`` torch threads; adds load and RSS."""
+    import torch
+
+    torch.set_num_threads(int(opts["threads"]))
+    res: dict[str, Any] = {"loadavg_start": os.getloadavg()}
+    if task == "baseline":  # RSS after the imports, before building anything
+        import rlox_dp.algorithms  # noqa: F401
+        import rlox_dp.envs  # noqa: F401
+    elif task.startswith("train_bs"):
+        res.update(task_train(cfg_name, int(task[len("train_bs"):]), opts))
+    elif task.startswith(("infer_ddpm", "infer_ddim")):
+        res.update(task_infer(cfg_name, task[6:10].upper(), int(task[10:]), opts))
+    elif task.startswith("eval"):
+        res.update(task_eval(cfg_name, int(task[len("eval_ddim"):] or 10), opts))
+    else:
+        raise ValueError(f"unknown task {task!r}; expected baseline, train_bs<N>, infer_ddpm<K>, "
+                         "infer_ddim<K>, eval_ddim<K>")
+    res.update(quick=bool(opts["quick"]), loadavg_end=os.getloadavg(), rss_peak_mib=rss_peak_mib(), torch_threads=torch.get_num_threads())
+    return res
+
+
+# ---------------------------------------------------------------------------------- driver
+def _spawn(cmd: list[str], env: dict[str, str] | None = None) -> dict[str, Any]:
+    t0 = time.perf_counter()
+    p = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    for line in p.stdout.splitlines():
+        if line.startswith("@@RESULT@@"):
+            return {**json.loads(line[len("@@RESULT@@"):]), "wall_s": time.perf_counter() - t0}
+    return {"error": (p.stderr or p.stdout)[-3000:], "rc": p.returncode}
+
+
+def wait_for_load(max_load: float, tries: int, pause_s: float) -> list[float]:
+    """Wait (``tries`` x ``pause_s`` at most) until the 1-min load average is <= ``max_load``."""
+    seen = []
+    for i in range(tries):
+        seen.append(os.getloadavg()[0])
+        if seen[-1] <= max_load or i == tries - 1:
+            break
+        time.sleep(pause_s)
+    return seen
+
+
+def ratios(ours: dict[str, Any], theirs: dict[str, Any], fast_task: str | None) -> dict[str, Any]:
+    """Their time / our time per common task (> 1: rlox_dp faster), RSS theirs / ours (> 1: we use
+    less), parameter counts, and our fastest sampler vs their DDIM-10."""
+    out: dict[str, Any] = {}
+    for task in PEER_TASKS:
+        a, b = ours.get(task, {}), theirs.get(task, {})
+        key = "step" if task.startswith("train") else "policy"
+        if key not in a or key not in b:
+            continue
+        out[task] = {"ours_s": a[key]["median_s"], "theirs_s": b[key]["median_s"],
+                     "speed_ratio": b[key]["median_s"] / a[key]["median_s"],
+                     "speed_ratio_of_min": b[key]["min_s"] / a[key]["min_s"],
+                     "rss_ratio": b["rss_peak_mib"] / a["rss_peak_mib"],
+                     "params_ours": a["params"]["total"], "params_theirs": b["params"]["total"],
+                     "contended_ours": a[key]["contended"], "contended_theirs": b[key]["contended"]}
+    if "rss_peak_mib" in ours.get("baseline", {}) and "rss_peak_mib" in theirs.get("baseline", {}):
+        out["baseline_rss_mib"] = {"ours": ours["baseline"]["rss_peak_mib"], "theirs": theirs["baseline"]["rss_peak_mib"]}
+    if fast_task and "policy" in ours.get(fast_task, {}) and "policy" in theirs.get("infer_ddim10", {}):
+        out[f"best_ours_{fast_task}_vs_theirs_infer_ddim10"] = {
+            "ours_s": ours[fast_task]["policy"]["median_s"], "theirs_s": theirs["infer_ddim10"]["policy"]["median_s"],
+            "speed_ratio": theirs["infer_ddim10"]["policy"]["median_s"] / ours[fast_task]["policy"]["median_s"]}
+    return out
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--config", choices=list(CONFIGS), default="lowdim_small")
+    ap.add_argument("--tasks", default=None, help="comma list (default: peer tasks + infer_ddim<fast-steps> [+ eval])")
+    ap.add_argument("--fast-steps", type=int, default=5, help="DDIM steps of our fastest sampler setting")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--repeats", type=int, default=10)
+    ap.add_argument("--quick", action="store_true", help="3 repeats, short eval episodes")
+    ap.add_argument("--quiet-thr", type=float, default=0.05)
+    ap.add_argument("--quiet-wait", type=float, default=3.0, help="max s to wait for quiet per repeat")
+    ap.add_argument("--max-extra", type=int, default=3, help="extra repeats to replace disturbed ones")
+    ap.add_argument("--max-load", type=float, default=1.5)
+    ap.add_argument("--peer-python", default=None, help="python of the LeRobot venv: run the peer too")
+    ap.add_argument("--out-dir", default=str(RESULTS))
+    ap.add_argument("--merge", action="store_true", help="keep earlier results of tasks not run now")
+    ap.add_argument("--worker", nargs=2, metavar=("CFG", "TASK"), help=argparse.SUPPRESS)
+    args = ap.parse_args(argv)
+    opts = {"threads": args.threads, "repeats": 3 if args.quick else args.repeats, "quick": args.quick,
+            "quiet_thr": args.quiet_thr, "quiet_wait": args.quiet_wait, "max_extra": args.max_extra}
+    if args.worker:
+        print("@@RESULT@@" + json.dumps(run_task(args.worker[0], args.worker[1], opts)), flush=True)
+        return {}
+
+    import torch
+
+    fast = f"infer_ddim{args.fast_steps}"
+    default = ["baseline", *PEER_TASKS, fast] + (["eval_ddim10", f"eval_ddim{args.fast_steps}"]
+                                     if CONFIGS[args.config]["obs"] == "keypoints" else [])
+    tasks = args.tasks.split(",") if args.tasks else default
+    me = [sys.executable, str(Path(__file__).resolve()), "--threads", str(args.threads),
+          "--repeats", str(args.repeats), "--quiet-thr", str(args.quiet_thr), "--quiet-wait",
+          str(args.quiet_wait), "--max-extra", str(args.max_extra)] + (["--quick"] if args.quick else [])
+    peer_env = {**os.environ, "BENCH_QUIET_THR": str(args.quiet_thr), "BENCH_QUIET_MAX_WAIT": str(args.quiet_wait),
+                "BENCH_MAX_EXTRA": str(args.max_extra)}
+    peer_cmd = [args.peer_python, str(PEER_SCRIPT)] if args.peer_python else None
+    ours: dict[str, Any] = {"config": args.config, "spec": CONFIGS[args.config], "torch": torch.__version__,
+                            "python": platform.python_version(), "threads": args.threads, "nproc": os.cpu_count(),
+                            "date": time.strftime("%Y-%m-%d %H:%M:%S"), "loadavg_start": os.getloadavg(),
+                            "quick": args.quick, "tasks": {}}
+    theirs: dict[str, Any] = {"config": args.config, "tasks": {}}
+    out_dir = Path(args.out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for store, name in ((ours, "speed"), (theirs, "lerobot_peer")):  # keep tasks not re-run now
+        old = out_dir / f"{name}_{args.config}.json"
+        if args.merge and old.exists():
+            store["tasks"] = json.loads(old.read_text())["tasks"]
+    if peer_cmd:
+        theirs["versions"] = _spawn(peer_cmd + ["--worker", args.config, "versions"], peer_env)
+    for i, task in enumerate(tasks):
+        runs = [("ours", me + ["--worker", args.config, task], None)]
+        if peer_cmd and task in (*PEER_TASKS, "baseline") and args.config in ("lowdim_small", "lowdim", "image"):
+            runs.append(("theirs", peer_cmd + ["--worker", args.config, task] + (["--quick"] if args.quick else []), peer_env))
+        for who, cmd, env in runs if i % 2 == 0 else runs[::-1]:  # alternate who goes first
+            load_seen = wait_for_load(args.max_load, 4, 30.0)
+            res = {**_spawn(cmd, env), "load_before": load_seen, "quick": args.quick}
+            (ours if who == "ours" else theirs)["tasks"][task] = res
+            main_t = (res.get("step") or res.get("policy") or {}).get("median_s")
+            print(f"{args.config:<22}{task:<16}{who:<7} median {main_t} s  rss {res.get('rss_peak_mib')} MiB  "
+                  f"load {load_seen[-1]:.2f}  {res.get('error', '')[-300:]}", flush=True)
+    ours["loadavg_end"] = os.getloadavg()
+    (out_dir / f"speed_{args.config}.json").write_text(json.dumps(ours, indent=1))
+    if peer_cmd and theirs["tasks"]:
+        (out_dir / f"lerobot_peer_{args.config}.json").write_text(json.dumps(theirs, indent=1))
+        path = out_dir / "speed_vs_lerobot.json"
+        table = json.loads(path.read_text()) if path.exists() else {}
+        table["definition"] = ("speed_ratio = LeRobot median time / rlox_dp median time (> 1: rlox_dp faster; "
+                               "for training = our steps/s / theirs); rss_ratio = LeRobot peak RSS / ours")
+        table[args.config] = {"date": ours["date"], "threads": args.threads, "torch_ours": ours["torch"],
+                              "torch_theirs": theirs["versions"].get("torch"),
+                              "loadavg_start": ours["loadavg_start"], "loadavg_end": ours["loadavg_end"],
+                              "quick_tasks": sorted(t for t, r in ours["tasks"].items() if r.get("quick")),
+                              "ratios": ratios(ours["tasks"], theirs["tasks"], fast)}
+        path.write_text(json.dumps(table, indent=1))
+    return ours
+
+
+if __name__ == "__main__":
+    main()
