@@ -218,6 +218,10 @@ def task_train(cfg_name: str, batch_size: int, opts: dict[str, float]) -> dict[s
 
     out["trainer_step"] = timeit(trainer_step, 1, max(3, reps // 2), few)
     out["trainer_steps_per_s"] = 1.0 / out["trainer_step"]["median_s"]
+    opt = torch.optim.AdamW(policy.parameters(), lr=1e-4, betas=(0.95, 0.999), eps=1e-8,
+                            weight_decay=1e-6, fused=True)  # the peer's step with fused AdamW
+    out["step_fused_adamw"] = timeit(step, 1, max(3, reps // 2), opts)
+    out["steps_per_s_fused_adamw"] = 1.0 / out["step_fused_adamw"]["median_s"]
     return out
 
 

@@ -65,7 +65,7 @@ def test_bad_arguments():
 
 def test_env_spaces():
     obs_space, act_space = env_spaces(BIMODAL_ENV_ID)
-    assert isinstance(obs_space, gym.spaces.Dict) and obs_space["state"].shape == (4,)
+    assert isinstance(obs_space, gym.spaces.Dict) and obs_space["state"].shape == (2,)
     assert isinstance(act_space, gym.spaces.Box) and act_space.shape == (2,)
 
 

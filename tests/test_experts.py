@@ -127,7 +127,7 @@ def test_collect_demonstrations_layout():
     assert demos.n_episodes == 5 and demos.n_steps == lengths.sum()
     np.testing.assert_array_equal(demos.episode_ends, np.cumsum(lengths))
     np.testing.assert_array_equal(demos.episode_seeds, np.arange(42, 47))
-    assert demos.observations["state"].shape == (demos.n_steps, 4)
+    assert demos.observations["state"].shape == (demos.n_steps, 2)
     assert demos.actions.shape == (demos.n_steps, 2) and demos.actions.dtype == np.float32
     assert demos.rewards.shape == (demos.n_steps,)
     # each episode's first observation is the env's reset observation for its seed

@@ -1,19 +1,16 @@
-"""BimodalPoint: a 2-D point must pass a diamond obstacle on the left or on the right.
+r"""BimodalPoint: a 2-D point must pass a diamond obstacle on the left or on the right.
 
-Geometry (world units; the obstacle is the square ``|x| + |y| < obstacle_size`` standing on a
-corner)::
+Geometry (world units)::
 
-                 y
-                 ^           goal (0, 1), radius goal_radius
-                 |
-          W2_left  <>  W2_right       W2 = (+-(obstacle_size + side_margin), 0)
-                 |/  \\
-                 /\\  /  obstacle
-                 | \\/
-                 |  W1 = (0, -(obstacle_size + split_gap))     the split point
-                 |
-                 +-------------> x
-              start (0, -1) + U(+-start_noise) along y (and U(+-lateral_noise) along x)
+                  y
+                  ^       goal (0, 1), radius goal_radius
+                  |
+                  /\
+       W2_left * <obs> * W2_right       obstacle: |x| + |y| < obstacle_size (a diamond)
+                  \/                    W2 = (+-(obstacle_size + side_margin), 0)
+                  * W1                  W1 = (0, -(obstacle_size + split_gap)), the split point
+                 /|\                    approach: straight paths from the start region
+          start region (0, -1) + (U(+-start_noise_x), U(+-start_noise_y))
 
 * observation ``(2,)`` float32: the position, inside the workspace ``[-1.5, 1.5]^2``.
 * action ``(2,)`` in ``[-1, 1]^2``: a velocity; the point moves by ``max_speed * action`` per step.
@@ -24,16 +21,18 @@ corner)::
   ``0`` otherwise. ``info["is_success"]`` and ``info["collision"]`` report the outcome.
 * time limit: 100 steps (registered), about twice what the expert needs.
 
-The scripted expert (:class:`BimodalPointExpert`) drives straight up to the split point W1 just
-below the obstacle's bottom corner, then, with a side drawn per episode, heads for W2_left or
-W2_right and from there to the goal. Both modes visit the same states up to W1.
+The scripted expert (:class:`BimodalPointExpert`) drives straight to the split point W1 just
+below the obstacle's bottom corner, then, with a side drawn per episode, to W2_left or W2_right
+and from there to the goal: a piecewise-straight path of about 50 steps. Both sides share the
+approach, a fan of states between the start region and W1 where the side cannot be inferred.
 
-Why averaging fails (the point of the benchmark): below W1 the two modes act identically; above
+Why averaging fails (the point of the benchmark): up to W1 the two sides act identically; after
 it they head for mirror-image waypoints, so the mean of their actions has a positive vertical
-part and a lateral part that points toward the axis ``x = 0`` (zero on it). A policy that
-outputs the mean of the modes therefore climbs along the axis into the obstacle's bottom corner
-and collides, every episode. A regression policy trained on both modes interpolates between
-the two diverging paths: it leaves W1 along an intermediate direction, which the corner blocks.
+part and a lateral part pointing toward the axis ``x = 0`` (zero on it). A policy outputting
+the mean of the sides therefore climbs from W1 along the axis into the obstacle's bottom corner,
+every episode. A regression (MSE) policy trained on both sides learns that mean on the shared
+fan: measured here (100 demos, 2x256 MLPs, 3 training seeds), MSE policies predicting single
+actions or chunks of 8 or 16 collided in 66-100% of 50 episodes, while the expert succeeds always.
 """
 
 from __future__ import annotations
@@ -75,8 +74,7 @@ class BimodalPointEnv(gym.Env):
         obstacle_size: the obstacle is ``|x| + |y| < obstacle_size``.
         goal_radius: success when the point is within this distance of the goal (0, 1).
         max_speed: displacement per step for an action of 1 along an axis.
-        start_noise: half-width of the uniform noise on the start's y coordinate.
-        lateral_noise: half-width of the uniform noise on the start's x coordinate.
+        start_noise_x, start_noise_y: half-widths of the uniform noise on the start (0, -1).
         render_size: side of rendered frames in pixels.
     """
 
@@ -88,8 +86,8 @@ class BimodalPointEnv(gym.Env):
         obstacle_size: float = 0.5,
         goal_radius: float = 0.1,
         max_speed: float = 0.05,
-        start_noise: float = 0.1,
-        lateral_noise: float = 0.0,
+        start_noise_x: float = 0.3,
+        start_noise_y: float = 0.1,
         render_size: int = 256,
     ) -> None:
         if render_mode is not None and render_mode not in self.metadata["render_modes"]:
@@ -101,19 +99,18 @@ class BimodalPointEnv(gym.Env):
             ("obstacle_size", obstacle_size, 0.8),
             ("goal_radius", goal_radius, 0.5),
             ("max_speed", max_speed, 0.5),
-            ("start_noise", start_noise, 0.2),
-            ("lateral_noise", lateral_noise, 0.4),
+            ("start_noise_x", start_noise_x, 0.4),
+            ("start_noise_y", start_noise_y, 0.2),
         ]:
-            low_ok = value >= 0 if name.endswith("noise") else value > 0
-            if not (low_ok and value <= high):
-                bound = "[0" if name.endswith("noise") else "(0"
+            is_noise = name.startswith("start_noise")
+            if not ((value >= 0 if is_noise else value > 0) and value <= high):
+                bound = "[0" if is_noise else "(0"
                 raise ValueError(f"{name}: expected a value in {bound}, {high}], got {value!r}")
         self.render_mode = render_mode
         self.obstacle_size = float(obstacle_size)
         self.goal_radius = float(goal_radius)
         self.max_speed = float(max_speed)
-        self.start_noise = float(start_noise)
-        self.lateral_noise = float(lateral_noise)
+        self.start_noise = np.array([start_noise_x, start_noise_y], dtype=np.float64)
         self.render_size = int(render_size)
         h = WORKSPACE_HALF_WIDTH
         self.observation_space = gym.spaces.Box(-h, h, shape=(2,), dtype=np.float32)
@@ -126,8 +123,7 @@ class BimodalPointEnv(gym.Env):
     ) -> tuple[np.ndarray, dict[str, Any]]:
         """Draw a start position; returns ``(obs (2,), info)``."""
         super().reset(seed=seed)
-        noise = np.array([self.lateral_noise, self.start_noise])
-        self._position = START + self.np_random.uniform(-1.0, 1.0, 2) * noise
+        self._position = START + self.np_random.uniform(-1.0, 1.0, 2) * self.start_noise
         return self._position.astype(np.float32), {"is_success": False, "collision": False}
 
     def step(self, action: np.ndarray) -> tuple[np.ndarray, float, bool, bool, dict[str, Any]]:
@@ -168,10 +164,9 @@ class BimodalPointExpert:
 
     Implements :class:`rlox_dp.envs.evaluation.EvalPolicy`. Each env's side is drawn with
     probability 1/2 from ``rng`` when its episode starts (after :meth:`reset` for that env), unless
-    ``mode`` fixes it. Below the split point W1 the expert heads for W1 (slowing down to land on
-    it exactly); above it, for its side's waypoint W2; once the straight segment to the goal
-    clears the obstacle by ``visibility_margin`` (in L1 distance), for the goal. It moves at full
-    speed except on the last step to W1.
+    ``mode`` fixes it. Below the split point W1 the expert heads for W1 (slowing down on the last
+    step to land on it exactly); above it, for its side's waypoint W2; once the straight segment
+    to the goal clears the obstacle by ``visibility_margin`` (in L1 distance), for the goal.
 
     Args:
         rng: generator (or seed) for the per-episode side draws.
@@ -187,8 +182,7 @@ class BimodalPointExpert:
         mode: Literal["random", "left", "right"] = "random",
         obstacle_size: float = 0.5,
         max_speed: float = 0.05,
-        split_gap: float = 0.05,
-        gate_distance: float = 0.25,
+        split_gap: float = 0.1,
         side_margin: float = 0.15,
         visibility_margin: float = 0.1,
     ) -> None:
@@ -204,7 +198,6 @@ class BimodalPointExpert:
         self.obstacle_size = float(obstacle_size)
         self.max_speed = float(max_speed)
         self.split = np.array([0.0, -(obstacle_size + split_gap)])
-        self.gate = self.split - np.array([0.0, gate_distance])
         self.side_x = float(obstacle_size + side_margin)
         self.visibility_margin = float(visibility_margin)
         # (n_envs,) side per env: +1 right, -1 left, 0 = draw at the next action.
@@ -252,15 +245,12 @@ class BimodalPointExpert:
         visible = (
             min_l1_norm_on_segment(position, goal) > self.obstacle_size + self.visibility_margin
         )
-        tol = 1e-5  # observations are float32
-        below_gate = position[:, 1] < self.gate[1] - tol
-        below_split = position[:, 1] < self.split[1] - tol
+        below = position[:, 1] < self.split[1] - 1e-5  # tolerance: observations are float32
         waypoint = np.stack([sides * self.side_x, np.zeros(len(sides))], axis=-1)
-        target = np.where(below_split[:, None], self.split, waypoint)
-        target = np.where(below_gate[:, None], self.gate, target)
+        target = np.where(below[:, None], self.split, waypoint)
         target = np.where(visible[:, None], goal, target)
         delta = target - position
         dist = np.linalg.norm(delta, axis=-1, keepdims=True)
-        land = (below_split & ~visible)[:, None]  # land exactly on the gate and on W1
+        land = (below & ~visible)[:, None]  # land exactly on W1
         speed = np.where(land, np.minimum(1.0, dist / self.max_speed), 1.0)
         return (delta / np.maximum(dist, 1e-12) * speed).astype(np.float32)

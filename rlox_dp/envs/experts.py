@@ -20,12 +20,14 @@ Demonstrations from :func:`default_demonstrations` are cached at
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 import os
 import time
 import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any, Literal
 
@@ -215,8 +217,6 @@ def _algo_class(algo: str) -> type:
 
 def _learn(model: Any, steps: int, progress: bool, first: bool) -> None:
     """``model.learn(steps)`` with a progress bar: SB3's own (needs tqdm and rich) or a tqdm one."""
-    import importlib.util
-
     if not progress or importlib.util.find_spec("rich") is not None:
         model.learn(steps, reset_num_timesteps=first, progress_bar=progress)
         return
@@ -254,27 +254,30 @@ def load_or_train_sb3_expert(
         "MlpPolicy", gym.make(spec.env_id), seed=seed, device="cpu", verbose=0, **spec.hyperparams
     )
     trained, expert = 0, SB3Expert(model)
-    while True:
-        steps = spec.total_timesteps if trained == 0 else spec.extra_timesteps
-        _learn(model, steps, progress, first=trained == 0)
-        trained += steps
-        result = evaluate_policy(
-            expert, spec.env_id, n_episodes=VALIDATION_EPISODES, n_envs=4, seed=VALIDATION_SEED
-        )
-        mean_return = float(np.mean(result.returns))
-        logger.info(
-            "%s %s expert: %d steps, %.1f s, validation return %.1f (target %.1f)",
-            spec.env_id, spec.algo, trained, time.perf_counter() - start, mean_return,
-            spec.target_return,
-        )
-        if mean_return >= spec.target_return:
-            break
-        if trained >= spec.max_timesteps:
-            raise RuntimeError(
-                f"{spec.algo} expert for {spec.env_id!r} reached a mean validation return of "
-                f"{mean_return:.1f} after {trained} steps, below the target {spec.target_return}"
+    try:
+        while True:
+            steps = spec.total_timesteps if trained == 0 else spec.extra_timesteps
+            _learn(model, steps, progress, first=trained == 0)
+            trained += steps
+            result = evaluate_policy(
+                expert, spec.env_id, n_episodes=VALIDATION_EPISODES, n_envs=4, seed=VALIDATION_SEED
             )
-    model.get_env().close()
+            mean_return = float(np.mean(result.returns))
+            logger.info(
+                "%s %s expert: %d steps, %.1f s, validation return %.1f (target %.1f)",
+                spec.env_id, spec.algo, trained, time.perf_counter() - start, mean_return,
+                spec.target_return,
+            )
+            if mean_return >= spec.target_return:
+                break
+            if trained >= spec.max_timesteps:
+                raise RuntimeError(
+                    f"{spec.algo} expert for {spec.env_id!r} reached a mean validation return of "
+                    f"{mean_return:.1f} after {trained} steps, below the target "
+                    f"{spec.target_return}"
+                )
+    finally:
+        model.get_env().close()
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.stem}.tmp-{uuid.uuid4().hex}.zip")
     try:
@@ -285,15 +288,12 @@ def load_or_train_sb3_expert(
     return expert
 
 
-def _sb3_factory(spec: SB3ExpertSpec) -> ExpertFactory:
-    def factory(cache_dir: Path, progress: bool, seed: int) -> EvalPolicy:
-        return load_or_train_sb3_expert(spec, cache_dir=cache_dir, progress=progress, seed=seed)
-
-    return factory
+def _sb3_factory(spec: SB3ExpertSpec, cache_dir: Path, progress: bool, seed: int) -> EvalPolicy:
+    return load_or_train_sb3_expert(spec, cache_dir=cache_dir, progress=progress, seed=seed)
 
 
 for _env_id, _spec in SB3_EXPERTS.items():
-    register_expert(_env_id)(_sb3_factory(_spec))
+    register_expert(_env_id)(partial(_sb3_factory, _spec))
 
 
 @register_expert(BIMODAL_ENV_ID)
