@@ -42,8 +42,9 @@ import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 RESULTS = Path(__file__).resolve().parent / "results"
 PEER_SCRIPT = Path("/work/shared/peer/lerobot_dp_bench.py")

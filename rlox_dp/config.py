@@ -92,7 +92,7 @@ def _coerce(field: str, value: Any, tp: Any) -> Any:
             raise ConfigError(
                 f"config field {field!r}: expected {len(args)} values ({_type_name(tp)}), got {value!r}"
             )
-        return tuple(_coerce(f"{field}[{i}]", v, a) for i, (v, a) in enumerate(zip(value, args)))
+        return tuple(_coerce(f"{field}[{i}]", v, a) for i, (v, a) in enumerate(zip(value, args, strict=True)))
     if origin in (dict, Mapping) or tp is dict:
         if not isinstance(value, Mapping):
             raise ConfigError(f"config field {field!r}: expected a dict, got {value!r}")

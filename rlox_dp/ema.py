@@ -42,7 +42,7 @@ class EMA:
         ema_params = [p for p in self.model.parameters()]
         params = [p.detach() for p in model.parameters()]
         torch._foreach_lerp_(ema_params, params, 1.0 - decay)
-        for b_ema, b in zip(self.model.buffers(), model.buffers()):
+        for b_ema, b in zip(self.model.buffers(), model.buffers(), strict=True):
             b_ema.copy_(b)
         self.step += 1
         return decay

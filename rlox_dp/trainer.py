@@ -10,7 +10,6 @@ writes atomic checkpoints, and evaluates the EMA policy in vectorized Gymnasium 
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging
 import math
@@ -21,7 +20,6 @@ from pathlib import Path
 from typing import Any
 
 import gymnasium as gym
-import numpy as np
 import torch
 from tqdm.auto import tqdm
 
@@ -37,8 +35,8 @@ from rlox_dp.checkpoint import (
     space_to_json,
 )
 from rlox_dp.config import ConfigError
-from rlox_dp.ema import EMA
 from rlox_dp.distributed import init_distributed
+from rlox_dp.ema import EMA
 from rlox_dp.presets import preset_for
 from rlox_dp.runtime import NonFiniteLossError, TrainState, lr_at, resolve_device, seed_everything
 

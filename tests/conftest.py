@@ -57,3 +57,17 @@ def _few_threads():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+def record_losses(trainer) -> list[float]:
+    """Wrap ``trainer.policy.compute_loss`` so every training step appends its loss to the list."""
+    losses: list[float] = []
+    original = trainer.policy.compute_loss
+
+    def record(batch, generator=None):
+        loss, info = original(batch, generator)
+        losses.append(loss.item())
+        return loss, info
+
+    trainer.policy.compute_loss = record
+    return losses

@@ -121,5 +121,5 @@ def test_optimizer_state_round_trip():
     restored = optimizer_state_from_tensors(tensors, meta)
     opt2 = torch.optim.AdamW(model.parameters(), lr=1e-3)
     opt2.load_state_dict(restored)
-    for (k, a), (_, b) in zip(opt.state_dict()["state"][0].items(), opt2.state_dict()["state"][0].items()):
+    for (k, a), (_, b) in zip(opt.state_dict()["state"][0].items(), opt2.state_dict()["state"][0].items(), strict=True):
         assert torch.equal(a, b), k

@@ -8,7 +8,7 @@ import socket
 
 import torch
 import torch.multiprocessing as mp
-from conftest import TINY, pendulum_demos
+from conftest import TINY, pendulum_demos, record_losses
 
 from rlox_dp import Trainer
 
@@ -19,15 +19,7 @@ CONFIG = {**TINY["diffusion"], "batch_size": 16, "lr": 1e-3}
 def _train(tmp: str, tag: str) -> Trainer:
     trainer = Trainer("diffusion", env="Pendulum-v1", config=CONFIG, demos=pendulum_demos(), seed=0,
                       device="cpu", log_dir=os.path.join(tmp, "run"), progress=False, preset=False)
-    losses: list[float] = []
-    original = trainer.policy.compute_loss
-
-    def record(batch, generator=None):
-        loss, info = original(batch, generator)
-        losses.append(loss.item())
-        return loss, info
-
-    trainer.policy.compute_loss = record
+    losses = record_losses(trainer)
     trainer.train(STEPS, evaluate=False)
     params = torch.cat([p.detach().flatten() for p in trainer.policy.parameters()])
     torch.save(params, os.path.join(tmp, f"params-{tag}.pt"))
@@ -59,6 +51,6 @@ def test_two_cpu_processes_match_single_process(tmp_path):
     torch.testing.assert_close(p0, ps, rtol=1e-4, atol=1e-5)  # == one process, global batch
     l0, l1, ls = (json.loads((tmp_path / f"losses-{t}.json").read_text()) for t in ("rank0", "rank1", "single"))
     assert len(ls) == STEPS and l0 != l1  # each rank trained on its own slice of the batch
-    for a, b, s in zip(l0, l1, ls):
+    for a, b, s in zip(l0, l1, ls, strict=True):
         assert abs((a + b) / 2 - s) < 1e-5
     assert single.state.step == STEPS

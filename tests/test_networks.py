@@ -24,16 +24,6 @@ from rlox_dp.networks import (
 )
 from rlox_dp.networks.unet1d import ConditionalResidualBlock1D
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _single_thread():
-    """Tiny networks run fastest on one thread; avoids oversubscription on shared CI cores."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 TINY_UNET = dict(down_dims=(8, 16), kernel_size=3, n_groups=4, diffusion_step_embed_dim=8)
 TINY_MLP = dict(hidden_dim=32, n_layers=2, timestep_embed_dim=8)
 

@@ -35,14 +35,6 @@ from rlox_dp.diffusion import (
 FAST = settings(max_examples=30, deadline=None)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _single_thread():
-    """Tiny tensors: intra-op threads only contend on a shared 2-core machine (10x slower)."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
 
 MU = torch.tensor([0.5, -1.0], dtype=torch.float64)
 SIGMA = torch.tensor([0.3, 1.5], dtype=torch.float64)

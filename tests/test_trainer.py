@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from conftest import TINY, pendulum_demos
+from conftest import TINY, pendulum_demos, record_losses
 
 from rlox_dp import NonFiniteLossError, Trainer
 from rlox_dp.checkpoint import load_checkpoint
@@ -57,9 +57,9 @@ def test_resume_is_bit_identical_to_uninterrupted_run(tmp_path):
                            log_dir=tmp_path / "resumed")
     resumed.train(12, evaluate=False)
     for (name, p_full), (_, p_res) in zip(full.policy.state_dict().items(),
-                                          resumed.policy.state_dict().items()):
+                                          resumed.policy.state_dict().items(), strict=True):
         assert torch.equal(p_full, p_res), name
-    for p_full, p_res in zip(full.ema.model.parameters(), resumed.ema.model.parameters()):
+    for p_full, p_res in zip(full.ema.model.parameters(), resumed.ema.model.parameters(), strict=True):
         assert torch.equal(p_full, p_res)
 
 
@@ -91,15 +91,7 @@ def test_keyboard_interrupt_saves_checkpoint(tmp_path):
 def test_same_seed_same_losses_and_eval_different_seed_differs(tmp_path):
     def run(seed):
         t = make("diffusion", tmp_path, seed=seed, log_every=1)
-        losses = []
-        orig = t.policy.compute_loss
-
-        def record(batch, generator=None):
-            loss, info = orig(batch, generator)
-            losses.append(loss.item())
-            return loss, info
-
-        t.policy.compute_loss = record
+        losses = record_losses(t)
         metrics = t.train(6)
         return losses, metrics["eval/return_mean"]
 
