@@ -316,12 +316,17 @@ def _spawn(cmd: list[str], env: dict[str, str] | None = None) -> dict[str, Any]:
     return {"error": (p.stderr or p.stdout)[-3000:], "rc": p.returncode}
 
 
-def wait_for_load(max_load: float, tries: int, pause_s: float) -> list[float]:
-    """Wait (``tries`` x ``pause_s`` at most) until the 1-min load average is <= ``max_load``."""
+def wait_for_quiet(max_busy_cores: float, tries: int, pause_s: float) -> list[dict[str, float]]:
+    """Before a task: measure for 2 s how many cores other processes keep busy (the driver is
+    idle, so every busy jiffy is foreign); retry after ``pause_s`` up to ``tries`` times until it is
+    <= ``max_busy_cores``. The 1-min load average would still count our own previous task."""
     seen = []
     for i in range(tries):
-        seen.append(os.getloadavg()[0])
-        if seen[-1] <= max_load or i == tries - 1:
+        a = _cpu_sample()
+        time.sleep(2.0)
+        busy = _foreign(a, _cpu_sample()) * (os.cpu_count() or 1)
+        seen.append({"busy_cores_other": round(busy, 2), "loadavg1": os.getloadavg()[0]})
+        if busy <= max_busy_cores or i == tries - 1:
             break
         time.sleep(pause_s)
     return seen
@@ -362,7 +367,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--quiet-thr", type=float, default=0.05)
     ap.add_argument("--quiet-wait", type=float, default=3.0, help="max s to wait for quiet per repeat")
     ap.add_argument("--max-extra", type=int, default=3, help="extra repeats to replace disturbed ones")
-    ap.add_argument("--max-load", type=float, default=1.5)
+    ap.add_argument("--max-busy", type=float, default=0.5, help="cores other processes may use at a start")
+    ap.add_argument("--quiet-tries", type=int, default=4, help="checks (20 s apart) for --max-busy")
     ap.add_argument("--peer-python", default=None, help="python of the LeRobot venv: run the peer too")
     ap.add_argument("--out-dir", default=str(RESULTS))
     ap.add_argument("--merge", action="store_true", help="keep earlier results of tasks not run now")
@@ -404,12 +410,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         if peer_cmd and task in (*PEER_TASKS, "baseline") and args.config in ("lowdim_small", "lowdim", "image"):
             runs.append(("theirs", peer_cmd + ["--worker", args.config, task] + (["--quick"] if args.quick else []), peer_env))
         for who, cmd, env in runs if i % 2 == 0 else runs[::-1]:  # alternate who goes first
-            load_seen = wait_for_load(args.max_load, 4, 30.0)
+            load_seen = wait_for_quiet(args.max_busy, args.quiet_tries, 20.0)
             res = {**_spawn(cmd, env), "load_before": load_seen, "quick": args.quick}
             (ours if who == "ours" else theirs)["tasks"][task] = res
             main_t = (res.get("step") or res.get("policy") or {}).get("median_s")
             print(f"{args.config:<22}{task:<16}{who:<7} median {main_t} s  rss {res.get('rss_peak_mib')} MiB  "
-                  f"load {load_seen[-1]:.2f}  {res.get('error', '')[-300:]}", flush=True)
+                  f"before: {load_seen[-1]}  {res.get('error', '')[-300:]}", flush=True)
     ours["loadavg_end"] = os.getloadavg()
     (out_dir / f"speed_{args.config}.json").write_text(json.dumps(ours, indent=1))
     if peer_cmd and theirs["tasks"]:

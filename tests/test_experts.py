@@ -21,7 +21,13 @@ from rlox_dp.envs import (
     register_expert,
 )
 from rlox_dp.envs import experts as experts_module
-from rlox_dp.envs.experts import SB3_EXPERTS, SB3Expert, load_or_train_sb3_expert, sb3_expert_path
+from rlox_dp.envs.experts import (
+    DEMOS_VERSION,
+    SB3_EXPERTS,
+    SB3Expert,
+    load_or_train_sb3_expert,
+    sb3_expert_path,
+)
 
 
 class ZeroPolicy:
@@ -164,7 +170,7 @@ def test_only_successful_errors():
 
 def test_default_demonstrations_are_cached(tmp_path, monkeypatch):
     demos = default_demonstrations(BIMODAL_ENV_ID, n_episodes=4, cache_dir=tmp_path, progress=False)
-    path = tmp_path / "demos" / "rlox_dp_BimodalPoint-v0-4-10000.npz"
+    path = tmp_path / "demos" / f"rlox_dp_BimodalPoint-v0-{DEMOS_VERSION}-4-10000.npz"
     assert path.exists()
     assert demos.metadata["expert_return_mean"] == 1.0
     np.testing.assert_array_equal(demos.episode_seeds, np.arange(10_000, 10_004))

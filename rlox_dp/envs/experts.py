@@ -375,6 +375,10 @@ def collect_demonstrations(
     return demos
 
 
+#: part of cached demo file names: bump when an env or expert changes so stale demos are not reused.
+DEMOS_VERSION = "v2"
+
+
 def default_demonstrations(
     env_id: str,
     *,
@@ -390,7 +394,7 @@ def default_demonstrations(
     ``metadata["expert_return_mean"]`` is the mean return of the collected episodes.
     """
     cache = Path(cache_dir) if cache_dir is not None else default_cache_dir()
-    path = cache / "demos" / f"{_safe_name(env_id)}-{int(n_episodes)}-{int(seed)}.npz"
+    path = cache / "demos" / f"{_safe_name(env_id)}-{DEMOS_VERSION}-{int(n_episodes)}-{int(seed)}.npz"
     if path.exists():
         return load_demonstrations(path)
     expert = get_expert(env_id, cache_dir=cache, progress=progress, seed=0)
