@@ -60,6 +60,7 @@ CONFIGS: dict[str, dict[str, Any]] = {
     "pusht_keypoints_fast": {"obs": "keypoints", "down_dims": (256, 512, 1024)},
     "tiny": {"obs": "lowdim", "down_dims": (16, 32), "diffusion_step_embed_dim": 16, "n_groups": 4},
 }
+HZ = os.sysconf("SC_CLK_TCK")
 PEER_TASKS = ("infer_ddim10", "infer_ddpm100", "train_bs8", "train_bs64")
 
 
@@ -98,7 +99,8 @@ def timeit(fn: Callable[[], Any], warmup: int, repeats: int, opts: dict[str, flo
         a = _cpu_sample()
         t0 = time.perf_counter()
         extra = fn()
-        rec = {"t": time.perf_counter() - t0, "foreign": _foreign(a, _cpu_sample())}
+        t, b = time.perf_counter() - t0, _cpu_sample()
+        rec = {"t": t, "foreign": _foreign(a, b), "cpu": (b[2] - a[2]) / HZ}
         rec.update(extra if isinstance(extra, dict) else {})
         recs.append(rec)
         n_clean = sum(r["foreign"] < opts["quiet_thr"] for r in recs)
@@ -109,9 +111,10 @@ def timeit(fn: Callable[[], Any], warmup: int, repeats: int, opts: dict[str, flo
     out = {"median_s": statistics.median(r["t"] for r in use), "min_s": min(r["t"] for r in use),
            "max_s": max(r["t"] for r in use), "n": len(use), "n_clean": len(clean),
            "n_attempts": len(recs), "contended": use is recs and len(clean) < len(recs),
-           "all_s": [r["t"] for r in recs], "foreign_share": [round(r["foreign"], 3) for r in recs]}
+           "all_s": [r["t"] for r in recs], "foreign_share": [round(r["foreign"], 3) for r in recs],
+           "cpu_s": [r["cpu"] for r in recs], "cpu_median_all_s": statistics.median(r["cpu"] for r in recs)}
     for key in recs[0]:
-        if key not in ("t", "foreign"):
+        if key not in ("t", "foreign", "cpu"):
             out[f"{key}_median_s"] = statistics.median(r[key] for r in use)
     return out
 
@@ -302,7 +305,7 @@ def run_task(cfg_name: str, task: str, opts: dict[str, float]) -> dict[str, Any]
     else:
         raise ValueError(f"unknown task {task!r}; expected baseline, train_bs<N>, infer_ddpm<K>, "
                          "infer_ddim<K>, eval_ddim<K>")
-    res.update(quick=bool(opts["quick"]), loadavg_end=os.getloadavg(), rss_peak_mib=rss_peak_mib(), torch_threads=torch.get_num_threads())
+    res.update(torch=torch.__version__, python=platform.python_version(), quick=bool(opts["quick"]), loadavg_end=os.getloadavg(), rss_peak_mib=rss_peak_mib(), torch_threads=torch.get_num_threads())
     return res
 
 
@@ -332,6 +335,11 @@ def wait_for_quiet(max_busy_cores: float, tries: int, pause_s: float) -> list[di
     return seen
 
 
+def _peer_cpu_median(summary: dict[str, Any]) -> float:
+    """Median process CPU seconds per repeat of a peer summary (``own_cores * t``)."""
+    return statistics.median(c * t for c, t in zip(summary["own_cores"], summary["all_s"]))
+
+
 def ratios(ours: dict[str, Any], theirs: dict[str, Any], fast_task: str | None) -> dict[str, Any]:
     """Their time / our time per common task (> 1: rlox_dp faster), RSS theirs / ours (> 1: we use
     less), parameter counts, and our fastest sampler vs their DDIM-10."""
@@ -344,6 +352,7 @@ def ratios(ours: dict[str, Any], theirs: dict[str, Any], fast_task: str | None) 
         out[task] = {"ours_s": a[key]["median_s"], "theirs_s": b[key]["median_s"],
                      "speed_ratio": b[key]["median_s"] / a[key]["median_s"],
                      "speed_ratio_of_min": b[key]["min_s"] / a[key]["min_s"],
+                     "cpu_ratio": _peer_cpu_median(b[key]) / a[key]["cpu_median_all_s"],
                      "rss_ratio": b["rss_peak_mib"] / a["rss_peak_mib"],
                      "params_ours": a["params"]["total"], "params_theirs": b["params"]["total"],
                      "contended_ours": a[key]["contended"], "contended_theirs": b[key]["contended"]}
@@ -356,12 +365,42 @@ def ratios(ours: dict[str, Any], theirs: dict[str, Any], fast_task: str | None) 
     return out
 
 
+# The peer script pins 2 torch threads in a module constant; this runs its own worker with another.
+PEER_WORKER = ("import importlib.util, sys; s = importlib.util.spec_from_file_location('peer', sys.argv[1]); "
+               "m = importlib.util.module_from_spec(s); s.loader.exec_module(m); m.NUM_THREADS = int(sys.argv[2]); "
+               "m.run_worker(sys.argv[3], sys.argv[4], '--quick' in sys.argv)")
+
+
+def _write(out_dir: Path, suffix: str, ours: dict[str, Any], theirs: dict[str, Any], fast: str) -> None:
+    """Write our results, the peer's, and the ratios (under key ``<config><suffix>``)."""
+    ours["loadavg_end"] = os.getloadavg()
+    (out_dir / f"speed_{ours['config']}{suffix}.json").write_text(json.dumps(ours, indent=1))
+    if not theirs["tasks"]:
+        return
+    (out_dir / f"lerobot_peer_{ours['config']}{suffix}.json").write_text(json.dumps(theirs, indent=1))
+    path = out_dir / "speed_vs_lerobot.json"
+    table = json.loads(path.read_text()) if path.exists() else {}
+    table["definition"] = (
+        "speed_ratio = LeRobot median wall time / rlox_dp median wall time (> 1: rlox_dp faster; for "
+        "training = our steps/s / theirs); speed_ratio_of_min: the same with the fastest repeats; "
+        "cpu_ratio: the same with the process CPU seconds per repeat (less sensitive to other load); "
+        "rss_ratio = LeRobot peak RSS / ours (> 1: we use less)")
+    table[ours["config"] + suffix] = {
+        "date": ours["date"], "threads": ours["threads"],
+        "torch_ours": next((r["torch"] for r in ours["tasks"].values() if "torch" in r), None),
+        "torch_theirs": theirs.get("versions", {}).get("torch"), "loadavg_start": ours["loadavg_start"],
+        "loadavg_end": ours["loadavg_end"], "quick_tasks": sorted(t for t, r in ours["tasks"].items() if r.get("quick")),
+        "ratios": ratios(ours["tasks"], theirs["tasks"], fast)}
+    path.write_text(json.dumps(table, indent=1))
+
+
 def main(argv: list[str] | None = None) -> dict[str, Any]:
+    """Command line entry point (see the module docstring)."""
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--config", choices=list(CONFIGS), default="lowdim_small")
     ap.add_argument("--tasks", default=None, help="comma list (default: peer tasks + infer_ddim<fast-steps> [+ eval])")
     ap.add_argument("--fast-steps", type=int, default=5, help="DDIM steps of our fastest sampler setting")
-    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--threads", type=int, default=2, help="torch threads (files get _t<N> unless 2)")
     ap.add_argument("--repeats", type=int, default=10)
     ap.add_argument("--quick", action="store_true", help="3 repeats, short eval episodes")
     ap.add_argument("--quiet-thr", type=float, default=0.05)
@@ -370,6 +409,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--max-busy", type=float, default=0.5, help="cores other processes may use at a start")
     ap.add_argument("--quiet-tries", type=int, default=4, help="checks (20 s apart) for --max-busy")
     ap.add_argument("--peer-python", default=None, help="python of the LeRobot venv: run the peer too")
+    ap.add_argument("--our-python", default=sys.executable,
+                    help="python running our workers (rlox_dp from this checkout), e.g. one with the peer's torch")
+    ap.add_argument("--tag", default="", help="suffix of the result files, e.g. torch211")
     ap.add_argument("--out-dir", default=str(RESULTS))
     ap.add_argument("--merge", action="store_true", help="keep earlier results of tasks not run now")
     ap.add_argument("--worker", nargs=2, metavar=("CFG", "TASK"), help=argparse.SUPPRESS)
@@ -380,56 +422,43 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         print("@@RESULT@@" + json.dumps(run_task(args.worker[0], args.worker[1], opts)), flush=True)
         return {}
 
-    import torch
-
     fast = f"infer_ddim{args.fast_steps}"
-    default = ["baseline", *PEER_TASKS, fast] + (["eval_ddim10", f"eval_ddim{args.fast_steps}"]
-                                     if CONFIGS[args.config]["obs"] == "keypoints" else [])
-    tasks = args.tasks.split(",") if args.tasks else default
-    me = [sys.executable, str(Path(__file__).resolve()), "--threads", str(args.threads),
+    suffix = ("" if args.threads == 2 else f"_t{args.threads}") + (f"_{args.tag}" if args.tag else "")
+    keypoints = CONFIGS[args.config]["obs"] == "keypoints"
+    tasks = args.tasks.split(",") if args.tasks else (
+        ["baseline", *PEER_TASKS, fast] + (["eval_ddim10", f"eval_ddim{args.fast_steps}"] if keypoints else []))
+    quick = ["--quick"] if args.quick else []
+    me = [args.our_python, str(Path(__file__).resolve()), "--threads", str(args.threads),
           "--repeats", str(args.repeats), "--quiet-thr", str(args.quiet_thr), "--quiet-wait",
-          str(args.quiet_wait), "--max-extra", str(args.max_extra)] + (["--quick"] if args.quick else [])
+          str(args.quiet_wait), "--max-extra", str(args.max_extra), *quick]
     peer_env = {**os.environ, "BENCH_QUIET_THR": str(args.quiet_thr), "BENCH_QUIET_MAX_WAIT": str(args.quiet_wait),
                 "BENCH_MAX_EXTRA": str(args.max_extra)}
-    peer_cmd = [args.peer_python, str(PEER_SCRIPT)] if args.peer_python else None
-    ours: dict[str, Any] = {"config": args.config, "spec": CONFIGS[args.config], "torch": torch.__version__,
-                            "python": platform.python_version(), "threads": args.threads, "nproc": os.cpu_count(),
-                            "date": time.strftime("%Y-%m-%d %H:%M:%S"), "loadavg_start": os.getloadavg(),
-                            "quick": args.quick, "tasks": {}}
-    theirs: dict[str, Any] = {"config": args.config, "tasks": {}}
+    our_env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    peer = [args.peer_python, "-c", PEER_WORKER, str(PEER_SCRIPT), str(args.threads)] if args.peer_python else None
+    ours: dict[str, Any] = {"config": args.config, "spec": CONFIGS[args.config], "python_exe": args.our_python,
+                            "threads": args.threads, "nproc": os.cpu_count(),
+                            "date": time.strftime("%Y-%m-%d %H:%M:%S"), "loadavg_start": os.getloadavg(), "tasks": {}}
+    theirs: dict[str, Any] = {"config": args.config, "threads": args.threads, "tasks": {}}
     out_dir = Path(args.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     for store, name in ((ours, "speed"), (theirs, "lerobot_peer")):  # keep tasks not re-run now
-        old = out_dir / f"{name}_{args.config}.json"
+        old = out_dir / f"{name}_{args.config}{suffix}.json"
         if args.merge and old.exists():
             store["tasks"] = json.loads(old.read_text())["tasks"]
-    if peer_cmd:
-        theirs["versions"] = _spawn(peer_cmd + ["--worker", args.config, "versions"], peer_env)
+    if peer:
+        theirs["versions"] = _spawn(peer + [args.config, "versions"], peer_env)
     for i, task in enumerate(tasks):
-        runs = [("ours", me + ["--worker", args.config, task], None)]
-        if peer_cmd and task in (*PEER_TASKS, "baseline") and args.config in ("lowdim_small", "lowdim", "image"):
-            runs.append(("theirs", peer_cmd + ["--worker", args.config, task] + (["--quick"] if args.quick else []), peer_env))
+        runs = [("ours", me + ["--worker", args.config, task], our_env)]
+        if peer and task in (*PEER_TASKS, "baseline") and not keypoints and args.config != "tiny":
+            runs.append(("theirs", peer + [args.config, task, *quick], peer_env))
         for who, cmd, env in runs if i % 2 == 0 else runs[::-1]:  # alternate who goes first
-            load_seen = wait_for_quiet(args.max_busy, args.quiet_tries, 20.0)
-            res = {**_spawn(cmd, env), "load_before": load_seen, "quick": args.quick}
+            before = wait_for_quiet(args.max_busy, args.quiet_tries, 20.0)
+            res = {**_spawn(cmd, env), "machine_before": before, "quick": args.quick}
             (ours if who == "ours" else theirs)["tasks"][task] = res
             main_t = (res.get("step") or res.get("policy") or {}).get("median_s")
             print(f"{args.config:<22}{task:<16}{who:<7} median {main_t} s  rss {res.get('rss_peak_mib')} MiB  "
-                  f"before: {load_seen[-1]}  {res.get('error', '')[-300:]}", flush=True)
-    ours["loadavg_end"] = os.getloadavg()
-    (out_dir / f"speed_{args.config}.json").write_text(json.dumps(ours, indent=1))
-    if peer_cmd and theirs["tasks"]:
-        (out_dir / f"lerobot_peer_{args.config}.json").write_text(json.dumps(theirs, indent=1))
-        path = out_dir / "speed_vs_lerobot.json"
-        table = json.loads(path.read_text()) if path.exists() else {}
-        table["definition"] = ("speed_ratio = LeRobot median time / rlox_dp median time (> 1: rlox_dp faster; "
-                               "for training = our steps/s / theirs); rss_ratio = LeRobot peak RSS / ours")
-        table[args.config] = {"date": ours["date"], "threads": args.threads, "torch_ours": ours["torch"],
-                              "torch_theirs": theirs["versions"].get("torch"),
-                              "loadavg_start": ours["loadavg_start"], "loadavg_end": ours["loadavg_end"],
-                              "quick_tasks": sorted(t for t, r in ours["tasks"].items() if r.get("quick")),
-                              "ratios": ratios(ours["tasks"], theirs["tasks"], fast)}
-        path.write_text(json.dumps(table, indent=1))
+                  f"before: {before[-1]}  {res.get('error', '')[-300:]}", flush=True)
+            _write(out_dir, suffix, ours, theirs, fast)
     return ours
 
 

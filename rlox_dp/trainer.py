@@ -192,6 +192,13 @@ class Trainer:
         demos = self._demos_arg
         if isinstance(demos, Demonstrations):
             return demos
+        if demos is None and self.env_id.startswith("gym_pusht/"):
+            from rlox_dp.envs.pusht_expert import default_pusht_demonstrations
+
+            return default_pusht_demonstrations(
+                self.env_kwargs.get("obs_mode", "keypoints"), n_episodes=self.config.n_demos,
+                cache_dir=self.cache_dir, progress=self.progress,
+            )
         if demos is None:
             from rlox_dp.envs.experts import default_demonstrations
 

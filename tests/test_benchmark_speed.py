@@ -77,7 +77,8 @@ def test_run_task_rejects_unknown_task(speed):
 
 def test_ratio_direction(speed):
     def rec(t, key, rss=100.0):
-        return {key: {"median_s": t, "min_s": t / 2, "contended": False}, "rss_peak_mib": rss,
+        return {key: {"median_s": t, "min_s": t / 2, "contended": False, "cpu_median_all_s": t,
+                      "own_cores": [1.0], "all_s": [t]}, "rss_peak_mib": rss,
                 "params": {"total": 7}}
 
     ours = {"train_bs8": rec(1.0, "step"), "infer_ddim10": rec(0.5, "policy", 50.0),

@@ -1,4 +1,4 @@
-"""Trainer on the real human PushT demonstrations (skipped when RLOX_DP_PUSHT_ZARR is unset)."""
+"""Trainer on PushT: the real human demonstrations (skipped when RLOX_DP_PUSHT_ZARR is unset) and\nthe scripted MPC expert's."""
 
 from __future__ import annotations
 
@@ -11,10 +11,11 @@ import pytest
 from rlox_dp import Trainer
 
 ZARR = os.environ.get("RLOX_DP_PUSHT_ZARR")
-pytestmark = pytest.mark.skipif(not ZARR or not Path(ZARR).exists(),
+needs_zarr = pytest.mark.skipif(not ZARR or not Path(ZARR).exists(),
                                 reason="set RLOX_DP_PUSHT_ZARR to the PushT replay zarr")
 
 
+@needs_zarr
 @pytest.mark.parametrize("algo", ["diffusion", "bc"])
 def test_pusht_keypoints_trains_and_evaluates(algo, tmp_path):
     config = {"obs": "keypoints", "batch_size": 16, "n_eval_episodes": 2, "n_eval_envs": 2,
@@ -31,3 +32,15 @@ def test_pusht_keypoints_trains_and_evaluates(algo, tmp_path):
     assert metrics["eval/n_episodes"] == 2
     assert 0.0 <= metrics["eval/score_mean"] <= 1.0
     assert "eval/success_rate" in metrics
+
+
+def test_pusht_without_demos_uses_the_mpc_expert(tmp_path):
+    """No dataset: the scripted MPC expert generates (and caches) demonstrations."""
+    config = {"obs": "keypoints", "n_demos": 2, "batch_size": 8, "hidden_dim": 16,
+              "n_eval_episodes": 1, "n_eval_envs": 1, "lr_warmup_steps": 1}
+    trainer = Trainer("bc", env="gym_pusht/PushT-v0", config=config, device="cpu",
+                      log_dir=tmp_path / "run", cache_dir=tmp_path / "cache", progress=False)
+    assert trainer.buffer.normalizer.shape("state") == (20,)
+    assert list((tmp_path / "cache" / "demos").glob("pusht-mpc-2-*.zarr"))
+    metrics = trainer.train(2)
+    assert math.isfinite(metrics["loss"]) and 0.0 <= metrics["eval/score_mean"] <= 1.0

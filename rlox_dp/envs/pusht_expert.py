@@ -95,18 +95,30 @@ class PushTMPCConfig:
     smooth_weight: float = 0.005
 
     def __post_init__(self) -> None:
-        for name, low in {"horizon": 1, "n_knots": 1, "n_samples": 8, "n_iterations": 1,
-                          "n_elites": 1}.items():
+        for name, low in {
+            "horizon": 1,
+            "n_knots": 1,
+            "n_samples": 8,
+            "n_iterations": 1,
+            "n_elites": 1,
+        }.items():
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
                 raise ValueError(f"{name}: expected an int >= {low}, got {value!r}")
         if self.n_knots > self.horizon or self.n_elites > self.n_samples:
-            raise ValueError(f"expected n_knots <= horizon and n_elites <= n_samples, got "
-                             f"n_knots={self.n_knots}, horizon={self.horizon}, "
-                             f"n_elites={self.n_elites}, n_samples={self.n_samples}")
+            raise ValueError(
+                f"expected n_knots <= horizon and n_elites <= n_samples, got "
+                f"n_knots={self.n_knots}, horizon={self.horizon}, "
+                f"n_elites={self.n_elites}, n_samples={self.n_samples}"
+            )
         for field in dataclasses.fields(self):
             value = getattr(self, field.name)
-            if field.type == "float" and not (np.isfinite(value) and value >= 0):
+            if field.type == "float" and not (
+                isinstance(value, (int, float, np.number))
+                and not isinstance(value, bool)
+                and np.isfinite(value)
+                and value >= 0
+            ):
                 raise ValueError(f"{field.name}: expected a finite number >= 0, got {value!r}")
         for name in ("noise_std", "max_step", "contact_scale"):
             if not getattr(self, name) > 0:
@@ -116,7 +128,9 @@ class PushTMPCConfig:
 def _rotate(vec: np.ndarray, angle: np.ndarray | float) -> np.ndarray:
     """Rotate ``(..., 2)`` vectors by angles broadcasting against ``(...)`` (radians)."""
     cos, sin = np.cos(angle), np.sin(angle)
-    return np.stack([cos * vec[..., 0] - sin * vec[..., 1], sin * vec[..., 0] + cos * vec[..., 1]], -1)
+    return np.stack(
+        [cos * vec[..., 0] - sin * vec[..., 1], sin * vec[..., 0] + cos * vec[..., 1]], -1
+    )
 
 
 def _wrap(angle: np.ndarray) -> np.ndarray:
@@ -124,7 +138,9 @@ def _wrap(angle: np.ndarray) -> np.ndarray:
     return (angle + np.pi) % (2 * np.pi) - np.pi
 
 
-def _copy_shape(shape: pymunk.Shape, body: pymunk.Body, offset: tuple[float, float]) -> pymunk.Shape:
+def _copy_shape(
+    shape: pymunk.Shape, body: pymunk.Body, offset: tuple[float, float]
+) -> pymunk.Shape:
     """Copy a Poly/Circle/Segment onto ``body`` (segments, on the static body, shifted)."""
     if isinstance(shape, pymunk.Poly):
         new: pymunk.Shape = pymunk.Poly(body, shape.get_vertices(), radius=shape.radius)
@@ -133,35 +149,53 @@ def _copy_shape(shape: pymunk.Shape, body: pymunk.Body, offset: tuple[float, flo
     elif isinstance(shape, pymunk.Segment):
         new = pymunk.Segment(body, shape.a + offset, shape.b + offset, shape.radius)
     else:
-        raise TypeError(f"shape: unsupported pymunk shape {type(shape).__name__} in the PushT space")
+        raise TypeError(
+            f"shape: unsupported pymunk shape {type(shape).__name__} in the PushT space"
+        )
     new.friction, new.elasticity, new.filter = shape.friction, shape.elasticity, shape.filter
     return new
 
 
 class _BatchedPushTModel:
-    """``n_worlds`` copies of a PushT env's physics, simulated together in one pymunk space."""
+    """``n_worlds`` copies of a PushT env's physics, simulated together in one pymunk space.
+
+    Every :meth:`simulate` builds a fresh space: pymunk keeps contact caches between steps, and
+    caches left by earlier simulations would make results depend on history (and on memory
+    addresses, which order chipmunk's arbiter hash set).
+    """
 
     def __init__(self, core: Any, n_worlds: int) -> None:
         self.k_p, self.k_v, self.dt = float(core.k_p), float(core.k_v), float(core.dt)
         self.n_substeps = int(1 / (core.dt * core.control_hz))  # as PushTEnv.step
-        self.space = pymunk.Space()
-        self.space.gravity, self.space.damping = core.space.gravity, core.space.damping
+        self.gravity, self.damping = core.space.gravity, core.space.damping
         cols = int(np.ceil(np.sqrt(n_worlds)))
-        self.offsets = _WORLD_SPACING * np.array([[i % cols, i // cols] for i in range(n_worlds)], float)
-        statics = [s for s in core.space.shapes if s.body.body_type == pymunk.Body.STATIC]
-        self.agents, self.blocks = [], []
+        grid = [[i % cols, i // cols] for i in range(n_worlds)]
+        self.offsets = _WORLD_SPACING * np.array(grid, dtype=np.float64)
+        self.statics = [s for s in core.space.shapes if s.body.body_type == pymunk.Body.STATIC]
+        self.agent_shapes, self.block_shapes = list(core.agent.shapes), list(core.block.shapes)
+        self.block_mass, self.block_moment = core.block.mass, core.block.moment
+        self.block_cog = core.block.center_of_gravity
+
+    def _build(self) -> tuple[pymunk.Space, list[pymunk.Body], list[pymunk.Body]]:
+        """A new space holding the copies; returns it, the agents and the blocks."""
+        space = pymunk.Space()
+        space.gravity, space.damping = self.gravity, self.damping
+        agents, blocks = [], []
         for offset in map(tuple, self.offsets.tolist()):
             agent = pymunk.Body(body_type=pymunk.Body.KINEMATIC)
-            block = pymunk.Body(core.block.mass, core.block.moment)
-            block.center_of_gravity = core.block.center_of_gravity
-            shapes = [_copy_shape(s, self.space.static_body, offset) for s in statics]
-            shapes += [_copy_shape(s, agent, offset) for s in core.agent.shapes]
-            shapes += [_copy_shape(s, block, offset) for s in core.block.shapes]
-            self.space.add(agent, block, *shapes)
-            self.agents.append(agent)
-            self.blocks.append(block)
+            block = pymunk.Body(self.block_mass, self.block_moment)
+            block.center_of_gravity = self.block_cog
+            shapes = [_copy_shape(s, space.static_body, offset) for s in self.statics]
+            shapes += [_copy_shape(s, agent, offset) for s in self.agent_shapes]
+            shapes += [_copy_shape(s, block, offset) for s in self.block_shapes]
+            space.add(agent, block, *shapes)
+            agents.append(agent)
+            blocks.append(block)
+        return space, agents, blocks
 
-    def agent_paths(self, pos: np.ndarray, vel: np.ndarray, targets: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def agent_paths(
+        self, pos: np.ndarray, vel: np.ndarray, targets: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray]:
         """PD-driven agent from ``pos``, ``vel`` ``(2,)`` towards ``targets`` ``(N, H, 2)``.
 
         Returns the velocity of every substep ``(H * substeps, N, 2)`` and the positions after
@@ -187,31 +221,39 @@ class _BatchedPushTModel:
         n, horizon, _ = targets.shape
         vels, agent_pos = self.agent_paths(state["agent_pos"], state["agent_vel"], targets)
         (ax, ay), (bx, by) = state["agent_pos"].tolist(), state["block_pos"].tolist()
-        for agent, block, (ox, oy) in zip(self.agents, self.blocks, self.offsets.tolist()):
+        space, agents, blocks = self._build()
+        for agent, block, (ox, oy) in zip(agents, blocks, self.offsets.tolist(), strict=True):
             agent.position = (ax + ox, ay + oy)
-            block.angle = float(state["block_angle"])  # before the position: pymunk turns about the cog
+            agent.velocity = tuple(state["agent_vel"].tolist())
+            block.angle = float(state["block_angle"])  # first: pymunk turns about the cog
             block.position = (bx + ox, by + oy)
             block.velocity = tuple(state["block_vel"].tolist())
             block.angular_velocity = float(state["block_angvel"])
-            self.space.reindex_shapes_for_body(agent)
-            self.space.reindex_shapes_for_body(block)
         block_pos, block_angle = np.empty((n, horizon, 2)), np.empty((n, horizon))
         for t in range(horizon):
             for k in range(self.n_substeps):
-                for agent, v in zip(self.agents, vels[t * self.n_substeps + k].tolist()):
+                for agent, v in zip(agents, vels[t * self.n_substeps + k].tolist(), strict=True):
                     agent.velocity = v
-                self.space.step(self.dt)
-            block_pos[:, t] = [tuple(b.position) for b in self.blocks]
-            block_angle[:, t] = [b.angle for b in self.blocks]
-        return {"agent_pos": agent_pos, "block_pos": block_pos - self.offsets[:, None], "block_angle": block_angle}
+                space.step(self.dt)
+            block_pos[:, t] = [tuple(b.position) for b in blocks]
+            block_angle[:, t] = [b.angle for b in blocks]
+        return {
+            "agent_pos": agent_pos,
+            "block_pos": block_pos - self.offsets[:, None],
+            "block_angle": block_angle,
+        }
 
 
 def _sim_state(core: Any) -> dict[str, np.ndarray]:
     """Physical state of a ``PushTEnv``: positions, velocities, block angle and angular velocity."""
-    return {"agent_pos": np.array(core.agent.position), "agent_vel": np.array(core.agent.velocity),
-            "block_pos": np.array(core.block.position), "block_vel": np.array(core.block.velocity),
-            "block_angle": np.array(core.block.angle),
-            "block_angvel": np.array(core.block.angular_velocity)}
+    return {
+        "agent_pos": np.array(core.agent.position),
+        "agent_vel": np.array(core.agent.velocity),
+        "block_pos": np.array(core.block.position),
+        "block_vel": np.array(core.block.velocity),
+        "block_angle": np.array(core.block.angle),
+        "block_angvel": np.array(core.block.angular_velocity),
+    }
 
 
 @dataclass(frozen=True)
@@ -243,7 +285,7 @@ def _geometry(core: Any, spacing: float = 10.0) -> _Geometry:
         lengths = np.linalg.norm(edges, axis=1)
         edge_normals = np.stack([edges[:, 1], -edges[:, 0]], -1) / lengths[:, None]
         polygons.append((edge_normals, (edge_normals * verts).sum(-1)))
-        for a, edge, length, normal in zip(verts, edges, lengths, edge_normals):
+        for a, edge, length, normal in zip(verts, edges, lengths, edge_normals, strict=True):
             count = max(1, int(length // spacing))
             for frac in (np.arange(count) + 0.5) / count:
                 spots.append(a + frac * edge + radius * normal)
@@ -256,16 +298,29 @@ def _geometry(core: Any, spacing: float = 10.0) -> _Geometry:
     gaps = np.linalg.norm(spots - np.roll(spots, 1, axis=0), axis=1)
     along = np.abs(np.subtract.outer(np.cumsum(gaps), np.cumsum(gaps)))
     goal = np.asarray(core.goal_pose, dtype=np.float64)
-    return _Geometry(polygons, spots, normals, np.minimum(along, gaps.sum() - along), cog,
-                     float(np.sqrt(core.block.moment / core.block.mass)),
-                     goal[:2] + _rotate(cog, goal[2]), float(goal[2]))
+    return _Geometry(
+        polygons,
+        spots,
+        normals,
+        np.minimum(along, gaps.sum() - along),
+        cog,
+        float(np.sqrt(core.block.moment / core.block.mass)),
+        goal[:2] + _rotate(cog, goal[2]),
+        float(goal[2]),
+    )
 
 
 class _EpisodePlanner:
     """Cross-entropy MPC for one episode; holds the warm start and the previous target."""
 
-    def __init__(self, model: _BatchedPushTModel, geo: _Geometry, config: PushTMPCConfig,
-                 rng: np.random.Generator, agent_pos: np.ndarray) -> None:
+    def __init__(
+        self,
+        model: _BatchedPushTModel,
+        geo: _Geometry,
+        config: PushTMPCConfig,
+        rng: np.random.Generator,
+        agent_pos: np.ndarray,
+    ) -> None:
         self.model, self.geo, self.config, self.rng = model, geo, config, rng
         self.prev_target = np.asarray(agent_pos, dtype=np.float64).copy()
         self.prev_step = np.zeros(2)
@@ -288,8 +343,9 @@ class _EpisodePlanner:
     def _pose_error(self, block_pos: np.ndarray, angle: np.ndarray) -> np.ndarray:
         """``(...)`` px: distance of the cog to the goal's + ``angle_weight`` * |angle error|."""
         cog = block_pos + _rotate(self.geo.cog, angle)
-        return (np.linalg.norm(cog - self.geo.goal_cog, axis=-1)
-                + self.config.angle_weight * np.abs(_wrap(angle - self.geo.goal_angle)))
+        return np.linalg.norm(cog - self.geo.goal_cog, axis=-1) + self.config.angle_weight * np.abs(
+            _wrap(angle - self.geo.goal_angle)
+        )
 
     def _spot_costs(self, state: dict[str, np.ndarray]) -> np.ndarray:
         """``(J,)`` cost-to-go of each spot: walk along the outline to a goal spot, + its penalty."""
@@ -318,7 +374,9 @@ class _EpisodePlanner:
             blocked |= (enter < leave - 1e-3) & ~((rate == 0) & (room < 0)).any(-1)
         return blocked
 
-    def _costs(self, state: dict[str, np.ndarray], paths: np.ndarray, spot_costs: np.ndarray) -> np.ndarray:
+    def _costs(
+        self, state: dict[str, np.ndarray], paths: np.ndarray, spot_costs: np.ndarray
+    ) -> np.ndarray:
         """``(N,)`` cost of target sequences ``paths`` ``(N, H, 2)`` simulated from ``state``."""
         out = self.model.simulate(state, paths)
         angle = out["block_angle"]
@@ -330,10 +388,16 @@ class _EpisodePlanner:
         reach = np.where(np.isfinite(seen), seen, dist.min(-1))  # agent inside: no spot seen
         anchor = np.broadcast_to(self.prev_target, (len(paths), 1, 2))
         steps = np.diff(np.concatenate([anchor, paths], 1), axis=1)
-        prev = np.concatenate([np.broadcast_to(self.prev_step, (len(paths), 1, 2)), steps[:, :-1]], 1)
+        prev = np.concatenate(
+            [np.broadcast_to(self.prev_step, (len(paths), 1, 2)), steps[:, :-1]], 1
+        )
         jerk = ((steps - prev) ** 2).sum((1, 2))
-        return (pose.mean(1) + pose[:, -1] + self.contact_weight * reach.mean(1)
-                + self.config.smooth_weight * jerk)
+        return (
+            pose.mean(1)
+            + pose[:, -1]
+            + self.contact_weight * reach.mean(1)
+            + self.config.smooth_weight * jerk
+        )
 
     def act(self, state: dict[str, np.ndarray]) -> np.ndarray:
         """Plan from the physical ``state``; return the next target ``(2,)`` as float32."""
@@ -341,13 +405,17 @@ class _EpisodePlanner:
         spot_costs = self._spot_costs(state)
         error = float(self._pose_error(state["block_pos"], state["block_angle"]))
         self.contact_weight = cfg.contact_weight * min(1.0, error / cfg.contact_scale)
-        mean = np.stack([np.interp(self.knot_times, np.arange(cfg.horizon), w) for w in self.warm.T], -1)
+        mean = np.stack(
+            [np.interp(self.knot_times, np.arange(cfg.horizon), w) for w in self.warm.T], -1
+        )
         std = np.full_like(mean, cfg.noise_std)
         scale = (0.25 ** (np.arange(cfg.n_samples) % 3))[:, None, None]
         # extra first candidates: straight runs to the best spot, ending pushed in by 0..10 px
         best = int(np.argmin(spot_costs))
         spot = state["block_pos"] + _rotate(geo.spots[best], state["block_angle"])
-        runs = spot - np.array([0.0, 2.0, 5.0, 10.0])[:, None] * _rotate(geo.normals[best], state["block_angle"])
+        runs = spot - np.array([0.0, 2.0, 5.0, 10.0])[:, None] * _rotate(
+            geo.normals[best], state["block_angle"]
+        )
         best_cost, best_path = np.inf, self.warm
         for it in range(cfg.n_iterations):
             knots = mean + std * scale * self.rng.standard_normal((cfg.n_samples, *mean.shape))
@@ -374,8 +442,14 @@ def _check_int(name: str, value: Any, low: int) -> int:
     return int(value)
 
 
-def solve_episode(seed: int, *, max_steps: int = 300, rng_seed: int | None = None,
-                  config: PushTMPCConfig | None = None, with_images: bool = False) -> dict[str, Any]:
+def solve_episode(
+    seed: int,
+    *,
+    max_steps: int = 300,
+    rng_seed: int | None = None,
+    config: PushTMPCConfig | None = None,
+    with_images: bool = False,
+) -> dict[str, Any]:
     """Solve the PushT episode reset with ``seed`` by MPC on copies of its simulator.
 
     The planner reads the env's exact physical state every step. Actions are float32, so the
@@ -402,8 +476,13 @@ def solve_episode(seed: int, *, max_steps: int = 300, rng_seed: int | None = Non
     obs, _ = env.reset(seed=seed)
     core = _pusht_core(env)
     rng = np.random.default_rng(seed if rng_seed is None else rng_seed)
-    planner = _EpisodePlanner(_BatchedPushTModel(core, config.n_samples), _geometry(core), config,
-                              rng, np.array(core.agent.position))
+    planner = _EpisodePlanner(
+        _BatchedPushTModel(core, config.n_samples),
+        _geometry(core),
+        config,
+        rng,
+        np.array(core.agent.position),
+    )
     states, actions, coverage, images, success = [], [], [], [], False
     while len(actions) < max_steps and not success:
         states.append(_core_state(core))
@@ -414,8 +493,13 @@ def solve_episode(seed: int, *, max_steps: int = 300, rng_seed: int | None = Non
         coverage.append(float(info["coverage"]))
         success = bool(info["is_success"])
     env.close()
-    out = {"states": np.array(states), "actions": np.array(actions), "coverage": np.array(coverage),
-           "success": success, "wall_time_s": time.perf_counter() - start}
+    out = {
+        "states": np.array(states),
+        "actions": np.array(actions),
+        "coverage": np.array(coverage),
+        "success": success,
+        "wall_time_s": time.perf_counter() - start,
+    }
     if with_images:
         out["images"] = np.array(images)
     return out
@@ -448,8 +532,12 @@ class PushTMPCExpert:
         rng: generator (or seed) of the planners' samples.
     """
 
-    def __init__(self, obs_mode: str = "keypoints", config: PushTMPCConfig | None = None,
-                 rng: np.random.Generator | int = 0) -> None:
+    def __init__(
+        self,
+        obs_mode: str = "keypoints",
+        config: PushTMPCConfig | None = None,
+        rng: np.random.Generator | int = 0,
+    ) -> None:
         if obs_mode not in ("state", "keypoints"):
             raise ValueError(f"obs_mode: expected 'state' or 'keypoints', got {obs_mode!r}")
         self.obs_mode, self.config = obs_mode, PushTMPCConfig() if config is None else config
@@ -469,8 +557,10 @@ class PushTMPCExpert:
             return
         mask = np.asarray(env_mask)
         if self._planners and (mask.dtype != np.bool_ or mask.shape != (len(self._planners),)):
-            raise ValueError(f"env_mask: expected a bool array of shape ({len(self._planners)},), "
-                             f"got {mask.dtype} {mask.shape}")
+            raise ValueError(
+                f"env_mask: expected a bool array of shape ({len(self._planners)},), "
+                f"got {mask.dtype} {mask.shape}"
+            )
         for i in np.flatnonzero(mask) if self._planners else ():
             self._planners[i] = None
 
@@ -481,10 +571,15 @@ class PushTMPCExpert:
             raise KeyError(f"obs: expected key 'state', got keys {sorted(obs)}")
         vec = np.asarray(obs["state"], dtype=np.float64)
         if vec.ndim != 2 or vec.shape[1] != dim:
-            raise ValueError(f"obs['state']: expected shape (n_envs, {dim}) for obs_mode "
-                             f"{self.obs_mode!r}, got {vec.shape}")
+            raise ValueError(
+                f"obs['state']: expected shape (n_envs, {dim}) for obs_mode "
+                f"{self.obs_mode!r}, got {vec.shape}"
+            )
         if self.obs_mode == "state":
-            agent, pose = vec[:, 0:2], np.concatenate([vec[:, 2:4], np.arctan2(vec[:, 4:5], vec[:, 5:6])], 1)
+            agent, pose = (
+                vec[:, 0:2],
+                np.concatenate([vec[:, 2:4], np.arctan2(vec[:, 4:5], vec[:, 5:6])], 1),
+            )
         else:
             agent, pose = vec[:, 18:20], _block_pose_from_keypoints(vec[:, :18].reshape(-1, 9, 2))
         if len(self._planners) != len(vec):
@@ -493,13 +588,147 @@ class PushTMPCExpert:
         for i, planner in enumerate(self._planners):
             if planner is None:
                 planner = self._planners[i] = _EpisodePlanner(
-                    self.model, self.geometry, self.config, self.rng, agent[i])
+                    self.model, self.geometry, self.config, self.rng, agent[i]
+                )
                 self._velocities[i] = 0.0
-            state = {"agent_pos": agent[i], "agent_vel": self._velocities[i].copy(),
-                     "block_pos": pose[i, :2], "block_vel": np.zeros(2),
-                     "block_angle": np.array(pose[i, 2]), "block_angvel": np.array(0.0)}
+            state = {
+                "agent_pos": agent[i],
+                "agent_vel": self._velocities[i].copy(),
+                "block_pos": pose[i, :2],
+                "block_vel": np.zeros(2),
+                "block_angle": np.array(pose[i, 2]),
+                "block_angvel": np.array(0.0),
+            }
             actions[i] = planner.act(state)
-            vels, _ = self.model.agent_paths(agent[i], state["agent_vel"],
-                                             actions[i].astype(np.float64)[None, None])
+            vels, _ = self.model.agent_paths(
+                agent[i], state["agent_vel"], actions[i].astype(np.float64)[None, None]
+            )
             self._velocities[i] = vels[-1, 0]
         return actions
+
+
+def generate_pusht_dataset(
+    path: str | os.PathLike,
+    *,
+    n_episodes: int,
+    seed: int = 10_000,
+    only_successful: bool = True,
+    n_workers: int = 1,
+    progress: bool = True,
+    max_steps: int = 300,
+    with_images: bool = False,
+    config: PushTMPCConfig | None = None,
+) -> Path:
+    """Write expert episodes (seeds ``seed .. seed + n_episodes - 1``) as a PushT replay zarr.
+
+    The layout is the human dataset's (``pusht_cchi_v7_replay.zarr``), so
+    :func:`~rlox_dp.envs.pusht.load_pusht_demonstrations` reads it alike: float32
+    ``data/state`` ``(N, 5)``, ``data/keypoint`` ``(N, 9, 2)`` (:func:`block_keypoints` of the
+    state), ``data/action`` ``(N, 2)``, with images ``data/img`` ``(N, 96, 96, 3)`` float32 in
+    0..255, and int64 ``meta/episode_ends`` ``(E,)``; plus ``meta/episode_seeds`` ``(E,)`` and
+    root attribute ``"metadata"`` (per-attempt seeds, successes, final coverage, lengths and
+    times; success rate; planner config). Written atomically (temporary directory + rename).
+
+    Args:
+        path: target ``.zarr`` directory (replaced if it exists).
+        n_episodes: episodes attempted.
+        seed: first reset seed.
+        only_successful: drop episodes that did not reach coverage > 0.95 (RuntimeError if none did).
+        n_workers: processes (spawn), one episode per task; 1 runs in this process.
+        progress: tqdm bar over episodes.
+        max_steps, with_images, config: see :func:`solve_episode`.
+    """
+    from rlox_dp.buffers.loaders import save_demonstrations
+
+    n_episodes, seed = _check_int("n_episodes", n_episodes, 1), _check_int("seed", seed, 0)
+    n_workers = _check_int("n_workers", n_workers, 1)
+    if Path(path).suffix != ".zarr":
+        raise ValueError(f"path: expected a directory name ending in .zarr, got {str(path)!r}")
+    config = PushTMPCConfig() if config is None else config
+    seeds = list(range(seed, seed + n_episodes))
+    solve = partial(solve_episode, max_steps=max_steps, config=config, with_images=with_images)
+    pool = (
+        ProcessPoolExecutor(n_workers, mp_context=multiprocessing.get_context("spawn"))
+        if n_workers > 1
+        else None
+    )
+    try:
+        results = pool.map(solve, seeds) if pool is not None else map(solve, seeds)
+        if progress:
+            from tqdm import tqdm
+
+            results = tqdm(results, total=n_episodes, desc="PushT MPC expert", unit="episode")
+        episodes = list(results)
+    finally:
+        if pool is not None:
+            pool.shutdown()
+    success = [bool(e["success"]) for e in episodes]
+    keep = [i for i, ok in enumerate(success) if ok or not only_successful]
+    if not keep:
+        raise RuntimeError(
+            f"only_successful: none of the {n_episodes} episodes (seeds "
+            f"{seeds[0]}..{seeds[-1]}) reached coverage > 0.95 in {max_steps} steps"
+        )
+    kept = [episodes[i] for i in keep]
+    states = np.concatenate([e["states"] for e in kept]).astype(np.float32)
+    obs = {
+        "state": states,
+        "keypoint": block_keypoints(states[:, 2:5].astype(np.float64)).astype(np.float32),
+    }
+    if with_images:
+        obs["img"] = np.concatenate([e["images"] for e in kept]).astype(np.float32)
+    metadata = {
+        "source": "pusht_mpc_expert",
+        "env_id": PUSHT_ENV_ID,
+        "config": dataclasses.asdict(config),
+        "max_steps": max_steps,
+        "seeds": seeds,
+        "success": success,
+        "success_rate": float(np.mean(success)),
+        "final_coverage": [float(e["coverage"][-1]) for e in episodes],
+        "max_coverage": [float(e["coverage"].max()) for e in episodes],
+        "lengths": [len(e["actions"]) for e in episodes],
+        "wall_time_s": [float(e["wall_time_s"]) for e in episodes],
+        "n_attempted": n_episodes,
+        "dropped_seeds": [seeds[i] for i in range(n_episodes) if i not in keep],
+    }
+    demos = Demonstrations(
+        observations=obs,
+        actions=np.concatenate([e["actions"] for e in kept]),
+        episode_ends=np.cumsum([len(e["actions"]) for e in kept]).astype(np.int64),
+        episode_seeds=np.array([seeds[i] for i in keep], dtype=np.int64),
+        metadata=metadata,
+    )
+    return save_demonstrations(demos, path, overwrite=True)
+
+
+def default_pusht_demonstrations(
+    obs_mode: str = "keypoints",
+    *,
+    n_episodes: int = 100,
+    seed: int = 10_000,
+    cache_dir: str | os.PathLike | None = None,
+    progress: bool = True,
+) -> Demonstrations:
+    """MPC-expert PushT demonstrations, generated on first use and cached.
+
+    The store is ``<cache_dir>/demos/pusht-mpc-<n_episodes>-<seed>.zarr`` (successful episodes
+    only, see :func:`generate_pusht_dataset`); ``obs_mode="image"`` regenerates it with images
+    when the cached store has none. Loaded with
+    :func:`~rlox_dp.envs.pusht.load_pusht_demonstrations` (``cache_dir`` defaults to
+    :func:`~rlox_dp.envs.experts.default_cache_dir`).
+    """
+    import zarr
+
+    from rlox_dp.envs.experts import default_cache_dir
+
+    if obs_mode not in ("state", "keypoints", "image"):
+        raise ValueError(f"obs_mode: expected 'state', 'keypoints' or 'image', got {obs_mode!r}")
+    cache = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+    path = cache / "demos" / f"pusht-mpc-{int(n_episodes)}-{int(seed)}.zarr"
+    images = obs_mode == "image"
+    if not path.exists() or (images and "img" not in zarr.open_group(str(path), mode="r")["data"]):
+        generate_pusht_dataset(
+            path, n_episodes=n_episodes, seed=seed, progress=progress, with_images=images
+        )
+    return load_pusht_demonstrations(path, obs_mode)

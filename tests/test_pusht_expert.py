@@ -1,0 +1,193 @@
+"""PushT MPC expert: exact model, solving easy seeds, determinism, smoothness, dataset layout.
+
+Long runs (50 seeds) are in ``benchmarks/pusht_expert.py``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from rlox_dp.envs.evaluation import EvalPolicy, rollout
+from rlox_dp.envs.pusht import (
+    OBS_MODES,
+    PUSHT_ENV_ID,
+    _core_state,
+    _pusht_core,
+    block_keypoints,
+    load_pusht_demonstrations,
+    make_pusht_env,
+    pusht_observations,
+    set_pusht_state,
+)
+from rlox_dp.envs.pusht_expert import (
+    PushTMPCConfig,
+    PushTMPCExpert,
+    _BatchedPushTModel,
+    _block_pose_from_keypoints,
+    _sim_state,
+    default_pusht_demonstrations,
+    generate_pusht_dataset,
+    solve_episode,
+)
+
+EASY_SEEDS = (10000, 10003)  # solved in about 50 steps (benchmarks/results/pusht_expert.json)
+
+
+def test_model_reproduces_env_steps_exactly() -> None:
+    """Every copy in the batched model follows env.step bit for bit from the same state."""
+    env = make_pusht_env("state")
+    env.reset(seed=3)
+    core = _pusht_core(env)
+    set_pusht_state(env, np.array([150.0, 150.0, 250.0, 260.0, 1.0]))
+    model = _BatchedPushTModel(core, 8)
+    rng = np.random.default_rng(0)
+    start = np.array(core.agent.position)
+    # paths running through the block, so the copies push it around
+    targets = np.linspace(start, [350.0, 370.0], 15)[None] + rng.normal(0, 10, (8, 15, 2))
+    out = model.simulate(_sim_state(core), targets)
+    moved = False
+    for i in (0, 5):
+        set_pusht_state(env, np.array([150.0, 150.0, 250.0, 260.0, 1.0]))
+        for t in range(15):
+            env.step(targets[i, t])
+            np.testing.assert_allclose(out["agent_pos"][i, t], core.agent.position, atol=1e-9)
+            np.testing.assert_allclose(out["block_pos"][i, t], core.block.position, atol=1e-9)
+            np.testing.assert_allclose(out["block_angle"][i, t], core.block.angle, atol=1e-9)
+        moved |= bool(np.abs(out["block_pos"][i, -1] - [250.0, 260.0]).max() > 10)
+    assert moved, "the test paths should push the block"
+    env.close()
+
+
+@pytest.mark.parametrize("seed", EASY_SEEDS)
+def test_solves_easy_seed_with_smooth_actions(seed: int) -> None:
+    result = solve_episode(seed, max_steps=120)
+    assert result["success"], f"seed {seed}: max coverage {result['coverage'].max():.3f}"
+    assert result["coverage"][-1] > 0.95 and result["coverage"][:-1].max() <= 0.95
+    actions, states = result["actions"], result["states"]
+    assert actions.dtype == np.float32 and actions.shape == (len(states), 2)
+    assert states.shape == (len(actions), 5) and result["coverage"].shape == (len(actions),)
+    # smoothness: no target jumps by more than max_step (plus float32 rounding), human-like mean
+    steps = np.linalg.norm(np.diff(np.vstack([states[:1, :2], actions]), axis=0), axis=1)
+    assert steps.max() <= PushTMPCConfig().max_step + 1e-3
+    assert steps.mean() <= 15.0
+
+
+def test_recorded_actions_replay_the_episode_exactly() -> None:
+    result = solve_episode(EASY_SEEDS[0], max_steps=25)
+    env = make_pusht_env("state")
+    env.reset(seed=EASY_SEEDS[0])
+    for t, action in enumerate(result["actions"]):
+        np.testing.assert_array_equal(_core_state(_pusht_core(env)), result["states"][t])
+        _, _, _, _, info = env.step(action)
+        # shapely's intersection area may differ in the last bit between calls
+        np.testing.assert_allclose(info["coverage"], result["coverage"][t], rtol=1e-12)
+    env.close()
+
+
+def test_deterministic_given_seeds() -> None:
+    first = solve_episode(7, max_steps=12)
+    again = solve_episode(7, max_steps=12)
+    other = solve_episode(7, max_steps=12, rng_seed=123)
+    np.testing.assert_array_equal(first["actions"], again["actions"])
+    np.testing.assert_array_equal(first["states"], again["states"])
+    assert not np.array_equal(first["actions"], other["actions"])
+
+
+def test_keypoint_pose_fit_inverts_block_keypoints() -> None:
+    rng = np.random.default_rng(0)
+    poses = np.column_stack([rng.uniform(50, 450, (20, 2)), rng.uniform(-np.pi, np.pi, 20)])
+    fitted = _block_pose_from_keypoints(block_keypoints(poses))
+    np.testing.assert_allclose(fitted[:, :2], poses[:, :2], atol=1e-9)
+    np.testing.assert_allclose(np.cos(fitted[:, 2] - poses[:, 2]), 1.0, atol=1e-12)
+
+
+@pytest.mark.parametrize("obs_mode", ["state", "keypoints"])
+def test_eval_policy_pushes_the_block_towards_the_goal(obs_mode: str) -> None:
+    policy = PushTMPCExpert(obs_mode, rng=0)
+    assert isinstance(policy, EvalPolicy)
+    env = make_pusht_env(obs_mode)
+    _, info = env.reset(seed=EASY_SEEDS[0])
+    start = info["coverage"]
+    env.close()
+    result = rollout(policy, PUSHT_ENV_ID, [EASY_SEEDS[0]], n_envs=1,
+                     env_kwargs={"obs_mode": obs_mode}, max_episode_steps=40)
+    assert result.episodes[0].score > min(1.0, start / 0.95 + 0.3)
+    with pytest.raises(ValueError, match="obs\\['state'\\]"):
+        policy.select_action({"state": np.zeros((2, 7), np.float32)})
+    with pytest.raises(ValueError, match="obs_mode"):
+        PushTMPCExpert("image")
+
+
+def test_dataset_has_the_human_layout_and_loads_in_every_obs_mode(tmp_path: Path) -> None:
+    import zarr
+
+    path = generate_pusht_dataset(tmp_path / "mpc.zarr", n_episodes=2, seed=5, max_steps=4,
+                                  only_successful=False, with_images=True, progress=False)
+    root = zarr.open_group(str(path), mode="r")
+    n = 8
+    assert root["data/state"].shape == (n, 5) and root["data/state"].dtype == np.float32
+    assert root["data/keypoint"].shape == (n, 9, 2) and root["data/action"].shape == (n, 2)
+    assert root["data/img"].shape == (n, 96, 96, 3) and root["data/img"].dtype == np.float32
+    np.testing.assert_array_equal(root["meta/episode_ends"][:], [4, 8])
+    np.testing.assert_array_equal(root["meta/episode_seeds"][:], [5, 6])
+    meta = dict(root.attrs)["metadata"]
+    assert meta["seeds"] == [5, 6] and meta["success"] == [False, False]
+    assert meta["success_rate"] == 0.0 and len(meta["final_coverage"]) == 2
+    state = root["data/state"][:]
+    np.testing.assert_allclose(root["data/keypoint"][:], block_keypoints(state[:, 2:].astype(np.float64)),
+                               atol=1e-3)
+    episode = solve_episode(5, max_steps=4, with_images=True)
+    np.testing.assert_array_equal(state[:4], episode["states"].astype(np.float32))
+    np.testing.assert_array_equal(root["data/action"][:4], episode["actions"])
+    for obs_mode in OBS_MODES:
+        demos = load_pusht_demonstrations(path, obs_mode)
+        expected = pusht_observations({"state": state, "img": root["data/img"][:]}, obs_mode)
+        assert demos.n_episodes == 2 and demos.actions.shape == (n, 2)
+        for key, value in expected.items():
+            np.testing.assert_array_equal(demos.observations[key], value)
+    np.testing.assert_array_equal(load_pusht_demonstrations(path, "image").observations["image"][:4],
+                                  np.moveaxis(episode["images"], -1, 1))
+    with pytest.raises(RuntimeError, match="only_successful"):
+        generate_pusht_dataset(tmp_path / "none.zarr", n_episodes=1, seed=5, max_steps=2,
+                               progress=False)
+    assert not (tmp_path / "none.zarr").exists()
+
+
+def test_default_demonstrations_are_cached(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    demos = default_pusht_demonstrations("state", n_episodes=1, seed=EASY_SEEDS[0],
+                                         cache_dir=tmp_path, progress=False)
+    assert (tmp_path / "demos" / f"pusht-mpc-1-{EASY_SEEDS[0]}.zarr").is_dir()
+    assert demos.n_episodes == 1 and demos.observations["state"].shape[1] == 6
+
+    def fail(*args: object, **kwargs: object) -> None:
+        raise AssertionError("the cached dataset should be reused")
+
+    monkeypatch.setattr("rlox_dp.envs.pusht_expert.generate_pusht_dataset", fail)
+    again = default_pusht_demonstrations("keypoints", n_episodes=1, seed=EASY_SEEDS[0],
+                                         cache_dir=tmp_path, progress=False)
+    assert again.observations["state"].shape == (demos.n_steps, 20)
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [("horizon", 0), ("n_knots", 13), ("n_elites", 40), ("max_step", 0.0), ("angle_weight", -1.0),
+     ("noise_std", float("nan")), ("n_samples", 2.5)],
+)
+def test_config_rejects_bad_values(field: str, value: object) -> None:
+    with pytest.raises(ValueError, match=field):
+        dataclasses.replace(PushTMPCConfig(), **{field: value})
+
+
+def test_bad_arguments_raise_clear_errors(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="max_steps"):
+        solve_episode(0, max_steps=0)
+    with pytest.raises(ValueError, match="path"):
+        generate_pusht_dataset(tmp_path / "x.npz", n_episodes=1, progress=False)
+    with pytest.raises(ValueError, match="n_episodes"):
+        generate_pusht_dataset(tmp_path / "x.zarr", n_episodes=0, progress=False)
+    with pytest.raises(ValueError, match="obs_mode"):
+        default_pusht_demonstrations("pixels", cache_dir=tmp_path)
