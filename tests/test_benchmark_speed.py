@@ -75,18 +75,26 @@ def test_run_task_rejects_unknown_task(speed):
         speed.run_task("tiny", "infer_fast", FAST)
 
 
-def test_ratio_direction(speed):
-    def rec(t, key, rss=100.0):
-        return {key: {"median_s": t, "min_s": t / 2, "contended": False, "cpu_median_all_s": t,
-                      "own_cores": [1.0], "all_s": [t]}, "rss_peak_mib": rss,
-                "params": {"total": 7}}
+def test_ratio_direction_and_clean_repeats(speed):
+    def run(key, times, foreign, rss=100.0):
+        summary = {"all_s": times, "foreign_share": foreign, "cpu_s": times}
+        return [{key: summary, "rss_peak_mib": rss, "params": {"total": 7}}]
 
-    ours = {"train_bs8": rec(1.0, "step"), "infer_ddim10": rec(0.5, "policy", 50.0),
-            "infer_ddim5": rec(0.25, "policy")}
-    theirs = {"train_bs8": rec(2.0, "step"), "infer_ddim10": rec(0.25, "policy")}
+    quiet = [0.0] * 4
+    ours = {"train_bs8": run("step", [1.0, 1.0, 1.0, 9.0], [0, 0, 0, 0.5]),
+            "infer_ddim10": run("policy", [0.5] * 4, quiet, 50.0),
+            "infer_ddim5": run("policy", [0.25] * 4, quiet)}
+    theirs = {"train_bs8": run("step", [2.0] * 4, quiet),
+              "infer_ddim10": run("policy", [0.25, 0.25, 0.25, 0.3], [0.5, 0.5, 0.5, 0.5])}
+    theirs["train_bs8"][0]["step"].pop("cpu_s")  # the peer's record: CPU from own_cores * t
+    theirs["train_bs8"][0]["step"]["own_cores"] = [1.0] * 4
     out = speed.ratios(ours, theirs, "infer_ddim5")
-    assert out["train_bs8"]["speed_ratio"] == 2.0  # we take half their time: 2x faster
-    assert out["train_bs8"]["speed_ratio_of_min"] == 2.0
-    assert out["infer_ddim10"]["speed_ratio"] == 0.5 and out["infer_ddim10"]["rss_ratio"] == 2.0
+    train = out["train_bs8"]
+    assert train["speed_ratio_basis"] == "clean medians" and train["n_clean_ours"] == 3
+    assert train["speed_ratio"] == 2.0  # the disturbed 9 s repeat of ours is left out
+    assert train["speed_ratio_all"] == 2.0 and train["cpu_ratio"] == 2.0
+    infer = out["infer_ddim10"]  # the peer has no clean repeats: fall back to the fastest ones
+    assert infer["speed_ratio_basis"] == "minimum" and infer["speed_ratio"] == 0.5
+    assert infer["rss_ratio"] == 2.0
     assert out["best_ours_infer_ddim5_vs_theirs_infer_ddim10"]["speed_ratio"] == 1.0
     assert "train_bs64" not in out

@@ -56,9 +56,6 @@ __all__ = [
     "solve_episode",
 ]
 
-_WORLD_SPACING = 2048.0  # px between the copies of the 512 x 512 arena in the model's space
-
-
 @dataclass(frozen=True)
 class PushTMPCConfig:
     """Planner settings (pixels, radians, env steps); see the module docstring for the cost.
@@ -133,21 +130,31 @@ def _rotate(vec: np.ndarray, angle: np.ndarray | float) -> np.ndarray:
     )
 
 
+def _dot(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Dot product over the last axis, with broadcasting, summed in index order.
+
+    Unlike ``@`` (BLAS) or ``einsum``, whose summation order may depend on memory alignment,
+    this gives the same bits in every run: the planner's choices then replay exactly.
+    """
+    out = a[..., 0] * b[..., 0]
+    for i in range(1, a.shape[-1]):
+        out = out + a[..., i] * b[..., i]
+    return out
+
+
 def _wrap(angle: np.ndarray) -> np.ndarray:
     """Angles to ``[-pi, pi)``."""
     return (angle + np.pi) % (2 * np.pi) - np.pi
 
 
-def _copy_shape(
-    shape: pymunk.Shape, body: pymunk.Body, offset: tuple[float, float]
-) -> pymunk.Shape:
-    """Copy a Poly/Circle/Segment onto ``body`` (segments, on the static body, shifted)."""
+def _copy_shape(shape: pymunk.Shape, body: pymunk.Body) -> pymunk.Shape:
+    """Copy a Poly, Circle or Segment of a PushT space onto ``body``."""
     if isinstance(shape, pymunk.Poly):
         new: pymunk.Shape = pymunk.Poly(body, shape.get_vertices(), radius=shape.radius)
     elif isinstance(shape, pymunk.Circle):
         new = pymunk.Circle(body, shape.radius, shape.offset)
     elif isinstance(shape, pymunk.Segment):
-        new = pymunk.Segment(body, shape.a + offset, shape.b + offset, shape.radius)
+        new = pymunk.Segment(body, shape.a, shape.b, shape.radius)
     else:
         raise TypeError(
             f"shape: unsupported pymunk shape {type(shape).__name__} in the PushT space"
@@ -157,41 +164,37 @@ def _copy_shape(
 
 
 class _BatchedPushTModel:
-    """``n_worlds`` copies of a PushT env's physics, simulated together in one pymunk space.
+    """``n_worlds`` copies of a PushT env's physics, each in its own fresh pymunk space.
 
-    Every :meth:`simulate` builds a fresh space: pymunk keeps contact caches between steps, and
-    caches left by earlier simulations would make results depend on history (and on memory
-    addresses, which order chipmunk's arbiter hash set).
+    A fresh space per copy and per :meth:`simulate` makes a simulation a function of its
+    inputs: contact caches left by an earlier simulation, or by another copy sharing the
+    space, would change the result (and copies far apart in one space lose float precision).
+    From the same state, a copy reproduces ``PushTEnv.step`` bit for bit unless the env has
+    contact caches of its own from the previous step.
     """
 
     def __init__(self, core: Any, n_worlds: int) -> None:
         self.k_p, self.k_v, self.dt = float(core.k_p), float(core.k_v), float(core.dt)
         self.n_substeps = int(1 / (core.dt * core.control_hz))  # as PushTEnv.step
+        self.n_worlds = int(n_worlds)
         self.gravity, self.damping = core.space.gravity, core.space.damping
-        cols = int(np.ceil(np.sqrt(n_worlds)))
-        grid = [[i % cols, i // cols] for i in range(n_worlds)]
-        self.offsets = _WORLD_SPACING * np.array(grid, dtype=np.float64)
         self.statics = [s for s in core.space.shapes if s.body.body_type == pymunk.Body.STATIC]
         self.agent_shapes, self.block_shapes = list(core.agent.shapes), list(core.block.shapes)
         self.block_mass, self.block_moment = core.block.mass, core.block.moment
         self.block_cog = core.block.center_of_gravity
 
-    def _build(self) -> tuple[pymunk.Space, list[pymunk.Body], list[pymunk.Body]]:
-        """A new space holding the copies; returns it, the agents and the blocks."""
+    def _build(self) -> tuple[pymunk.Space, pymunk.Body, pymunk.Body]:
+        """A new space with a copy of the arena; returns it, the agent and the block."""
         space = pymunk.Space()
         space.gravity, space.damping = self.gravity, self.damping
-        agents, blocks = [], []
-        for offset in map(tuple, self.offsets.tolist()):
-            agent = pymunk.Body(body_type=pymunk.Body.KINEMATIC)
-            block = pymunk.Body(self.block_mass, self.block_moment)
-            block.center_of_gravity = self.block_cog
-            shapes = [_copy_shape(s, space.static_body, offset) for s in self.statics]
-            shapes += [_copy_shape(s, agent, offset) for s in self.agent_shapes]
-            shapes += [_copy_shape(s, block, offset) for s in self.block_shapes]
-            space.add(agent, block, *shapes)
-            agents.append(agent)
-            blocks.append(block)
-        return space, agents, blocks
+        space.add(*[_copy_shape(s, space.static_body) for s in self.statics])
+        agent = pymunk.Body(body_type=pymunk.Body.KINEMATIC)
+        block = pymunk.Body(self.block_mass, self.block_moment)
+        block.center_of_gravity = self.block_cog
+        shapes = [_copy_shape(s, agent) for s in self.agent_shapes]
+        shapes += [_copy_shape(s, block) for s in self.block_shapes]
+        space.add(agent, block, *shapes)
+        return space, agent, block
 
     def agent_paths(
         self, pos: np.ndarray, vel: np.ndarray, targets: np.ndarray
@@ -220,28 +223,23 @@ class _BatchedPushTModel:
         """
         n, horizon, _ = targets.shape
         vels, agent_pos = self.agent_paths(state["agent_pos"], state["agent_vel"], targets)
-        (ax, ay), (bx, by) = state["agent_pos"].tolist(), state["block_pos"].tolist()
-        space, agents, blocks = self._build()
-        for agent, block, (ox, oy) in zip(agents, blocks, self.offsets.tolist(), strict=True):
-            agent.position = (ax + ox, ay + oy)
+        worlds = [self._build() for _ in range(n)]
+        for _, agent, block in worlds:
+            agent.position = tuple(state["agent_pos"].tolist())
             agent.velocity = tuple(state["agent_vel"].tolist())
             block.angle = float(state["block_angle"])  # first: pymunk turns about the cog
-            block.position = (bx + ox, by + oy)
+            block.position = tuple(state["block_pos"].tolist())
             block.velocity = tuple(state["block_vel"].tolist())
             block.angular_velocity = float(state["block_angvel"])
         block_pos, block_angle = np.empty((n, horizon, 2)), np.empty((n, horizon))
-        for t in range(horizon):
-            for k in range(self.n_substeps):
-                for agent, v in zip(agents, vels[t * self.n_substeps + k].tolist(), strict=True):
-                    agent.velocity = v
-                space.step(self.dt)
-            block_pos[:, t] = [tuple(b.position) for b in blocks]
-            block_angle[:, t] = [b.angle for b in blocks]
-        return {
-            "agent_pos": agent_pos,
-            "block_pos": block_pos - self.offsets[:, None],
-            "block_angle": block_angle,
-        }
+        for i, (space, agent, block) in enumerate(worlds):
+            agent_vels = vels[:, i].tolist()
+            for t in range(horizon):
+                for k in range(t * self.n_substeps, (t + 1) * self.n_substeps):
+                    agent.velocity = agent_vels[k]
+                    space.step(self.dt)
+                block_pos[i, t], block_angle[i, t] = tuple(block.position), block.angle
+        return {"agent_pos": agent_pos, "block_pos": block_pos, "block_angle": block_angle}
 
 
 def _sim_state(core: Any) -> dict[str, np.ndarray]:
@@ -291,7 +289,7 @@ def _geometry(core: Any, spacing: float = 10.0) -> _Geometry:
                 spots.append(a + frac * edge + radius * normal)
                 normals.append(normal)
     spots, normals = np.array(spots), np.array(normals)
-    keep = np.all([(spots @ n.T - c).max(1) >= radius - 1e-6 for n, c in polygons], axis=0)
+    keep = np.all([(_dot(spots[:, None], n) - c).max(1) >= radius - 1e-6 for n, c in polygons], 0)
     cog = np.array(core.block.center_of_gravity)
     order = np.argsort(np.arctan2(*(spots[keep] - cog).T[::-1]))
     spots, normals = spots[keep][order], normals[keep][order]
@@ -334,7 +332,8 @@ class _EpisodePlanner:
     def _paths(self, knots: np.ndarray) -> np.ndarray:
         """Waypoints ``(N, K, 2)`` -> targets ``(N, H, 2)``, steps limited to ``max_step``."""
         anchor = np.broadcast_to(self.prev_target, (len(knots), 1, 2))
-        dense = np.einsum("hk,nkd->nhd", self.interp, np.concatenate([anchor, knots], 1))
+        points = np.concatenate([anchor, knots], 1)  # (N, K + 1, 2)
+        dense = sum(self.interp[:, j, None] * points[:, None, j] for j in range(points.shape[1]))
         steps = np.diff(np.concatenate([anchor, dense], 1), axis=1)
         norm = np.linalg.norm(steps, axis=-1, keepdims=True)
         steps *= np.minimum(1.0, self.config.max_step / np.maximum(norm, 1e-12))
@@ -356,7 +355,7 @@ class _EpisodePlanner:
         lever = _rotate(geo.spots - geo.cog, angle)
         torque = lever[:, 0] * push[:, 1] - lever[:, 1] * push[:, 0]
         twist = np.concatenate([push, (torque / geo.gyration)[:, None]], 1)
-        score = twist @ need / np.linalg.norm(twist, axis=1) / max(np.linalg.norm(need), 1e-9)
+        score = _dot(twist, need) / np.linalg.norm(twist, axis=1) / max(np.linalg.norm(need), 1e-9)
         penalty = self.config.push_spot_penalty * (score.max() - score)
         penalty[score < score.max() - self.config.spot_margin] = np.inf
         return (geo.arc + penalty[None]).min(1)
@@ -365,8 +364,8 @@ class _EpisodePlanner:
         """Whether segments ``start`` ``(..., 2)`` + [0, 1] * ``ray`` ``(..., J, 2)`` cross the block."""
         blocked = np.zeros(ray.shape[:-1], dtype=bool)
         for normals, offsets in self.geo.polygons:  # clip against each convex part's half-planes
-            room = (offsets - start @ normals.T)[..., None, :]  # (..., 1, E), >= 0 inside
-            rate = ray @ normals.T  # (..., J, E)
+            room = (offsets - _dot(start[..., None, :], normals))[..., None, :]  # (..., 1, E)
+            rate = _dot(ray[..., None, :], normals)  # (..., J, E); room >= 0: inside
             with np.errstate(divide="ignore", invalid="ignore"):
                 t = room / rate
             enter = np.where(rate < 0, t, 0.0).max(-1)
@@ -512,7 +511,7 @@ def _block_pose_from_keypoints(kps: np.ndarray) -> np.ndarray:
     cross = (local[:, 0] * world[..., 1] - local[:, 1] * world[..., 0]).sum(-1)
     dot = (local * world).sum((-1, -2))
     angle = np.arctan2(cross, dot)
-    pos = kps.mean(1) - _rotate(BLOCK_KEYPOINTS_LOCAL.mean(0), angle[:, None])
+    pos = kps.mean(1) - _rotate(BLOCK_KEYPOINTS_LOCAL.mean(0), angle)
     return np.concatenate([pos, angle[:, None]], 1)
 
 
