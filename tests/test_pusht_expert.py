@@ -34,38 +34,46 @@ from rlox_dp.envs.pusht_expert import (
     solve_episode,
 )
 
-EASY_SEEDS = (10000, 10003)  # solved in about 50 steps (benchmarks/results/pusht_expert.json)
+EASY_SEED = 10003  # solved in 43 steps (benchmarks/results/pusht_expert.json)
+
+
+@pytest.fixture(scope="module")
+def easy_episode() -> dict:
+    return solve_episode(EASY_SEED, max_steps=100)
 
 
 def test_model_reproduces_env_steps_exactly() -> None:
-    """Every copy in the batched model follows env.step bit for bit from the same state."""
+    """Every copy in the model follows env.step bit for bit from the same state, whether its
+    path pushes the block (simulated) or stays clear of it (block known to stay put)."""
     env = make_pusht_env("state")
     env.reset(seed=3)
     core = _pusht_core(env)
-    set_pusht_state(env, np.array([150.0, 150.0, 250.0, 260.0, 1.0]))
+    start = np.array([150.0, 150.0, 250.0, 260.0, 1.0])
+    set_pusht_state(env, start)
     model = _BatchedPushTModel(core, 8)
     rng = np.random.default_rng(0)
-    start = np.array(core.agent.position)
-    # paths running through the block, so the copies push it around
-    targets = np.linspace(start, [350.0, 370.0], 15)[None] + rng.normal(0, 10, (8, 15, 2))
+    # paths 0-3 run through the block and push it around, paths 4-7 stay in a far corner
+    targets = np.concatenate([
+        np.linspace(start[:2], [350.0, 370.0], 15)[None] + rng.normal(0, 10, (4, 15, 2)),
+        np.linspace(start[:2], [60.0, 60.0], 15)[None] + rng.normal(0, 3, (4, 15, 2)),
+    ])
     out = model.simulate(_sim_state(core), targets)
-    moved = False
-    for i in (0, 5):
-        set_pusht_state(env, np.array([150.0, 150.0, 250.0, 260.0, 1.0]))
+    assert model._untouched(_sim_state(core), model.agent_paths(
+        start[:2], np.zeros(2), targets)[1]).tolist() == [False] * 4 + [True] * 4
+    for i in (0, 3, 5):
+        set_pusht_state(env, start)
         for t in range(15):
             env.step(targets[i, t])
-            np.testing.assert_allclose(out["agent_pos"][i, t], core.agent.position, atol=1e-9)
-            np.testing.assert_allclose(out["block_pos"][i, t], core.block.position, atol=1e-9)
-            np.testing.assert_allclose(out["block_angle"][i, t], core.block.angle, atol=1e-9)
-        moved |= bool(np.abs(out["block_pos"][i, -1] - [250.0, 260.0]).max() > 10)
-    assert moved, "the test paths should push the block"
+            np.testing.assert_array_equal(out["agent_pos"][i, t], core.agent.position)
+            np.testing.assert_array_equal(out["block_pos"][i, t], core.block.position)
+            np.testing.assert_array_equal(out["block_angle"][i, t], core.block.angle)
+    assert np.abs(out["block_pos"][0, -1] - start[2:4]).max() > 10, "path 0 should push the block"
     env.close()
 
 
-@pytest.mark.parametrize("seed", EASY_SEEDS)
-def test_solves_easy_seed_with_smooth_actions(seed: int) -> None:
-    result = solve_episode(seed, max_steps=120)
-    assert result["success"], f"seed {seed}: max coverage {result['coverage'].max():.3f}"
+def test_solves_an_easy_seed_with_smooth_actions(easy_episode: dict) -> None:
+    result = easy_episode
+    assert result["success"], f"max coverage {result['coverage'].max():.3f}"
     assert result["coverage"][-1] > 0.95 and result["coverage"][:-1].max() <= 0.95
     actions, states = result["actions"], result["states"]
     assert actions.dtype == np.float32 and actions.shape == (len(states), 2)
@@ -76,22 +84,21 @@ def test_solves_easy_seed_with_smooth_actions(seed: int) -> None:
     assert steps.mean() <= 15.0
 
 
-def test_recorded_actions_replay_the_episode_exactly() -> None:
-    result = solve_episode(EASY_SEEDS[0], max_steps=25)
-    env = make_pusht_env("state")
-    env.reset(seed=EASY_SEEDS[0])
-    for t, action in enumerate(result["actions"]):
-        np.testing.assert_array_equal(_core_state(_pusht_core(env)), result["states"][t])
+def test_recorded_actions_replay_the_episode_exactly(easy_episode: dict) -> None:
+    env = make_pusht_env("state", max_episode_steps=None)
+    env.reset(seed=EASY_SEED)
+    for t, action in enumerate(easy_episode["actions"]):
+        np.testing.assert_array_equal(_core_state(_pusht_core(env)), easy_episode["states"][t])
         _, _, _, _, info = env.step(action)
         # shapely's intersection area may differ in the last bit between calls
-        np.testing.assert_allclose(info["coverage"], result["coverage"][t], rtol=1e-12)
+        np.testing.assert_allclose(info["coverage"], easy_episode["coverage"][t], rtol=1e-12)
     env.close()
 
 
 def test_deterministic_given_seeds() -> None:
-    first = solve_episode(7, max_steps=12)
-    again = solve_episode(7, max_steps=12)
-    other = solve_episode(7, max_steps=12, rng_seed=123)
+    first = solve_episode(7, max_steps=8)
+    again = solve_episode(7, max_steps=8)
+    other = solve_episode(7, max_steps=8, rng_seed=123)
     np.testing.assert_array_equal(first["actions"], again["actions"])
     np.testing.assert_array_equal(first["states"], again["states"])
     assert not np.array_equal(first["actions"], other["actions"])
@@ -105,18 +112,20 @@ def test_keypoint_pose_fit_inverts_block_keypoints() -> None:
     np.testing.assert_allclose(np.cos(fitted[:, 2] - poses[:, 2]), 1.0, atol=1e-12)
 
 
-@pytest.mark.parametrize("obs_mode", ["state", "keypoints"])
-def test_eval_policy_pushes_the_block_towards_the_goal(obs_mode: str) -> None:
-    policy = PushTMPCExpert(obs_mode, rng=0)
+def test_eval_policy_pushes_the_block_towards_the_goal() -> None:
+    policy = PushTMPCExpert("keypoints", rng=0)
     assert isinstance(policy, EvalPolicy)
-    env = make_pusht_env(obs_mode)
-    _, info = env.reset(seed=EASY_SEEDS[0])
+    env = make_pusht_env("state")
+    obs, info = env.reset(seed=EASY_SEED)
     start = info["coverage"]
+    # "state" observations: one planning step, a target at most max_step from the agent
+    action = PushTMPCExpert("state", rng=0).select_action({"state": obs["state"][None]})
+    assert action.shape == (1, 2) and action.dtype == np.float32
+    assert np.linalg.norm(action[0] - obs["state"][:2]) <= PushTMPCConfig().max_step + 1e-3
     env.close()
-    result = rollout(policy, PUSHT_ENV_ID, [EASY_SEEDS[0]], n_envs=1,
-                     env_kwargs={"obs_mode": obs_mode}, max_episode_steps=40)
-    # 40 steps from coverage 0.63 reach a score of about 0.92 (solve_episode needs ~130 steps to finish)
-    assert result.episodes[0].score > min(1.0, start / 0.95 + 0.2)
+    result = rollout(policy, PUSHT_ENV_ID, [EASY_SEED], n_envs=1,
+                     env_kwargs={"obs_mode": "keypoints"}, max_episode_steps=30)
+    assert result.episodes[0].score > min(1.0, start / 0.95 + 0.3)
     with pytest.raises(ValueError, match="obs\\['state'\\]"):
         policy.select_action({"state": np.zeros((2, 7), np.float32)})
     with pytest.raises(ValueError, match="obs_mode"):
@@ -159,16 +168,16 @@ def test_dataset_has_the_human_layout_and_loads_in_every_obs_mode(tmp_path: Path
 
 
 def test_default_demonstrations_are_cached(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    demos = default_pusht_demonstrations("state", n_episodes=1, seed=EASY_SEEDS[0],
+    demos = default_pusht_demonstrations("state", n_episodes=1, seed=EASY_SEED,
                                          cache_dir=tmp_path, progress=False)
-    assert (tmp_path / "demos" / f"pusht-mpc-1-{EASY_SEEDS[0]}.zarr").is_dir()
+    assert (tmp_path / "demos" / f"pusht-mpc-1-{EASY_SEED}.zarr").is_dir()
     assert demos.n_episodes == 1 and demos.observations["state"].shape[1] == 6
 
     def fail(*args: object, **kwargs: object) -> None:
         raise AssertionError("the cached dataset should be reused")
 
     monkeypatch.setattr("rlox_dp.envs.pusht_expert.generate_pusht_dataset", fail)
-    again = default_pusht_demonstrations("keypoints", n_episodes=1, seed=EASY_SEEDS[0],
+    again = default_pusht_demonstrations("keypoints", n_episodes=1, seed=EASY_SEED,
                                          cache_dir=tmp_path, progress=False)
     assert again.observations["state"].shape == (demos.n_steps, 20)
 
