@@ -68,7 +68,7 @@ def _human_stats() -> dict | None:
     actions, ends = root["data/action"][:].astype(np.float64), root["meta/episode_ends"][:]
     lengths = np.diff(np.concatenate([[0], ends]))
     return {
-        "path": path,
+        "store": Path(path).name,
         "n_episodes": int(len(ends)),
         "episode_length_mean": float(lengths.mean()),
         "action_step_px": _step_stats(_action_steps(actions, ends)),

@@ -172,34 +172,24 @@ def _copy_shape(shape: pymunk.Shape, body: pymunk.Body) -> pymunk.Shape:
     return new
 
 
-class _BatchedPushTModel:
-    """``n_worlds`` copies of a PushT env's physics, each in its own fresh pymunk space.
+class _PushTModel:
+    """Copies of a PushT env's physics: each simulated sequence runs in a fresh pymunk space.
 
-    A fresh space per copy and per :meth:`simulate` makes a simulation a function of its
-    inputs: contact caches left by an earlier simulation, or by another copy sharing the
-    space, would change the result (and copies far apart in one space lose float precision).
-    From the same state, a copy reproduces ``PushTEnv.step`` bit for bit unless the env has
-    contact caches of its own from the previous step.
+    A fresh space per sequence makes a simulation a function of its inputs: contact caches left
+    by an earlier simulation, or by another copy sharing the space, would change the result
+    (and copies placed far apart in one space would lose float precision). From the same state
+    a copy reproduces ``PushTEnv.step`` bit for bit (unless the env holds contact caches from
+    its previous step, which a state does not carry).
     """
 
-    def __init__(self, core: Any, n_worlds: int) -> None:
+    def __init__(self, core: Any) -> None:
         self.k_p, self.k_v, self.dt = float(core.k_p), float(core.k_v), float(core.dt)
         self.n_substeps = int(1 / (core.dt * core.control_hz))  # as PushTEnv.step
-        self.n_worlds = int(n_worlds)
         self.gravity, self.damping = core.space.gravity, core.space.damping
         self.statics = [s for s in core.space.shapes if s.body.body_type == pymunk.Body.STATIC]
         self.agent_shapes, self.block_shapes = list(core.agent.shapes), list(core.block.shapes)
         self.block_mass, self.block_moment = core.block.mass, core.block.moment
         self.block_cog = core.block.center_of_gravity
-        # for skipping copies where nothing can touch the block (see simulate)
-        cog = np.array(self.block_cog)
-        self.block_reach = max(
-            float(np.linalg.norm(np.array(s.get_vertices()) - cog, axis=1).max()) + s.radius
-            for s in self.block_shapes
-        )
-        self.agent_reach = max(s.radius + abs(s.offset) for s in self.agent_shapes)
-        self.static_bbs = np.array([[s.bb.left, s.bb.bottom, s.bb.right, s.bb.top] for s in self.statics])
-        self.no_gravity = tuple(self.gravity) == (0.0, 0.0)
 
     def _build(self) -> tuple[pymunk.Space, pymunk.Body, pymunk.Body]:
         """A new space with a copy of the arena; returns it, the agent and the block."""
@@ -232,23 +222,8 @@ class _BatchedPushTModel:
                 vels[k], positions[k] = v, p
         return vels, positions
 
-    def _untouched(self, state: dict[str, np.ndarray], agent_path: np.ndarray) -> np.ndarray:
-        """``(N,)`` True where the block provably stays put: at rest without gravity, clear of
-        the walls, and the agent path ``(S, N, 2)`` never comes within reach of it."""
-        at_rest = not np.any(state["block_vel"] != 0) and state["block_angvel"] == 0
-        if not (at_rest and self.no_gravity):
-            return np.zeros(agent_path.shape[1], dtype=bool)
-        cog = state["block_pos"] + _rotate(np.array(self.block_cog), state["block_angle"])
-        low, high = cog - self.block_reach - 1.0, cog + self.block_reach + 1.0
-        bbs = self.static_bbs
-        if np.any((bbs[:, 0] <= high[0]) & (bbs[:, 2] >= low[0]) & (bbs[:, 1] <= high[1])
-                  & (bbs[:, 3] >= low[1])):
-            return np.zeros(agent_path.shape[1], dtype=bool)
-        gap = np.linalg.norm(agent_path - cog, axis=-1).min(0)
-        return gap > self.block_reach + self.agent_reach + 1.0
-
     def simulate(self, state: dict[str, np.ndarray], targets: np.ndarray) -> dict[str, np.ndarray]:
-        """Simulate ``targets`` ``(n_worlds, H, 2)``, every copy from ``state`` (:func:`_sim_state`).
+        """Simulate each of ``targets`` ``(N, H, 2)`` from ``state`` (:func:`_sim_state`).
 
         Returns ``agent_pos`` ``(N, H, 2)``, ``block_pos`` ``(N, H, 2)`` and ``block_angle``
         ``(N, H)`` after each env step.
@@ -257,14 +232,7 @@ class _BatchedPushTModel:
         vels, agent_path = self.agent_paths(state["agent_pos"], state["agent_vel"], targets)
         agent_pos = np.moveaxis(agent_path[self.n_substeps - 1 :: self.n_substeps], 0, 1)
         block_pos, block_angle = np.empty((n, horizon, 2)), np.empty((n, horizon))
-        untouched = self._untouched(state, agent_path)
-        if untouched.any():  # the block ends each step where pymunk puts it: read it back
-            body = pymunk.Body(self.block_mass, self.block_moment)
-            body.center_of_gravity = self.block_cog
-            body.angle = float(state["block_angle"])
-            body.position = tuple(state["block_pos"].tolist())
-            block_pos[untouched], block_angle[untouched] = tuple(body.position), body.angle
-        for i in np.flatnonzero(~untouched):
+        for i in range(n):
             space, agent, block = self._build()
             agent.position = tuple(state["agent_pos"].tolist())
             agent.velocity = tuple(state["agent_vel"].tolist())
@@ -352,7 +320,7 @@ class _EpisodePlanner:
 
     def __init__(
         self,
-        model: _BatchedPushTModel,
+        model: _PushTModel,
         geo: _Geometry,
         config: PushTMPCConfig,
         rng: np.random.Generator,
@@ -491,8 +459,9 @@ def solve_episode(
     """Solve the PushT episode reset with ``seed`` by MPC on copies of its simulator.
 
     The planner reads the env's exact physical state every step. Actions are float32, so the
-    stored actions replay the episode exactly from ``env.reset(seed=seed)``. Stops at success
-    (coverage > 0.95) or after ``max_steps`` steps.
+    stored actions replay the episode from ``env.reset(seed=seed)`` (bit for bit in our checks;
+    see the module docstring on pymunk's reproducibility). Stops at success (coverage > 0.95)
+    or after ``max_steps`` steps. About 70 ms of one CPU core per step with the defaults.
 
     Args:
         seed: the env's reset seed.
@@ -515,7 +484,7 @@ def solve_episode(
     core = _pusht_core(env)
     rng = np.random.default_rng(seed if rng_seed is None else rng_seed)
     planner = _EpisodePlanner(
-        _BatchedPushTModel(core, config.n_samples),
+        _PushTModel(core),
         _geometry(core),
         config,
         rng,
@@ -558,11 +527,13 @@ class PushTMPCExpert:
     """The MPC planner as an :class:`~rlox_dp.envs.evaluation.EvalPolicy` for PushT env batches.
 
     The envs must come from :func:`~rlox_dp.envs.pusht.make_pusht_env` (``gym_pusht/PushT-v0``
-    with ``obs_mode`` ``"state"`` or ``"keypoints"``): the block pose is read from the
-    observation (float32, so plans differ slightly from :func:`solve_episode`'s), the agent's
-    velocity is integrated from its own targets (zero after a reset). Each env's planner is
-    created at its first action after :meth:`reset`; random numbers are drawn from ``rng`` in
-    env order, so actions depend on ``n_envs`` as well as the seeds.
+    with gym-pusht's default physics and ``obs_mode`` ``"state"`` or ``"keypoints"``, e.g.
+    ``rollout(expert, PUSHT_ENV_ID, seeds, env_kwargs={"obs_mode": "keypoints"})``): the block
+    pose is read from the observation (float32, so plans differ slightly from
+    :func:`solve_episode`'s), the agent's velocity is integrated from its own targets (zero
+    after a reset). Each env's planner is created at its first action after :meth:`reset`;
+    random numbers are drawn from ``rng`` in env order, so actions depend on ``n_envs`` as well
+    as the seeds.
 
     Args:
         obs_mode: ``"state"`` or ``"keypoints"`` (images do not give the block pose).
@@ -583,7 +554,7 @@ class PushTMPCExpert:
         env = make_pusht_env("state")
         env.reset(seed=0)
         core = _pusht_core(env)
-        self.model, self.geometry = _BatchedPushTModel(core, self.config.n_samples), _geometry(core)
+        self.model, self.geometry = _PushTModel(core), _geometry(core)
         env.close()
         self._planners: list[_EpisodePlanner | None] = []
         self._velocities = np.zeros((0, 2))
