@@ -145,6 +145,9 @@ class Trainer:
                 self.policy, device_ids=[self.device.index] if self.device.type == "cuda" else None
             )
         self._writer = None
+        #: ``{"step": ..., "eval/...": ...}`` for every evaluation logged by :meth:`train`
+        #: (every ``eval_every`` steps and at the end), oldest first.
+        self.eval_history: list[dict[str, float]] = []
 
     # -- construction helpers -----------------------------------------------------------------------
     def _build_config(self, config: Any) -> tuple[AlgorithmConfig, int | None]:
@@ -271,20 +274,31 @@ class Trainer:
                     drop_n_last_frames=self.config.drop_n_last_frames,
                     normalization=None if existing is not None else normalization,
                     normalizer=existing.normalizer if existing is not None else None,
-                    device=self.device,
+                    device=self.device if self.config.buffer_device == "auto" else "cpu",
                 )
         return self._buffer
 
     def _make_train_step(self):
-        if self.config.compile_model:
+        cfg = self.config
+        if cfg.compile_model:
             # Networks compiled in place (state-dict keys unchanged); the loss code stays eager.
-            self.policy.compile_networks()
+            self.policy.compile_networks(mode=cfg.compile_mode)
             if self.ema is not None:
-                self.ema.model.compile_networks()
+                self.ema.model.compile_networks(mode=cfg.compile_mode)
+        if cfg.mixed_precision == "fp16" and self.device.type != "cuda":
+            raise ValueError(
+                f"config field 'mixed_precision': 'fp16' needs a CUDA device, got device {self.device}; "
+                "use 'bf16' on CPU"
+            )
+        autocast_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(cfg.mixed_precision)
+        self._scaler = torch.amp.GradScaler("cuda") if cfg.mixed_precision == "fp16" else None
 
         def step(batch):
             model = self._ddp if self._ddp is not None else self.policy
-            return model(batch, self.state.model_generator)
+            with torch.autocast(self.device.type, dtype=autocast_dtype or torch.float32,
+                                enabled=autocast_dtype is not None):
+                loss, info = model(batch, self.state.model_generator)
+            return loss.float(), info
 
         return step
 
@@ -319,8 +333,8 @@ class Trainer:
             evaluate: evaluate the EMA policy at the end (``config.n_eval_episodes`` episodes).
 
         Returns:
-            metrics: ``loss`` (mean over the last ``log_every`` steps), ``step``, ``train_time_s``,
-            ``steps_per_s``, the evaluation summary (``eval/return_mean`` ...), ``expert/...`` when
+            metrics: ``loss`` (mean over the last ``log_every`` steps), ``step``, ``train_time_s``
+            and ``steps_per_s`` (in-loop evaluations excluded; see :attr:`eval_history`), the evaluation summary (``eval/return_mean`` ...), ``expert/...`` when
             demos came from the built-in expert, and ``interrupted`` (1.0 after Ctrl-C).
         """
         if total_steps is not None and total_timesteps is not None:
@@ -343,6 +357,7 @@ class Trainer:
         bar = tqdm(total=total, initial=start, desc=f"{self.algorithm_name} {self.env_id}",
                    disable=not (self.progress and self.dist.is_main), dynamic_ncols=True, leave=False)
         interrupted = False
+        eval_time = 0.0  # in-loop evaluations, excluded from the training time
         snapshot, step = self.state.snapshot(), self.state.step
         try:
             while self.state.step < total:
@@ -352,10 +367,14 @@ class Trainer:
                 for group in self.optimizer.param_groups:
                     group["lr"] = lr
                 # The same global batch of windows on every rank; each trains on its own slice.
-                indices = torch.randint(len(buffer), (cfg.batch_size,), device=buffer.device,
-                                        generator=self.state.data_generator)
+                indices = torch.randint(len(buffer), (cfg.batch_size,), device=self.device,
+                                        generator=self.state.data_generator).to(buffer.device)
                 part = self.dist.local_slice(cfg.batch_size)
-                batch = buffer.window(indices[part]).to(self.device, non_blocking=True)
+                batch = buffer.window(indices[part])
+                if batch.action.device != self.device:  # buffer_device="cpu": pinned, async copy
+                    if self.device.type == "cuda":
+                        batch = batch.pin_memory()
+                    batch = batch.to(self.device, non_blocking=True)
                 self.policy.global_batch = (cfg.batch_size, part.start) if self.dist.enabled else None
                 loss, info = self._train_step(batch)
                 if not torch.isfinite(self.dist.all_reduce_sum(loss)):
@@ -365,10 +384,18 @@ class Trainer:
                         "Lower the learning rate or check the demonstrations."
                     )
                 self.optimizer.zero_grad(set_to_none=True)
-                loss.backward()
+                if self._scaler is not None:  # fp16: scaled loss; steps with inf/NaN grads skipped
+                    self._scaler.scale(loss).backward()
+                    self._scaler.unscale_(self.optimizer)
+                else:
+                    loss.backward()
                 grad_norm = (torch.nn.utils.clip_grad_norm_(self.policy.parameters(), cfg.grad_clip_norm)
                              if cfg.grad_clip_norm is not None else None)
-                self.optimizer.step()
+                if self._scaler is not None:
+                    self._scaler.step(self.optimizer)
+                    self._scaler.update()
+                else:
+                    self.optimizer.step()
                 decay = self.ema.update(self.policy) if self.ema is not None else None
                 self.state.step += 1
                 recent.append(loss.detach())
@@ -390,7 +417,9 @@ class Trainer:
                     self.save(self.log_dir / "checkpoints" / "last.safetensors")
                 if (cfg.eval_every and self.state.step % cfg.eval_every == 0 and self.state.step < total
                         and self.dist.is_main):
+                    eval_start = time.perf_counter()
                     self._log_eval(self.evaluate(), writer)
+                    eval_time += time.perf_counter() - eval_start
                     self.policy.train()
         except KeyboardInterrupt:
             interrupted = True
@@ -401,7 +430,7 @@ class Trainer:
                 logger.warning("interrupted at step %d; checkpoint saved to %s", self.state.step, path)
         finally:
             bar.close()
-        elapsed = time.perf_counter() - t0
+        elapsed = time.perf_counter() - t0 - eval_time
         if recent:
             metrics["loss"] = self._global_mean(recent)
         metrics.update(step=float(self.state.step), train_time_s=elapsed,
@@ -421,6 +450,9 @@ class Trainer:
         return self.dist.all_reduce_sum(torch.stack(losses).mean()).item() / self.dist.world_size
 
     def _log_eval(self, summary: dict[str, float], writer) -> dict[str, float]:
+        self.eval_history.append({"step": float(self.state.step), **summary})
+        logger.info("step %d: %s", self.state.step,
+                    ", ".join(f"{k[5:]} {v:.4g}" for k, v in summary.items() if k.startswith("eval/")))
         for k, v in summary.items():
             writer.add_scalar(k, v, self.state.step)
         return summary
@@ -477,6 +509,7 @@ class Trainer:
             "demos": str(self.demos_source) if self.demos_source is not None else None,
             "demo_info": self.demo_info,
             "log_dir": str(self.log_dir),
+            "grad_scaler": self._scaler.state_dict() if self._scaler is not None else None,
         }
         save_checkpoint(path, tensors, meta)
         return path
@@ -530,6 +563,8 @@ class Trainer:
                 self.ema.model.load_state_dict(ema_state if ema_state else part("policy/"))
                 self.ema.step = int(meta.get("ema_step") or meta["step"])
             self.optimizer.load_state_dict(optimizer_state_from_tensors(tensors, meta["optimizer"]))
+            if self._scaler is not None and meta.get("grad_scaler"):
+                self._scaler.load_state_dict(meta["grad_scaler"])
         except (RuntimeError, KeyError, ValueError) as err:
             raise CheckpointError(f"checkpoint {str(path)!r} does not fit this model/config: {err}") from None
         self.state.step = int(meta["step"])

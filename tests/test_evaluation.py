@@ -147,7 +147,8 @@ def test_success_and_score_detection_follow_info_keys():
     assert summary["eval/success_rate"] == pytest.approx(alt.successes.mean())
     assert summary["eval/n_episodes"] == 6.0 and summary["eval/env_steps_per_s"] > 0
     assert set(summary) == {"eval/return_mean", "eval/return_std", "eval/length_mean",
-                            "eval/success_rate", "eval/n_episodes", "eval/env_steps_per_s"}
+                            "eval/success_rate", "eval/n_episodes", "eval/env_steps_per_s",
+                            "eval/time_s"}
 
 
 def test_time_limit_truncates():
@@ -202,3 +203,27 @@ def test_videos_of_first_episodes(tmp_path: Path):
     files = sorted(p.name for p in tmp_path.iterdir())
     assert files == ["episode_000_seed_4.mp4", "episode_001_seed_5.mp4"]
     assert all((tmp_path / f).stat().st_size > 1000 for f in files)
+
+
+class ZeroTorque:
+    def reset(self, env_mask=None):
+        pass
+
+    def select_action(self, obs):
+        return np.zeros((len(obs["state"]), 1), dtype=np.float32)
+
+
+def test_action_noise_records_the_clean_action_and_perturbs_the_env():
+    clean = rollout(ZeroTorque(), "Pendulum-v1", [0, 1], n_envs=2, record=True,
+                    max_episode_steps=30).episodes
+    noisy = rollout(ZeroTorque(), "Pendulum-v1", [0, 1], n_envs=2, record=True,
+                    max_episode_steps=30, action_noise=0.5, noise_seed=7).episodes
+    again = rollout(ZeroTorque(), "Pendulum-v1", [0, 1], n_envs=2, record=True,
+                    max_episode_steps=30, action_noise=0.5, noise_seed=7).episodes
+    for c, n, a in zip(clean, noisy, again, strict=True):
+        np.testing.assert_array_equal(n.actions, 0.0)  # the policy's action is what is recorded
+        np.testing.assert_array_equal(c.observations["state"][0], n.observations["state"][0])
+        assert np.abs(c.observations["state"][1:] - n.observations["state"][1:]).max() > 1e-3
+        np.testing.assert_array_equal(n.observations["state"], a.observations["state"])  # seeded
+    with pytest.raises(ValueError, match="action_noise: expected a float >= 0"):
+        rollout(ZeroTorque(), "Pendulum-v1", [0], action_noise=-0.1)

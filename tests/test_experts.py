@@ -72,7 +72,8 @@ def test_default_cache_dir(monkeypatch, tmp_path):
 
 def test_registry(monkeypatch):
     ids = expert_env_ids()
-    assert {"Pendulum-v1", "MountainCarContinuous-v0", BIMODAL_ENV_ID} <= set(ids)
+    assert {"Pendulum-v1", "MountainCarContinuous-v0", "InvertedDoublePendulum-v5",
+            BIMODAL_ENV_ID} <= set(ids)
     with pytest.raises(ValueError, match=r"no expert is available for 'Hopper-v5'.*demos=PATH"):
         get_expert("Hopper-v5")
     monkeypatch.setattr(experts_module, "_EXPERTS", dict(experts_module._EXPERTS))
@@ -123,6 +124,29 @@ def test_sb3_expert_below_target_raises_and_caches_nothing(tmp_path):
     with pytest.raises(RuntimeError, match=r"mean validation return of .* after 64 steps"):
         load_or_train_sb3_expert(spec, cache_dir=tmp_path, progress=False, seed=0)
     assert not sb3_expert_path(spec, tmp_path, 0).exists()
+
+
+def test_mujoco_expert_trains_caches_and_collects(tmp_path):
+    """The MuJoCo expert's pipeline end to end with a tiny budget (the real one is a slow test)."""
+    pytest.importorskip("mujoco")
+    spec = dataclasses.replace(
+        SB3_EXPERTS["InvertedDoublePendulum-v5"], version="test", total_timesteps=64,
+        extra_timesteps=32, max_timesteps=64, target_return=-np.inf,
+        hyperparams={"learning_starts": 32, "batch_size": 16, "buffer_size": 1000,
+                     "policy_kwargs": {"net_arch": [8]}})
+    expert = load_or_train_sb3_expert(spec, cache_dir=tmp_path, progress=False, seed=0)
+    assert sb3_expert_path(spec, tmp_path, 0).exists()
+    demos = collect_demonstrations("InvertedDoublePendulum-v5", expert, n_episodes=2, seed=10_000)
+    assert demos.observations["state"].shape[1:] == (9,) and demos.actions.shape[1:] == (1,)
+    assert len(demos.episode_ends) == 2 and demos.metadata["episode_returns"][0] > 0
+
+
+def test_missing_simulator_is_named_before_training(tmp_path, monkeypatch):
+    spec = dataclasses.replace(SB3_EXPERTS["InvertedDoublePendulum-v5"],
+                               requires=(("rlox_dp_no_such_module", "no-such-sim>=1"),))
+    with pytest.raises(ImportError, match=r"InvertedDoublePendulum-v5 expert needs no-such-sim>=1.*pip install"):
+        load_or_train_sb3_expert(spec, cache_dir=tmp_path, progress=False)
+    assert not (tmp_path / "experts").exists()
 
 
 def test_collect_demonstrations_layout():
@@ -187,8 +211,12 @@ def test_default_demonstrations_are_cached(tmp_path, monkeypatch):
 
 @pytest.mark.slow
 @pytest.mark.parametrize(("env_id", "target"), [("Pendulum-v1", -200.0),
-                                                ("MountainCarContinuous-v0", 90.0)])
+                                                ("MountainCarContinuous-v0", 90.0),
+                                                ("InvertedDoublePendulum-v5", 9_000.0)])
 def test_trained_expert_reaches_target(env_id, target, tmp_path):
+    if env_id in SB3_EXPERTS and SB3_EXPERTS[env_id].requires:
+        for module, _ in SB3_EXPERTS[env_id].requires:
+            pytest.importorskip(module)
     start = time.perf_counter()
     expert = get_expert(env_id, cache_dir=tmp_path, progress=False)
     train_s = time.perf_counter() - start

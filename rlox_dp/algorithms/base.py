@@ -63,6 +63,14 @@ class AlgorithmConfig(Config):
             ``eval_seed + j``).
         n_demos: episodes collected from the built-in expert when no demos are given.
         compile_model: wrap the network in ``torch.compile``.
+        compile_mode: ``torch.compile`` mode: ``"default"``, ``"reduce-overhead"`` (CUDA graphs
+            on a GPU: one graph launch per denoiser call) or ``"max-autotune"``.
+        mixed_precision: ``"no"``, ``"bf16"`` (autocast to bfloat16, CPU or GPU) or ``"fp16"``
+            (autocast to float16 with a gradient scaler; CUDA only). Weights, optimizer state and
+            EMA stay float32.
+        buffer_device: where the demonstration windows live: ``"auto"`` (the training device:
+            no host-device copies at all) or ``"cpu"`` (host memory, for datasets larger than the
+            GPU; each batch is copied through pinned memory with a non-blocking transfer).
     """
 
     n_obs_steps: int = 2
@@ -93,6 +101,9 @@ class AlgorithmConfig(Config):
     eval_seed: int = 0
     n_demos: int = 50
     compile_model: bool = False
+    compile_mode: Literal["default", "reduce-overhead", "max-autotune"] = "default"
+    mixed_precision: Literal["no", "bf16", "fp16"] = "no"
+    buffer_device: Literal["auto", "cpu"] = "auto"
 
     ALIASES: ClassVar[dict[str, str]] = {
         "obs_horizon": "n_obs_steps",

@@ -41,6 +41,14 @@ class Batch(NamedTuple):
             action_is_pad=self.action_is_pad.to(device, non_blocking=non_blocking),
         )
 
+    def pin_memory(self) -> Batch:
+        """Return the same batch in page-locked host memory (for non-blocking copies to a GPU)."""
+        return Batch(
+            obs={k: v.pin_memory() for k, v in self.obs.items()},
+            action=self.action.pin_memory(),
+            action_is_pad=self.action_is_pad.pin_memory(),
+        )
+
 
 @dataclass
 class Demonstrations:

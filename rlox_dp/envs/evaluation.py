@@ -120,6 +120,7 @@ class EvalResult:
             out["eval/score_mean"] = float(np.mean(self.scores))
         out["eval/n_episodes"] = float(len(self.returns))
         out["eval/env_steps_per_s"] = float(self.env_steps / max(self.wall_time_s, 1e-9))
+        out["eval/time_s"] = float(self.wall_time_s)
         return out
 
 
@@ -239,6 +240,8 @@ def rollout(
     asynchronous: bool = False,
     progress: bool = False,
     progress_desc: str = "rollout",
+    action_noise: float = 0.0,
+    noise_seed: int = 0,
 ) -> RolloutResult:
     """Run one episode per seed with ``policy`` on ``min(n_envs, len(seeds))`` parallel envs.
 
@@ -253,6 +256,12 @@ def rollout(
         video_dir, n_videos: write videos of the episodes of ``seeds[:n_videos]`` (module docstring).
         asynchronous: one subprocess per env.
         progress: show a tqdm bar over episodes.
+        action_noise: for demonstration collection with noise injection (DART, Laskey et al.
+            2017): the env executes ``policy action + N(0, (action_noise * half range)^2)``,
+            clipped to the action space bounds, while the *policy's* action is recorded, so that
+            the demonstrations show how the expert recovers from perturbed states. 0 = off.
+        noise_seed: seed of that noise (a generator of its own: the noise never touches the
+            policy's randomness).
 
     Returns:
         :class:`RolloutResult` with episodes in the order of ``seeds``.
@@ -266,6 +275,8 @@ def rollout(
         raise ValueError(f"n_envs: expected a positive int, got {n_envs}")
     if n_videos < 0 or (n_videos > 0 and video_dir is None):
         raise ValueError(f"n_videos: expected 0, or > 0 together with video_dir; got {n_videos}")
+    if not action_noise >= 0:
+        raise ValueError(f"action_noise: expected a float >= 0, got {action_noise}")
     n_envs = min(int(n_envs), len(seeds))
 
     wrapper = None
@@ -287,6 +298,13 @@ def rollout(
         wrapper=wrapper,
     )
     action_shape = (n_envs, *envs.single_action_space.shape)
+    noise_rng = np.random.default_rng(noise_seed)
+    if action_noise > 0:
+        space = envs.single_action_space
+        if not (isinstance(space, gym.spaces.Box) and space.is_bounded()):
+            envs.close()
+            raise ValueError(f"action_noise: needs a bounded Box action space, got {space}")
+        half_range = (space.high - space.low) / 2.0
     pending = iter(seeds[n_envs:])
     # the episode each sub-env is running; None while it runs an uncounted filler episode
     running: list[_RunningEpisode | None] = [_RunningEpisode(s, record) for s in seeds[:n_envs]]
@@ -310,7 +328,12 @@ def rollout(
             if not np.all(np.isfinite(action)):
                 raise ValueError("policy.select_action: returned non-finite actions")
             action = action.astype(envs.single_action_space.dtype, copy=False)
-            next_obs, reward, terminated, truncated, infos = envs.step(action)
+            executed = action
+            if action_noise > 0:
+                noise = noise_rng.normal(0.0, action_noise, action.shape) * half_range
+                executed = np.clip(action + noise, envs.single_action_space.low,
+                                   envs.single_action_space.high).astype(action.dtype)
+            next_obs, reward, terminated, truncated, infos = envs.step(executed)
             done = terminated | truncated
             for i, episode in enumerate(running):
                 if episode is None:

@@ -1,0 +1,359 @@
+"""PushT from the real human demonstrations: Diffusion Policy vs BC, the paper's evaluation.
+
+Every variant is trained on THE SAME human demonstrations (``pusht_cchi_v7_replay.zarr``: 206
+episodes, 25,650 steps) with the same observation mode and the same budget of gradient steps,
+for each training seed, and evaluated with the paper's protocol on the same 50 held-out initial
+states (reset seeds ``--eval-seed ..``; the human data has no seeds, training never touches the
+env): 300-step episodes, per-episode score ``max_t clip(coverage_t / 0.95, 0, 1)``, success =
+coverage reached 0.95. Reported per variant: mean score and success rate with 95 % intervals
+(score: t interval over episodes; success: Wilson interval), both pooled over all seeds' episodes,
+plus the per-seed means, train time and steps. Writes ``<out>/pusht_<obs>.json`` and
+``<out>/pusht_<obs>.png`` and prints a table. With ``--eval-every N`` each run is also evaluated
+every N steps (the learning curves go to the JSON and the plot).
+
+The dataset is never looked up at a fixed path: ``--demos PATH`` or ``$RLOX_DP_PUSHT_ZARR``.
+
+    python benchmarks/pusht.py --demos pusht_cchi_v7_replay.zarr            # keypoints, ~60 min/seed on 1 CPU thread
+    python benchmarks/pusht.py --obs image --device cuda                       # image policies on a GPU
+    python benchmarks/pusht.py --quick --obs image --episodes 2                # CPU smoke run (seconds)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import os
+import platform
+import statistics
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from rlox_dp import Trainer
+from rlox_dp.envs.pusht import PUSHT_ENV_ID, load_pusht_demonstrations
+
+RESULTS = Path(__file__).resolve().parent / "results"
+EVAL_ENVS = 10
+
+#: the shared window settings (the paper's PushT: 2 observations, 16 predicted, 8 executed actions)
+WINDOW = {"n_obs_steps": 2, "horizon": 16, "n_action_steps": 8}
+
+#: variant -> (registered algorithm, config overrides) for the low-dimensional modes. The U-Net is
+#: the paper's architecture at a quarter of its width, sized so that the default budget trains in
+#: about an hour on one CPU thread (see the README's speed section for the width sweep).
+LOWDIM_VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
+    "diffusion": ("diffusion", {**WINDOW, "denoiser": "unet", "down_dims": (64, 128, 256),
+                                "batch_size": 64, "lr": 3e-4, "noise_scheduler_type": "DDIM",
+                                "num_inference_steps": 10}),
+    "diffusion_mlp": ("diffusion", {**WINDOW, "denoiser": "mlp", "hidden_dim": 512, "n_layers": 4,
+                                    "batch_size": 256, "lr": 1e-3, "noise_scheduler_type": "DDIM",
+                                    "num_inference_steps": 10}),
+    "bc": ("bc", {"n_obs_steps": 2, "batch_size": 256, "lr": 1e-3}),
+    "bc_chunk": ("bc_chunk", {**WINDOW, "batch_size": 256, "lr": 1e-3}),
+}
+#: image variants: the paper's ResNet18 (GroupNorm, spatial softmax, 84x84 crops) for all three.
+IMAGE_VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
+    "diffusion": ("diffusion", {**WINDOW, "denoiser": "unet", "batch_size": 64, "lr": 1e-4,
+                                "noise_scheduler_type": "DDIM", "num_inference_steps": 10}),
+    "diffusion_mlp": ("diffusion", {**WINDOW, "denoiser": "mlp", "batch_size": 64, "lr": 1e-4,
+                                    "noise_scheduler_type": "DDIM", "num_inference_steps": 10}),
+    "bc": ("bc", {"n_obs_steps": 2, "batch_size": 64, "lr": 1e-4}),
+    "bc_chunk": ("bc_chunk", {**WINDOW, "batch_size": 64, "lr": 1e-4}),
+}
+LABELS = {"diffusion": "Diffusion Policy (U-Net)", "diffusion_mlp": "Diffusion Policy (MLP)",
+          "bc": "BC-MLP", "bc_chunk": "BC-chunk (H=16)"}
+#: default gradient-step budgets (all variants get the same); the keypoint budget fits ~60 min of
+#: the diffusion U-Net on one CPU thread of this machine.
+DEFAULT_STEPS = {"keypoints": 15_000, "state": 15_000, "image": 20_000}
+#: tiny networks and budgets for --quick (smoke test): checks the pipeline, not the numbers.
+QUICK = {
+    "diffusion": {"down_dims": (16, 32), "n_groups": 4, "diffusion_step_embed_dim": 16,
+                  "num_train_timesteps": 10, "num_inference_steps": 2, "batch_size": 8,
+                  "spatial_softmax_num_keypoints": 4},
+    "diffusion_mlp": {"hidden_dim": 32, "n_layers": 1, "num_train_timesteps": 10,
+                      "num_inference_steps": 2, "batch_size": 8},
+    "bc": {"hidden_dim": 32, "n_layers": 2, "batch_size": 8},
+    "bc_chunk": {"hidden_dim": 32, "n_layers": 2, "batch_size": 8},
+}
+QUICK_STEPS = 3
+
+
+def variant_config(variant: str, args: argparse.Namespace) -> tuple[str, dict[str, Any]]:
+    """``(algorithm, config dict)`` of ``variant`` under the command-line options."""
+    table = IMAGE_VARIANTS if args.obs == "image" else LOWDIM_VARIANTS
+    algorithm, overrides = table[variant]
+    config = {**overrides, "obs": args.obs, "total_steps": args.steps, "log_every": 100,
+              "checkpoint_every": 10**9, "eval_every": args.eval_every, "n_eval_episodes": args.episodes,
+              "n_eval_envs": min(EVAL_ENVS, args.episodes), "eval_seed": args.eval_seed,
+              "lr_warmup_steps": min(500, max(1, args.steps // 10))}
+    if args.quick:
+        config.update(QUICK[variant])
+    return algorithm, config
+
+
+def mean_interval(values: np.ndarray, bounds: tuple[float, float] = (0.0, 1.0)) -> dict[str, float]:
+    """Mean and 95 % t interval (normal quantile past 30 samples) of ``values`` ``(n,)``.
+
+    The interval is clipped to ``bounds``, the range the values can take (scores lie in [0, 1]).
+    """
+    n = len(values)
+    mean = float(np.mean(values))
+    if n < 2:
+        return {"mean": mean, "low": mean, "high": mean, "n": n}
+    # two-sided 97.5 % t quantiles for small n; 1.96 beyond
+    t_table = {1: 12.71, 2: 4.30, 3: 3.18, 4: 2.78, 5: 2.57, 6: 2.45, 7: 2.36, 8: 2.31, 9: 2.26,
+               10: 2.23, 15: 2.13, 20: 2.09, 30: 2.04}
+    dof = n - 1
+    quantile = 1.96 if dof > 30 else t_table[max(k for k in t_table if k <= dof)]
+    half = quantile * float(np.std(values, ddof=1)) / math.sqrt(n)
+    return {"mean": mean, "low": max(bounds[0], mean - half), "high": min(bounds[1], mean + half),
+            "n": n}
+
+
+def wilson_interval(successes: int, n: int, z: float = 1.96) -> dict[str, float]:
+    """Success rate ``successes / n`` with its 95 % Wilson score interval."""
+    if n < 1:
+        raise ValueError(f"n: expected a positive number of trials, got {n}")
+    p = successes / n
+    denom = 1 + z * z / n
+    centre = (p + z * z / (2 * n)) / denom
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
+    return {"mean": p, "low": max(0.0, centre - half), "high": min(1.0, centre + half), "n": n}
+
+
+def train_and_evaluate(variant: str, seed: int, args: argparse.Namespace, log_root: Path,
+                       demos: Any) -> dict[str, Any]:
+    """Train ``variant`` with ``seed`` for ``args.steps`` steps; evaluate on the held-out seeds."""
+    algorithm, config = variant_config(variant, args)
+    trainer = Trainer(algorithm, env=PUSHT_ENV_ID, config=config, demos=demos, seed=seed,
+                      device=args.device, log_dir=log_root / f"{variant}-{seed}",
+                      progress=args.progress, preset=False)
+    # One training run (the cosine learning-rate schedule spans all steps); with --eval-every the
+    # trainer also evaluates on the held-out seeds every N steps (excluded from train_time_s).
+    metrics = trainer.train(args.steps, evaluate=True)
+    curve = [{"step": int(e["step"]), "score": e["eval/score_mean"],
+              "success_rate": e["eval/success_rate"], "eval_time_s": e["eval/time_s"]}
+             for e in trainer.eval_history]
+    summary = trainer.eval_history[-1]
+    train_time, eval_time = metrics["train_time_s"], summary["eval/time_s"]
+    if args.keep_checkpoints:
+        Path(args.keep_checkpoints).mkdir(parents=True, exist_ok=True)
+        trainer.save(Path(args.keep_checkpoints) / f"{variant}-{seed}.safetensors")
+    result = trainer.last_eval
+    print(f"  {LABELS[variant]} seed {seed}: score {summary['eval/score_mean']:.3f} success "
+          f"{summary['eval/success_rate']:.2f} ({train_time / 60:.1f} min training, {args.steps} steps; "
+          f"curve {[round(c['score'], 3) for c in curve]})", flush=True)
+    return {"variant": variant, "algorithm": algorithm, "seed": seed, "steps": args.steps,
+            "train_time_s": train_time, "final_loss": metrics["loss"], "eval_time_s": eval_time,
+            "eval_env_steps_per_s": summary["eval/env_steps_per_s"],
+            "score": float(np.mean(result.scores)), "success_rate": float(np.mean(result.successes)),
+            "scores": result.scores.tolist(), "successes": result.successes.astype(int).tolist(),
+            "curve": curve, "n_parameters": sum(p.numel() for p in trainer.policy.parameters()),
+            "config": trainer.config.to_dict()}
+
+
+def summarize(rows: list[dict[str, Any]], variants: list[str]) -> dict[str, Any]:
+    """Per variant: pooled score / success intervals over all seeds' episodes, per-seed stats."""
+    summary = {}
+    for v in variants:
+        runs = [r for r in rows if r["variant"] == v]
+        scores = np.concatenate([r["scores"] for r in runs])
+        successes = np.concatenate([r["successes"] for r in runs]).astype(int)
+        per_seed_score = [r["score"] for r in runs]
+        summary[v] = {
+            "label": LABELS[v], "seeds": len(runs), "episodes": int(len(scores)),
+            "score": mean_interval(scores),
+            "success_rate": wilson_interval(int(successes.sum()), len(successes)),
+            "score_per_seed": per_seed_score,
+            "score_seed_std": statistics.pstdev(per_seed_score) if len(runs) > 1 else 0.0,
+            "success_per_seed": [r["success_rate"] for r in runs],
+            "train_time_s": statistics.fmean(r["train_time_s"] for r in runs),
+            "steps": runs[0]["steps"], "n_parameters": runs[0]["n_parameters"],
+        }
+    return summary
+
+
+def plot(path: Path, result: dict[str, Any]) -> None:
+    """Left: score and success (95 % intervals, seeds as dots); right: learning curves if any."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    summary, runs = result["summary"], result["runs"]
+    has_curves = any(len(r["curve"]) > 1 for r in runs)
+    fig, axes = plt.subplots(1, 2 if has_curves else 1, figsize=(12 if has_curves else 6.5, 4.5),
+                             squeeze=False)
+    ax = axes[0, 0]
+    names = list(summary)
+    x = np.arange(len(names))
+    for offset, key, color in ((-0.18, "score", "tab:blue"), (0.18, "success_rate", "tab:orange")):
+        means = np.array([summary[v][key]["mean"] for v in names])
+        lows = means - np.array([summary[v][key]["low"] for v in names])
+        highs = np.array([summary[v][key]["high"] for v in names]) - means
+        ax.bar(x + offset, means, 0.34, yerr=[lows, highs], capsize=4, color=color,
+               label="score" if key == "score" else "success rate (coverage ≥ 0.95)")
+        per_seed = "score_per_seed" if key == "score" else "success_per_seed"
+        for i, v in enumerate(names):
+            ax.plot(np.full(len(summary[v][per_seed]), x[i] + offset), summary[v][per_seed], "k.", ms=4)
+    ax.set_xticks(x, [summary[v]["label"] for v in names], fontsize=9)
+    ax.set_ylim(0, 1.05)
+    ax.set_title(f"PushT ({result['obs']}), {result['steps']} steps, {len(result['seeds'])} seed(s) x "
+                 f"{result['episodes']} held-out episodes", fontsize=10)
+    ax.legend(fontsize=8, loc="upper left")
+    ax.grid(axis="y", alpha=0.3)
+    if has_curves:
+        ax = axes[0, 1]
+        colors = {"diffusion": "tab:green", "diffusion_mlp": "tab:olive", "bc": "tab:red",
+                  "bc_chunk": "tab:purple"}
+        for r in runs:
+            steps = [c["step"] for c in r["curve"]]
+            ax.plot(steps, [c["score"] for c in r["curve"]], "o-", color=colors[r["variant"]],
+                    alpha=0.7, label=LABELS[r["variant"]] if r["seed"] == min(result["seeds"]) else None)
+        ax.set_xlabel("gradient steps")
+        ax.set_ylabel("score (mean over held-out episodes)")
+        ax.set_ylim(0, 1.05)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+        ax.set_title("learning curves", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110, bbox_inches="tight")
+    plt.close(fig)
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    """Command-line options with defaults filled in."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--demos", default=os.environ.get("RLOX_DP_PUSHT_ZARR"),
+                        help="pusht_cchi_v7_replay.zarr (default $RLOX_DP_PUSHT_ZARR)")
+    parser.add_argument("--obs", choices=["keypoints", "state", "image"], default="keypoints")
+    parser.add_argument("--variants", default="diffusion,bc,bc_chunk",
+                        help=f"comma-separated subset of {list(LABELS)}")
+    parser.add_argument("--seeds", type=int, default=None, help="training seeds 0..N-1 (default 3; 1 with --quick)")
+    parser.add_argument("--first-seed", type=int, default=0, help="first training seed")
+    parser.add_argument("--steps", type=int, default=None,
+                        help=f"gradient steps of every variant (default {DEFAULT_STEPS}; {QUICK_STEPS} with --quick)")
+    parser.add_argument("--episodes", type=int, default=50, help="held-out evaluation episodes")
+    parser.add_argument("--eval-seed", type=int, default=0, help="first held-out reset seed")
+    parser.add_argument("--eval-every", type=int, default=0, help="also evaluate every N steps (0: only at the end)")
+    parser.add_argument("--device", default="cpu", help="cpu, cuda, auto ...")
+    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (1 avoids spin-waits on busy CPUs)")
+    parser.add_argument("--quick", action="store_true", help="tiny networks and budgets (smoke test)")
+    parser.add_argument("--progress", action="store_true", help="progress bars")
+    parser.add_argument("--out", default=str(RESULTS), help="results directory")
+    parser.add_argument("--keep-checkpoints", default=None, metavar="DIR",
+                        help="copy each run's final checkpoint to DIR/<variant>-<seed>.safetensors")
+    parser.add_argument("--tag", default="", help="suffix of the result file names (pusht_<obs><tag>.json)")
+    parser.add_argument("--merge", nargs="+", default=None, metavar="JSON",
+                        help="no training: merge the runs of these result files (e.g. seeds run in "
+                             "parallel processes with different --tag) into pusht_<obs><tag>.json")
+    args = parser.parse_args(argv)
+    if args.merge:
+        return args
+    if not args.demos or not Path(args.demos).exists():
+        parser.error(f"--demos: the PushT zarr was not found (got {args.demos!r}); pass --demos PATH "
+                     "or set RLOX_DP_PUSHT_ZARR")
+    args.variants = [v.strip() for v in args.variants.split(",") if v.strip()]
+    unknown = [v for v in args.variants if v not in LABELS]
+    if unknown or not args.variants:
+        parser.error(f"--variants: expected a subset of {list(LABELS)}, got {args.variants}")
+    args.seeds = args.seeds if args.seeds is not None else (1 if args.quick else 3)
+    args.steps = args.steps if args.steps is not None else (QUICK_STEPS if args.quick else DEFAULT_STEPS[args.obs])
+    for name in ("seeds", "steps", "episodes", "threads"):
+        if getattr(args, name) < 1:
+            parser.error(f"--{name}: expected a positive int, got {getattr(args, name)}")
+    if args.eval_every < 0:
+        parser.error(f"--eval-every: expected an int >= 0, got {args.eval_every}")
+    return args
+
+
+def print_table(result: dict[str, Any]) -> None:
+    """Score and success (95 % intervals), per-seed spread, train time per variant."""
+    print(f"\nPushT ({result['obs']}), {result['steps']} gradient steps, {len(result['seeds'])} seed(s) "
+          f"x {result['episodes']} held-out episodes (seeds {result['eval_seeds'][0]}.."
+          f"{result['eval_seeds'][1]}), device {result['device']}, {result['threads']} thread(s)")
+    print(f"{'policy':26s} {'score [95% CI]':>22s} {'success [95% CI]':>22s} {'seed std':>9s} {'train min':>10s}")
+    for s in result["summary"].values():
+        sc, su = s["score"], s["success_rate"]
+        print(f"{s['label']:26s} {sc['mean']:>8.3f} [{sc['low']:.3f}, {sc['high']:.3f}] "
+              f"{su['mean']:>8.2f} [{su['low']:.2f}, {su['high']:.2f}] {s['score_seed_std']:>9.3f} "
+              f"{s['train_time_s'] / 60:>10.1f}")
+
+
+def merge(files: list[str]) -> dict[str, Any]:
+    """One result from several result files of the same protocol (their runs concatenated).
+
+    Raises ValueError when the files differ in observation mode, steps, episodes or eval seeds,
+    or when two files hold the same (variant, seed) run.
+    """
+    parts = [json.loads(Path(f).read_text()) for f in files]
+    keys = ("obs", "steps", "episodes", "eval_seeds", "quick")
+    for f, part in zip(files[1:], parts[1:], strict=True):
+        differing = [k for k in keys if part[k] != parts[0][k]]
+        if differing:
+            raise ValueError(f"--merge: {f} differs from {files[0]} in {differing}; only runs of "
+                             "the same protocol can be merged")
+    rows = [r for part in parts for r in part["runs"]]
+    seen = [(r["variant"], r["seed"]) for r in rows]
+    duplicates = sorted({k for k in seen if seen.count(k) > 1})
+    if duplicates:
+        raise ValueError(f"--merge: runs (variant, seed) {duplicates} appear in more than one file")
+    variants = [v for v in LABELS if any(r["variant"] == v for r in rows)]
+    result = {**parts[0], "merged_from": [Path(f).name for f in files],
+              "seeds": sorted({r["seed"] for r in rows}),
+              "settings": {v: s for part in parts for v, s in part["settings"].items()},
+              "summary": summarize(rows, variants), "runs": rows}
+    return result
+
+
+def write(result: dict[str, Any], out: Path, tag: str) -> None:
+    """``<out>/pusht_<obs><tag>.json`` and ``.png``, then the table."""
+    stem = f"pusht_{result['obs']}{tag}"
+    (out / f"{stem}.json").write_text(json.dumps(result, indent=2, default=str))
+    plot(out / f"{stem}.png", result)
+    print_table(result)
+    print(f"wrote {out / f'{stem}.json'} and {out / f'{stem}.png'}")
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    """Run the benchmark; returns the JSON-able result that is also written to ``--out``."""
+    args = parse_args(argv)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    if args.merge:
+        result = merge(args.merge)
+        write(result, out, args.tag)
+        return result
+    torch.set_num_threads(args.threads)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
+    demos = load_pusht_demonstrations(args.demos, obs_mode=args.obs)
+    seeds = list(range(args.first_seed, args.first_seed + args.seeds))
+    rows: list[dict[str, Any]] = []
+    with tempfile.TemporaryDirectory(prefix="rlox_dp_pusht_") as tmp:
+        for seed in seeds:
+            for variant in args.variants:
+                rows.append(train_and_evaluate(variant, seed, args, Path(tmp), demos))
+    result = {
+        "benchmark": "pusht", "env": PUSHT_ENV_ID, "obs": args.obs, "demos": str(args.demos),
+        "n_demo_episodes": int(len(demos.episode_ends)), "n_demo_steps": int(demos.n_steps),
+        "date": time.strftime("%Y-%m-%d"), "torch": torch.__version__, "threads": args.threads,
+        "machine": platform.machine(), "python": platform.python_version(),
+        "device": args.device, "quick": args.quick, "seeds": seeds, "steps": args.steps,
+        "episodes": args.episodes, "eval_seeds": [args.eval_seed, args.eval_seed + args.episodes - 1],
+        "settings": {v: {"algorithm": variant_config(v, args)[0], "label": LABELS[v],
+                         "overrides": variant_config(v, args)[1]} for v in args.variants},
+        "summary": summarize(rows, args.variants),
+        "runs": rows,
+    }
+    write(result, out, args.tag)
+    return result
+
+
+if __name__ == "__main__":
+    main()

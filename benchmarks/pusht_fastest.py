@@ -1,0 +1,163 @@
+"""The fastest PushT keypoints policy within a score tolerance of the best one.
+
+Loads trained PushT checkpoints (e.g. those ``benchmarks/pusht.py --keep-checkpoints DIR`` keeps:
+different denoisers and widths), and for each one and each sampler setting (DDPM over all steps,
+DDIM with 10, 5, 3, 2, 1 steps by default) measures
+
+* the paper's score and success rate on the same held-out episodes as ``benchmarks/pusht.py``
+  (reset seeds ``--eval-seed ..``, 300 steps, ``--eval-envs`` vectorized envs), with the wall
+  time of the whole evaluation, and
+* the latency of one action chunk for one observation window (batch 1, ``predict_action_chunk``:
+  normalize, encode, denoise, unnormalize), median over repeats after warm-up, with
+  ``--threads`` torch threads.
+
+The recommended setting is the fastest (lowest chunk latency) whose mean score is within
+``--tolerance`` (default 0.02) of the best mean score measured. Writes
+``<out>/pusht_fastest.json`` and prints a table.
+
+    python benchmarks/pusht_fastest.py runs/ckpt/diffusion-0.safetensors runs/ckpt/diffusion_mlp-0.safetensors
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from rlox_dp import Trainer
+from rlox_dp.envs import make_env
+from rlox_dp.envs.pusht import PUSHT_ENV_ID
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def parse_samplers(text: str) -> list[tuple[str, int | None]]:
+    """``"DDPM:all,DDIM:10"`` -> ``[("DDPM", None), ("DDIM", 10)]`` (None: all train steps)."""
+    out: list[tuple[str, int | None]] = []
+    for item in text.split(","):
+        kind, _, steps = item.strip().partition(":")
+        if kind.upper() not in ("DDPM", "DDIM") or not (steps == "all" or steps.isdigit()):
+            raise ValueError(f"--samplers: expected items like DDPM:all or DDIM:10, got {item!r}")
+        out.append((kind.upper(), None if steps == "all" else int(steps)))
+    return out
+
+
+def observation_window(trainer: Trainer, seed: int = 0) -> dict[str, torch.Tensor]:
+    """A real first observation of the env, edge-replicated over ``n_obs_steps``: ``(1, T_o, ...)``."""
+    env = make_env(trainer.env_id, env_kwargs=trainer.env_kwargs)
+    obs, _ = env.reset(seed=seed)
+    env.close()
+    n = trainer.config.n_obs_steps
+    return {k: torch.as_tensor(np.asarray(v))[None, None].repeat(1, n, *[1] * np.ndim(v))
+            for k, v in obs.items()}
+
+
+def chunk_latency(policy: Any, window: dict[str, torch.Tensor], repeats: int, warmup: int) -> dict[str, float]:
+    """Median / min / 90th-percentile seconds of ``policy.predict_action_chunk(window)``."""
+    gen = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for _ in range(warmup):
+            policy.predict_action_chunk(window, gen)
+        times = []
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            policy.predict_action_chunk(window, gen)
+            times.append(time.perf_counter() - t0)
+    return {"median_s": statistics.median(times), "min_s": min(times),
+            "p90_s": float(np.percentile(times, 90)), "n": repeats}
+
+
+def measure(path: str, samplers: list[tuple[str, int | None]], args: argparse.Namespace) -> list[dict[str, Any]]:
+    """Score, success, eval time and chunk latency of checkpoint ``path`` under each sampler."""
+    trainer = Trainer.load(path, device="cpu", progress=False)
+    policy = trainer.eval_policy
+    policy.eval()
+    window = observation_window(trainer)
+    cfg = trainer.config
+    rows = []
+    for kind, steps in samplers:
+        steps = steps if steps is not None else cfg.num_train_timesteps
+        policy.configure_inference(kind, steps)
+        latency = chunk_latency(policy, window, args.repeats, args.warmup)
+        summary = trainer.evaluate(args.episodes, args.eval_envs, seed=args.eval_seed)
+        result = trainer.last_eval
+        rows.append({
+            "checkpoint": Path(path).name, "denoiser": cfg.denoiser,
+            "down_dims": list(cfg.down_dims) if cfg.denoiser == "unet" else None,
+            "hidden_dim": cfg.hidden_dim if cfg.denoiser == "mlp" else None,
+            "horizon": cfg.horizon, "n_action_steps": cfg.n_action_steps,
+            "n_parameters": sum(p.numel() for p in policy.parameters()),
+            "sampler": f"{kind}{steps}", "num_inference_steps": steps,
+            "score": summary["eval/score_mean"], "success_rate": summary["eval/success_rate"],
+            "scores": result.scores.tolist(), "eval_time_s": result.wall_time_s,
+            "eval_env_steps_per_s": summary["eval/env_steps_per_s"],
+            "chunk_latency_ms": 1000 * latency["median_s"], "chunk_latency": latency,
+        })
+        print(f"{Path(path).name:32s} {kind}{steps:<4d} score {rows[-1]['score']:.3f} success "
+              f"{rows[-1]['success_rate']:.2f} chunk {rows[-1]['chunk_latency_ms']:.2f} ms "
+              f"eval {result.wall_time_s:.0f} s", flush=True)
+    return rows
+
+
+def recommend(rows: list[dict[str, Any]], tolerance: float) -> dict[str, Any]:
+    """The lowest-latency row whose score is within ``tolerance`` of the best score."""
+    best = max(r["score"] for r in rows)
+    eligible = [r for r in rows if r["score"] >= best - tolerance]
+    return min(eligible, key=lambda r: r["chunk_latency_ms"])
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    """Run the sweep; returns the JSON-able result also written to ``--out``."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("checkpoints", nargs="+", help="PushT keypoints checkpoints (.safetensors)")
+    parser.add_argument("--samplers", default="DDPM:all,DDIM:10,DDIM:5,DDIM:3,DDIM:2,DDIM:1",
+                        help="comma list of DDPM:<steps|all> / DDIM:<steps>")
+    parser.add_argument("--episodes", type=int, default=50, help="held-out episodes")
+    parser.add_argument("--eval-envs", type=int, default=50, help="vectorized envs")
+    parser.add_argument("--eval-seed", type=int, default=0, help="first held-out reset seed")
+    parser.add_argument("--threads", type=int, default=2, help="torch threads")
+    parser.add_argument("--repeats", type=int, default=200, help="timed chunks per setting")
+    parser.add_argument("--warmup", type=int, default=20, help="untimed chunks first")
+    parser.add_argument("--tolerance", type=float, default=0.02, help="score tolerance")
+    parser.add_argument("--out", default=str(RESULTS), help="results directory")
+    args = parser.parse_args(argv)
+    try:
+        samplers = parse_samplers(args.samplers)
+    except ValueError as err:
+        parser.error(str(err))
+    for p in args.checkpoints:
+        if not Path(p).exists():
+            parser.error(f"checkpoints: {p!r} does not exist")
+    torch.set_num_threads(args.threads)
+    rows = [row for path in args.checkpoints for row in measure(path, samplers, args)]
+    best = max(rows, key=lambda r: r["score"])
+    choice = recommend(rows, args.tolerance)
+    result = {
+        "benchmark": "pusht_fastest", "env": PUSHT_ENV_ID, "date": time.strftime("%Y-%m-%d"),
+        "torch": torch.__version__, "threads": args.threads, "machine": platform.machine(),
+        "python": platform.python_version(), "episodes": args.episodes, "eval_envs": args.eval_envs,
+        "eval_seeds": [args.eval_seed, args.eval_seed + args.episodes - 1],
+        "tolerance": args.tolerance, "best": {k: best[k] for k in ("checkpoint", "sampler", "score")},
+        "recommended": {k: v for k, v in choice.items() if k not in ("scores", "chunk_latency")},
+        "rows": rows,
+    }
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "pusht_fastest.json").write_text(json.dumps(result, indent=2))
+    print(f"\nbest score {best['score']:.3f} ({best['checkpoint']}, {best['sampler']}); fastest within "
+          f"{args.tolerance}: {choice['checkpoint']} {choice['sampler']} score {choice['score']:.3f}, "
+          f"chunk {choice['chunk_latency_ms']:.2f} ms ({args.threads} threads), 50-episode eval "
+          f"{choice['eval_time_s']:.0f} s")
+    print(f"wrote {out / 'pusht_fastest.json'}")
+    return result
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,120 @@
+"""benchmarks/pusht.py: interval maths, a smoke run per observation mode, merging result files."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+BENCH_PATH = Path(__file__).resolve().parents[1] / "benchmarks" / "pusht.py"
+ZARR = os.environ.get("RLOX_DP_PUSHT_ZARR")
+needs_zarr = pytest.mark.skipif(not ZARR or not Path(ZARR).exists(),
+                                reason="set RLOX_DP_PUSHT_ZARR to the PushT replay zarr")
+
+
+@pytest.fixture(scope="module")
+def bench():
+    spec = importlib.util.spec_from_file_location("rlox_dp_bench_pusht", BENCH_PATH)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_wilson_interval_closed_form(bench):
+    # 30 / 50: p = 0.6, z = 1.96 -> the textbook Wilson interval [0.4618, 0.7239]
+    ci = bench.wilson_interval(30, 50)
+    assert ci["mean"] == 0.6
+    assert ci["low"] == pytest.approx(0.4618, abs=1e-4) and ci["high"] == pytest.approx(0.7239, abs=1e-4)
+    # all successes: the upper end is 1, the lower one stays below 1 (unlike the normal interval)
+    ci = bench.wilson_interval(50, 50)
+    assert ci["high"] == 1.0 and 0.92 < ci["low"] < 0.93
+    with pytest.raises(ValueError, match="n: expected a positive"):
+        bench.wilson_interval(0, 0)
+
+
+def test_mean_interval_matches_t_quantiles(bench):
+    rng = np.random.default_rng(0)
+    x = rng.uniform(0.4, 0.6, size=50)
+    ci = bench.mean_interval(x)
+    half = 1.96 * x.std(ddof=1) / math.sqrt(50)
+    assert ci["mean"] == pytest.approx(x.mean())
+    assert ci["high"] - ci["mean"] == pytest.approx(half)
+    small = bench.mean_interval(np.array([0.4, 0.5, 0.6]))  # t(2) = 4.30, sd 0.1
+    assert small["high"] - small["mean"] == pytest.approx(4.30 * 0.1 / math.sqrt(3))
+    clipped = bench.mean_interval(np.array([0.0, 1.0, 1.0]))
+    assert clipped["low"] >= 0.0 and clipped["high"] <= 1.0
+
+
+def test_missing_dataset_is_a_clear_error(bench, tmp_path, monkeypatch, capsys):
+    monkeypatch.delenv("RLOX_DP_PUSHT_ZARR", raising=False)
+    with pytest.raises(SystemExit):
+        bench.parse_args(["--demos", str(tmp_path / "nope.zarr")])
+    assert "--demos: the PushT zarr was not found" in capsys.readouterr().err
+
+
+@needs_zarr
+def test_quick_keypoints_run_and_merge(bench, tmp_path):
+    common = ["--demos", ZARR, "--quick", "--episodes", "2", "--out", str(tmp_path),
+              "--variants", "diffusion,bc", "--eval-every", "2", "--steps", "4"]
+    first = bench.main([*common, "--tag", "_a"])
+    assert set(first["summary"]) == {"diffusion", "bc"}
+    run = first["runs"][0]
+    assert run["steps"] == 4 and len(run["scores"]) == 2
+    assert [c["step"] for c in run["curve"]] == [2, 4]
+    assert all(0.0 <= s <= 1.0 for s in run["scores"])
+    assert run["config"]["total_steps"] == 4 and run["config"]["eval_every"] == 2
+    assert (tmp_path / "pusht_keypoints_a.png").stat().st_size > 0
+    saved = json.loads((tmp_path / "pusht_keypoints_a.json").read_text())
+    assert saved["summary"]["bc"]["score"]["n"] == 2
+    bench.main([*common, "--first-seed", "1", "--variants", "diffusion", "--tag", "_b"])
+    merged = bench.main(["--merge", str(tmp_path / "pusht_keypoints_a.json"),
+                         str(tmp_path / "pusht_keypoints_b.json"), "--out", str(tmp_path)])
+    assert merged["seeds"] == [0, 1]
+    assert merged["summary"]["diffusion"]["seeds"] == 2 and merged["summary"]["diffusion"]["episodes"] == 4
+    assert merged["summary"]["bc"]["seeds"] == 1
+    with pytest.raises(ValueError, match=r"runs \(variant, seed\).*more than one file"):
+        bench.merge([str(tmp_path / "pusht_keypoints_a.json")] * 2)
+
+
+@needs_zarr
+def test_quick_image_run(bench, tmp_path):
+    result = bench.main(["--demos", ZARR, "--quick", "--obs", "image", "--episodes", "1",
+                         "--variants", "diffusion", "--out", str(tmp_path)])
+    run = result["runs"][0]
+    assert tuple(run["config"]["crop_shape"]) == (84, 84) and run["steps"] == bench.QUICK_STEPS
+    assert 0.0 <= run["score"] <= 1.0 and math.isfinite(run["final_loss"])
+
+
+@needs_zarr
+def test_fastest_setting_sweep(tmp_path):
+    spec = importlib.util.spec_from_file_location("rlox_dp_bench_pusht_fastest",
+                                                  BENCH_PATH.with_name("pusht_fastest.py"))
+    fastest = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(fastest)
+    from rlox_dp import Trainer
+
+    config = {"obs": "keypoints", "down_dims": [16, 32], "n_groups": 4, "diffusion_step_embed_dim": 16,
+              "num_train_timesteps": 10, "batch_size": 8, "lr_warmup_steps": 1}
+    trainer = Trainer("diffusion", env="gym_pusht/PushT-v0", demos=ZARR, config=config, device="cpu",
+                      log_dir=tmp_path / "run", progress=False, preset=False)
+    trainer.train(2, evaluate=False)
+    ckpt = trainer.save(tmp_path / "tiny.safetensors")
+    result = fastest.main([str(ckpt), "--samplers", "DDPM:all,DDIM:2", "--episodes", "2",
+                           "--eval-envs", "2", "--repeats", "3", "--warmup", "1", "--threads", "1",
+                           "--out", str(tmp_path)])
+    rows = result["rows"]
+    assert [r["sampler"] for r in rows] == ["DDPM10", "DDIM2"]
+    assert all(r["chunk_latency_ms"] > 0 and 0 <= r["score"] <= 1 for r in rows)
+    # fewer denoiser calls are faster
+    assert rows[1]["chunk_latency"]["min_s"] < rows[0]["chunk_latency"]["min_s"]
+    best = max(r["score"] for r in rows)
+    chosen = result["recommended"]
+    assert chosen["score"] >= best - 0.02
+    assert chosen["chunk_latency_ms"] == min(r["chunk_latency_ms"] for r in rows if r["score"] >= best - 0.02)
+    with pytest.raises(ValueError, match="DDIM:10"):
+        fastest.parse_samplers("DDIM-10")
