@@ -13,7 +13,7 @@ every N steps (the learning curves go to the JSON and the plot).
 
 The dataset is never looked up at a fixed path: ``--demos PATH`` or ``$RLOX_DP_PUSHT_ZARR``.
 
-    python benchmarks/pusht.py --demos pusht_cchi_v7_replay.zarr            # keypoints, ~60 min/seed on 1 CPU thread
+    python benchmarks/pusht.py --demos pusht_cchi_v7_replay.zarr   # keypoints, ~75 min/seed on 1 CPU thread
     python benchmarks/pusht.py --obs image --device cuda                       # image policies on a GPU
     python benchmarks/pusht.py --quick --obs image --episodes 2                # CPU smoke run (seconds)
 """
@@ -44,13 +44,17 @@ EVAL_ENVS = 10
 #: the shared window settings (the paper's PushT: 2 observations, 16 predicted, 8 executed actions)
 WINDOW = {"n_obs_steps": 2, "horizon": 16, "n_action_steps": 8}
 
-#: variant -> (registered algorithm, config overrides) for the low-dimensional modes. The U-Net is
-#: the paper's architecture at a quarter of its width, sized so that the default budget trains in
-#: about an hour on one CPU thread (see the README's speed section for the width sweep).
+#: variant -> (registered algorithm, config overrides) for the low-dimensional modes. The U-Nets are
+#: the paper's architecture at a quarter and an eighth of its width, sized so that the default
+#: budget trains in under an hour on one CPU thread (``benchmarks/pusht_fastest.py`` compares
+#: them with the MLP denoiser and fewer sampler steps).
 LOWDIM_VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
     "diffusion": ("diffusion", {**WINDOW, "denoiser": "unet", "down_dims": (64, 128, 256),
                                 "batch_size": 64, "lr": 3e-4, "noise_scheduler_type": "DDIM",
                                 "num_inference_steps": 10}),
+    "diffusion_small": ("diffusion", {**WINDOW, "denoiser": "unet", "down_dims": (32, 64, 128),
+                                      "batch_size": 64, "lr": 3e-4, "noise_scheduler_type": "DDIM",
+                                      "num_inference_steps": 10}),
     "diffusion_mlp": ("diffusion", {**WINDOW, "denoiser": "mlp", "hidden_dim": 512, "n_layers": 4,
                                     "batch_size": 256, "lr": 1e-3, "noise_scheduler_type": "DDIM",
                                     "num_inference_steps": 10}),
@@ -61,12 +65,17 @@ LOWDIM_VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
 IMAGE_VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
     "diffusion": ("diffusion", {**WINDOW, "denoiser": "unet", "batch_size": 64, "lr": 1e-4,
                                 "noise_scheduler_type": "DDIM", "num_inference_steps": 10}),
+    "diffusion_small": ("diffusion", {**WINDOW, "denoiser": "unet", "down_dims": (128, 256, 512),
+                                      "batch_size": 64, "lr": 1e-4, "noise_scheduler_type": "DDIM",
+                                      "num_inference_steps": 10}),
     "diffusion_mlp": ("diffusion", {**WINDOW, "denoiser": "mlp", "batch_size": 64, "lr": 1e-4,
                                     "noise_scheduler_type": "DDIM", "num_inference_steps": 10}),
     "bc": ("bc", {"n_obs_steps": 2, "batch_size": 64, "lr": 1e-4}),
     "bc_chunk": ("bc_chunk", {**WINDOW, "batch_size": 64, "lr": 1e-4}),
 }
-LABELS = {"diffusion": "Diffusion Policy (U-Net)", "diffusion_mlp": "Diffusion Policy (MLP)",
+LABELS = {"diffusion": "Diffusion Policy (U-Net 64-128-256)",
+          "diffusion_small": "Diffusion Policy (U-Net 32-64-128)",
+          "diffusion_mlp": "Diffusion Policy (MLP)",
           "bc": "BC-MLP", "bc_chunk": "BC-chunk (H=16)"}
 #: default gradient-step budgets (all variants get the same); the keypoint budget fits ~60 min of
 #: the diffusion U-Net on one CPU thread of this machine.
@@ -76,6 +85,8 @@ QUICK = {
     "diffusion": {"down_dims": (16, 32), "n_groups": 4, "diffusion_step_embed_dim": 16,
                   "num_train_timesteps": 10, "num_inference_steps": 2, "batch_size": 8,
                   "spatial_softmax_num_keypoints": 4},
+    "diffusion_small": {"down_dims": (16, 32), "n_groups": 4, "diffusion_step_embed_dim": 16,
+                        "num_train_timesteps": 10, "num_inference_steps": 2, "batch_size": 8},
     "diffusion_mlp": {"hidden_dim": 32, "n_layers": 1, "num_train_timesteps": 10,
                       "num_inference_steps": 2, "batch_size": 8},
     "bc": {"hidden_dim": 32, "n_layers": 2, "batch_size": 8},
@@ -146,6 +157,10 @@ def train_and_evaluate(variant: str, seed: int, args: argparse.Namespace, log_ro
         Path(args.keep_checkpoints).mkdir(parents=True, exist_ok=True)
         trainer.save(Path(args.keep_checkpoints) / f"{variant}-{seed}.safetensors")
     result = trainer.last_eval
+    if args.videos:
+        trainer.evaluate(args.videos, min(EVAL_ENVS, args.videos), seed=args.eval_seed,
+                         video_dir=Path(args.out) / "pusht_videos" / f"{variant}-{seed}",
+                         n_videos=args.videos)
     print(f"  {LABELS[variant]} seed {seed}: score {summary['eval/score_mean']:.3f} success "
           f"{summary['eval/success_rate']:.2f} ({train_time / 60:.1f} min training, {args.steps} steps; "
           f"curve {[round(c['score'], 3) for c in curve]})", flush=True)
@@ -202,15 +217,15 @@ def plot(path: Path, result: dict[str, Any]) -> None:
         per_seed = "score_per_seed" if key == "score" else "success_per_seed"
         for i, v in enumerate(names):
             ax.plot(np.full(len(summary[v][per_seed]), x[i] + offset), summary[v][per_seed], "k.", ms=4)
-    ax.set_xticks(x, [summary[v]["label"] for v in names], fontsize=9)
+    ax.set_xticks(x, [summary[v]["label"].replace(" (", "\n(") for v in names], fontsize=8)
     ax.set_ylim(0, 1.05)
     ax.set_title(f"PushT ({result['obs']}), {result['steps']} steps, {len(result['seeds'])} seed(s) x "
                  f"{result['episodes']} held-out episodes", fontsize=10)
-    ax.legend(fontsize=8, loc="upper left")
+    ax.legend(fontsize=8, loc="upper right")
     ax.grid(axis="y", alpha=0.3)
     if has_curves:
         ax = axes[0, 1]
-        colors = {"diffusion": "tab:green", "diffusion_mlp": "tab:olive", "bc": "tab:red",
+        colors = {"diffusion": "tab:green", "diffusion_small": "tab:cyan", "diffusion_mlp": "tab:olive", "bc": "tab:red",
                   "bc_chunk": "tab:purple"}
         for r in runs:
             steps = [c["step"] for c in r["curve"]]
@@ -233,7 +248,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--demos", default=os.environ.get("RLOX_DP_PUSHT_ZARR"),
                         help="pusht_cchi_v7_replay.zarr (default $RLOX_DP_PUSHT_ZARR)")
     parser.add_argument("--obs", choices=["keypoints", "state", "image"], default="keypoints")
-    parser.add_argument("--variants", default="diffusion,bc,bc_chunk",
+    parser.add_argument("--variants", default="diffusion,diffusion_small,bc,bc_chunk",
                         help=f"comma-separated subset of {list(LABELS)}")
     parser.add_argument("--seeds", type=int, default=None, help="training seeds 0..N-1 (default 3; 1 with --quick)")
     parser.add_argument("--first-seed", type=int, default=0, help="first training seed")
@@ -247,6 +262,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--quick", action="store_true", help="tiny networks and budgets (smoke test)")
     parser.add_argument("--progress", action="store_true", help="progress bars")
     parser.add_argument("--out", default=str(RESULTS), help="results directory")
+    parser.add_argument("--videos", type=int, default=0,
+                        help="also write mp4s of the first N held-out episodes of each run "
+                             "(<out>/pusht_videos/<variant>-<seed>/)")
     parser.add_argument("--keep-checkpoints", default=None, metavar="DIR",
                         help="copy each run's final checkpoint to DIR/<variant>-<seed>.safetensors")
     parser.add_argument("--tag", default="", help="suffix of the result file names (pusht_<obs><tag>.json)")
@@ -265,6 +283,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         parser.error(f"--variants: expected a subset of {list(LABELS)}, got {args.variants}")
     args.seeds = args.seeds if args.seeds is not None else (1 if args.quick else 3)
     args.steps = args.steps if args.steps is not None else (QUICK_STEPS if args.quick else DEFAULT_STEPS[args.obs])
+    if args.videos < 0:
+        parser.error(f"--videos: expected an int >= 0, got {args.videos}")
     for name in ("seeds", "steps", "episodes", "threads"):
         if getattr(args, name) < 1:
             parser.error(f"--{name}: expected a positive int, got {getattr(args, name)}")

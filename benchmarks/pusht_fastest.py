@@ -13,7 +13,9 @@ DDIM with 10, 5, 3, 2, 1 steps by default) measures
 
 The recommended setting is the fastest (lowest chunk latency) whose mean score is within
 ``--tolerance`` (default 0.02) of the best mean score measured. Writes
-``<out>/pusht_fastest.json`` and prints a table.
+``<out>/pusht_fastest.json`` and prints a table. Chunk latencies are sensitive to other load on the
+machine: ``--remeasure-latency JSON`` re-times the chunks of an earlier result (same checkpoints
+and samplers, scores kept) and recomputes the recommendation, e.g. on an idle machine.
 
     python benchmarks/pusht_fastest.py runs/ckpt/diffusion-0.safetensors runs/ckpt/diffusion_mlp-0.safetensors
 """
@@ -113,6 +115,38 @@ def recommend(rows: list[dict[str, Any]], tolerance: float) -> dict[str, Any]:
     return min(eligible, key=lambda r: r["chunk_latency_ms"])
 
 
+def remeasure(path: Path, args: argparse.Namespace) -> dict[str, Any]:
+    """Re-time the chunk latency of every row of the result at ``path``; rewrite the recommendation.
+
+    The checkpoints are looked up by file name in ``args.checkpoints`` (their directory may differ).
+    """
+    result = json.loads(path.read_text())
+    by_name = {Path(p).name: p for p in args.checkpoints}
+    missing = sorted({r["checkpoint"] for r in result["rows"]} - set(by_name))
+    if missing:
+        raise SystemExit(f"--remeasure-latency: pass the checkpoints {missing} as arguments")
+    torch.set_num_threads(args.threads)
+    for name in dict.fromkeys(r["checkpoint"] for r in result["rows"]):
+        trainer = Trainer.load(by_name[name], device="cpu", progress=False)
+        policy = trainer.eval_policy
+        policy.eval()
+        window = observation_window(trainer)
+        for row in (r for r in result["rows"] if r["checkpoint"] == name):
+            policy.configure_inference(row["sampler"][:4], row["num_inference_steps"])
+            row["chunk_latency"] = chunk_latency(policy, window, args.repeats, args.warmup)
+            row["chunk_latency_ms"] = 1000 * row["chunk_latency"]["median_s"]
+            print(f"{name:32s} {row['sampler']:8s} chunk {row['chunk_latency_ms']:.2f} ms", flush=True)
+    choice = recommend(result["rows"], result["tolerance"])
+    result.update(threads=args.threads, latency_date=time.strftime("%Y-%m-%d %H:%M"),
+                  recommended={k: v for k, v in choice.items() if k not in ("scores", "chunk_latency")})
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "pusht_fastest.json").write_text(json.dumps(result, indent=2))
+    print(f"recommended: {choice['checkpoint']} {choice['sampler']} score {choice['score']:.3f}, "
+          f"chunk {choice['chunk_latency_ms']:.2f} ms ({args.threads} threads)")
+    return result
+
+
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     """Run the sweep; returns the JSON-able result also written to ``--out``."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -127,7 +161,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--warmup", type=int, default=20, help="untimed chunks first")
     parser.add_argument("--tolerance", type=float, default=0.02, help="score tolerance")
     parser.add_argument("--out", default=str(RESULTS), help="results directory")
+    parser.add_argument("--include", nargs="+", default=[], metavar="JSON",
+                        help="also rank the rows of these earlier results (same eval protocol)")
+    parser.add_argument("--remeasure-latency", default=None, metavar="JSON",
+                        help="re-time the chunks of this earlier result; no evaluation")
     args = parser.parse_args(argv)
+    if args.remeasure_latency:
+        return remeasure(Path(args.remeasure_latency), args)
     try:
         samplers = parse_samplers(args.samplers)
     except ValueError as err:
@@ -137,6 +177,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             parser.error(f"checkpoints: {p!r} does not exist")
     torch.set_num_threads(args.threads)
     rows = [row for path in args.checkpoints for row in measure(path, samplers, args)]
+    for earlier in args.include:
+        old = json.loads(Path(earlier).read_text())
+        if (old["episodes"], old["eval_seeds"][0]) != (args.episodes, args.eval_seed):
+            parser.error(f"--include: {earlier} used another evaluation protocol")
+        rows += [r for r in old["rows"] if (r["checkpoint"], r["sampler"]) not in
+                 {(n["checkpoint"], n["sampler"]) for n in rows}]
     best = max(rows, key=lambda r: r["score"])
     choice = recommend(rows, args.tolerance)
     result = {

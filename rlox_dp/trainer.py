@@ -126,9 +126,12 @@ class Trainer:
         self.policy: Algorithm = self.algorithm_class(
             self.config, self.observation_space, self.action_space, _normalizer
         ).to(self.device)
+        # Fused AdamW: one kernel over all parameters instead of a loop of per-op kernels
+        # (about 10x faster on CPU for a 250 M-parameter U-Net; see benchmarks/speed.py).
         self.optimizer = torch.optim.AdamW(
             self.policy.parameters(), lr=self.config.lr, betas=self.config.adam_betas,
             eps=self.config.adam_eps, weight_decay=self.config.weight_decay,
+            fused=self.device.type in ("cpu", "cuda"),
         )
         self.ema = (
             EMA(self.policy, power=self.config.ema_power, inv_gamma=self.config.ema_inv_gamma,

@@ -84,7 +84,9 @@ def test_quick_keypoints_run_and_merge(bench, tmp_path):
 @needs_zarr
 def test_quick_image_run(bench, tmp_path):
     result = bench.main(["--demos", ZARR, "--quick", "--obs", "image", "--episodes", "1",
-                         "--variants", "diffusion", "--out", str(tmp_path)])
+                         "--variants", "diffusion", "--out", str(tmp_path), "--videos", "1"])
+    videos = list((tmp_path / "pusht_videos" / "diffusion-0").iterdir())
+    assert len(videos) == 1 and videos[0].stat().st_size > 0
     run = result["runs"][0]
     assert tuple(run["config"]["crop_shape"]) == (84, 84) and run["steps"] == bench.QUICK_STEPS
     assert 0.0 <= run["score"] <= 1.0 and math.isfinite(run["final_loss"])
@@ -118,3 +120,11 @@ def test_fastest_setting_sweep(tmp_path):
     assert chosen["chunk_latency_ms"] == min(r["chunk_latency_ms"] for r in rows if r["score"] >= best - 0.02)
     with pytest.raises(ValueError, match="DDIM:10"):
         fastest.parse_samplers("DDIM-10")
+    again = fastest.main([str(ckpt), "--remeasure-latency", str(tmp_path / "pusht_fastest.json"),
+                          "--repeats", "3", "--warmup", "1", "--threads", "1", "--out", str(tmp_path / "re")])
+    assert [r["score"] for r in again["rows"]] == [r["score"] for r in rows]  # scores kept
+    assert again["latency_date"] and all(r["chunk_latency"]["n"] == 3 for r in again["rows"])
+    combined = fastest.main([str(ckpt), "--samplers", "DDIM:1", "--episodes", "2", "--eval-envs", "2",
+                             "--repeats", "3", "--warmup", "1", "--threads", "1", "--out",
+                             str(tmp_path / "c"), "--include", str(tmp_path / "pusht_fastest.json")])
+    assert [r["sampler"] for r in combined["rows"]] == ["DDIM1", "DDPM10", "DDIM2"]

@@ -60,7 +60,7 @@ def test_train_task_reports_positive_timings(speed):
     assert res["step"]["fwd_median_s"] + res["step"]["bwd_median_s"] <= res["step"]["max_s"] + 1e-9
     assert math.isclose(res["steps_per_s"], 1 / res["step"]["median_s"])
     assert res["sample_batch"]["median_s"] > 0 and res["trainer_step"]["median_s"] > 0
-    assert res["step_fused_adamw"]["n_attempts"] == 3 and res["steps_per_s_fused_adamw"] > 0
+    assert res["step_foreach_adamw"]["n_attempts"] == 3 and res["steps_per_s_foreach_adamw"] > 0
 
 
 def test_infer_task_runs_the_requested_sampler(speed):

@@ -209,6 +209,17 @@ def test_default_demonstrations_are_cached(tmp_path, monkeypatch):
     assert again.metadata == demos.metadata
 
 
+def test_default_demonstrations_with_noise_injection_have_their_own_cache(tmp_path, monkeypatch):
+    clean = default_demonstrations(BIMODAL_ENV_ID, n_episodes=3, cache_dir=tmp_path, progress=False)
+    monkeypatch.setitem(experts_module.DEMO_ACTION_NOISE, BIMODAL_ENV_ID, 0.05)
+    noisy = default_demonstrations(BIMODAL_ENV_ID, n_episodes=3, cache_dir=tmp_path, progress=False)
+    assert (tmp_path / "demos" / f"rlox_dp_BimodalPoint-v0-{DEMOS_VERSION}-noise0.05-3-10000.npz").exists()
+    assert noisy.metadata["action_noise"] == 0.05 and clean.metadata["action_noise"] == 0.0
+    # same start states, perturbed trajectories
+    np.testing.assert_array_equal(noisy.observations["state"][0], clean.observations["state"][0])
+    assert not np.array_equal(noisy.observations["state"][:20], clean.observations["state"][:20])
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize(("env_id", "target"), [("Pendulum-v1", -200.0),
                                                 ("MountainCarContinuous-v0", 90.0),
