@@ -129,6 +129,7 @@ def test_sb3_expert_below_target_raises_and_caches_nothing(tmp_path):
 def test_mujoco_expert_trains_caches_and_collects(tmp_path):
     """The MuJoCo expert's pipeline end to end with a tiny budget (the real one is a slow test)."""
     pytest.importorskip("mujoco")
+    pytest.importorskip("imageio")
     spec = dataclasses.replace(
         SB3_EXPERTS["InvertedDoublePendulum-v5"], version="test", total_timesteps=64,
         extra_timesteps=32, max_timesteps=64, target_return=-np.inf,

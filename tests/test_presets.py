@@ -30,6 +30,7 @@ def idp_shaped_demos(n_episodes: int = 2, length: int = 30) -> Demonstrations:
 
 def test_trainer_applies_the_preset_under_user_keys(tmp_path):
     pytest.importorskip("mujoco")
+    pytest.importorskip("imageio")
     trainer = Trainer("diffusion", env="InvertedDoublePendulum-v5", demos=idp_shaped_demos(),
                       config={"hidden_dim": 32, "total_steps": 7}, device="cpu",
                       log_dir=tmp_path / "a", progress=False)
@@ -46,6 +47,7 @@ def test_trainer_applies_the_preset_under_user_keys(tmp_path):
 def test_inverted_double_pendulum_diffusion_balances(tmp_path):
     """Expert (trained, ~4 min) -> noise-injected demos -> the diffusion preset balances 1,000 steps."""
     pytest.importorskip("mujoco")
+    pytest.importorskip("imageio")
     trainer = Trainer("diffusion", env="InvertedDoublePendulum-v5", cache_dir=tmp_path / "cache",
                       config={"n_eval_episodes": 10, "n_eval_envs": 10}, device="cpu",
                       log_dir=tmp_path / "run", progress=False)

@@ -164,7 +164,8 @@ class SB3ExpertSpec:
 
     def check_requirements(self) -> None:
         """Raise ImportError naming the pip requirement when a module in ``requires`` is missing."""
-        missing = [req for module, req in self.requires if importlib.util.find_spec(module) is None]
+        missing = list(dict.fromkeys(
+            req for module, req in self.requires if importlib.util.find_spec(module) is None))
         if missing:
             raise ImportError(
                 f"the {self.env_id} expert needs {', '.join(missing)}: install it with "
@@ -219,7 +220,7 @@ SB3_EXPERTS: dict[str, SB3ExpertSpec] = {
         extra_timesteps=5_000,
         max_timesteps=50_000,
         hyperparams={"learning_starts": 1_000},
-        requires=(("mujoco", "mujoco>=3.0"),),
+        requires=(("mujoco", "gymnasium[mujoco]"), ("imageio", "gymnasium[mujoco]")),
     ),
 }
 
