@@ -15,7 +15,9 @@ The recommended setting is the fastest (lowest chunk latency) whose mean score i
 ``--tolerance`` (default 0.02) of the best mean score measured. Writes
 ``<out>/pusht_fastest.json`` and prints a table. Chunk latencies are sensitive to other load on the
 machine: ``--remeasure-latency JSON`` re-times the chunks of an earlier result (same checkpoints
-and samplers, scores kept) and recomputes the recommendation, e.g. on an idle machine.
+and samplers, scores kept) and recomputes the recommendation, e.g. on an idle machine; with
+``--compile`` it also times them with the networks compiled by ``torch.compile`` (the
+recommendation stays based on the eager latency).
 
     python benchmarks/pusht_fastest.py runs/ckpt/diffusion-0.safetensors runs/ckpt/diffusion_mlp-0.safetensors
 """
@@ -131,19 +133,43 @@ def remeasure(path: Path, args: argparse.Namespace) -> dict[str, Any]:
         policy = trainer.eval_policy
         policy.eval()
         window = observation_window(trainer)
-        for row in (r for r in result["rows"] if r["checkpoint"] == name):
+        rows = [r for r in result["rows"] if r["checkpoint"] == name]
+        for row in rows:
             policy.configure_inference(row["sampler"][:4], row["num_inference_steps"])
             row["chunk_latency"] = chunk_latency(policy, window, args.repeats, args.warmup)
             row["chunk_latency_ms"] = 1000 * row["chunk_latency"]["median_s"]
             print(f"{name:32s} {row['sampler']:8s} chunk {row['chunk_latency_ms']:.2f} ms", flush=True)
+        if args.compile:
+            # The same policy with its networks compiled (torch.compile, inductor); outputs are
+            # checked against eager ones before timing.
+            policy.configure_inference(rows[0]["sampler"][:4], rows[0]["num_inference_steps"])
+            with torch.no_grad():
+                eager = policy.predict_action_chunk(window, torch.Generator().manual_seed(0))
+            policy.requires_grad_(False)
+            policy.compile_networks()
+            for row in rows:
+                policy.configure_inference(row["sampler"][:4], row["num_inference_steps"])
+                if row is rows[0]:
+                    with torch.no_grad():
+                        compiled = policy.predict_action_chunk(window, torch.Generator().manual_seed(0))
+                    if not torch.allclose(compiled, eager, atol=1e-3):
+                        raise SystemExit(f"{name}: compiled and eager chunks differ by "
+                                         f"{(compiled - eager).abs().max().item():.2e}")
+                row["chunk_latency_compiled"] = chunk_latency(policy, window, args.repeats, args.warmup)
+                row["chunk_latency_compiled_ms"] = 1000 * row["chunk_latency_compiled"]["median_s"]
+                print(f"{name:32s} {row['sampler']:8s} chunk {row['chunk_latency_compiled_ms']:.2f} ms "
+                      "(compiled)", flush=True)
     choice = recommend(result["rows"], result["tolerance"])
     result.update(threads=args.threads, latency_date=time.strftime("%Y-%m-%d %H:%M"),
-                  recommended={k: v for k, v in choice.items() if k not in ("scores", "chunk_latency")})
+                  recommended={k: v for k, v in choice.items()
+                               if k not in ("scores", "chunk_latency", "chunk_latency_compiled")})
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "pusht_fastest.json").write_text(json.dumps(result, indent=2))
+    compiled = (f", {choice['chunk_latency_compiled_ms']:.2f} ms compiled"
+                if "chunk_latency_compiled_ms" in choice else "")
     print(f"recommended: {choice['checkpoint']} {choice['sampler']} score {choice['score']:.3f}, "
-          f"chunk {choice['chunk_latency_ms']:.2f} ms ({args.threads} threads)")
+          f"chunk {choice['chunk_latency_ms']:.2f} ms{compiled} ({args.threads} threads)")
     return result
 
 
@@ -165,6 +191,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                         help="also rank the rows of these earlier results (same eval protocol)")
     parser.add_argument("--remeasure-latency", default=None, metavar="JSON",
                         help="re-time the chunks of this earlier result; no evaluation")
+    parser.add_argument("--compile", action="store_true",
+                        help="with --remeasure-latency: also time the chunks with torch.compile'd networks")
     args = parser.parse_args(argv)
     if args.remeasure_latency:
         return remeasure(Path(args.remeasure_latency), args)

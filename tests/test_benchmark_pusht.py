@@ -92,12 +92,15 @@ def test_quick_image_run(bench, tmp_path):
     assert 0.0 <= run["score"] <= 1.0 and math.isfinite(run["final_loss"])
 
 
-@needs_zarr
-def test_fastest_setting_sweep(tmp_path):
+def _fastest_module():
     spec = importlib.util.spec_from_file_location("rlox_dp_bench_pusht_fastest",
                                                   BENCH_PATH.with_name("pusht_fastest.py"))
     fastest = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(fastest)
+    return fastest
+
+
+def _tiny_pusht_checkpoint(tmp_path):
     from rlox_dp import Trainer
 
     config = {"obs": "keypoints", "down_dims": [16, 32], "n_groups": 4, "diffusion_step_embed_dim": 16,
@@ -105,7 +108,13 @@ def test_fastest_setting_sweep(tmp_path):
     trainer = Trainer("diffusion", env="gym_pusht/PushT-v0", demos=ZARR, config=config, device="cpu",
                       log_dir=tmp_path / "run", progress=False, preset=False)
     trainer.train(2, evaluate=False)
-    ckpt = trainer.save(tmp_path / "tiny.safetensors")
+    return trainer.save(tmp_path / "tiny.safetensors")
+
+
+@needs_zarr
+def test_fastest_setting_sweep(tmp_path):
+    fastest = _fastest_module()
+    ckpt = _tiny_pusht_checkpoint(tmp_path)
     result = fastest.main([str(ckpt), "--samplers", "DDPM:all,DDIM:2", "--episodes", "2",
                            "--eval-envs", "2", "--repeats", "3", "--warmup", "1", "--threads", "1",
                            "--out", str(tmp_path)])
@@ -128,3 +137,18 @@ def test_fastest_setting_sweep(tmp_path):
                              "--repeats", "3", "--warmup", "1", "--threads", "1", "--out",
                              str(tmp_path / "c"), "--include", str(tmp_path / "pusht_fastest.json")])
     assert [r["sampler"] for r in combined["rows"]] == ["DDIM1", "DDPM10", "DDIM2"]
+
+
+@needs_zarr
+@pytest.mark.slow
+def test_fastest_remeasure_compiled(tmp_path):
+    """``--compile`` times the chunks again with compiled networks (checked against eager first)."""
+    fastest = _fastest_module()
+    ckpt = _tiny_pusht_checkpoint(tmp_path)
+    fastest.main([str(ckpt), "--samplers", "DDIM:3,DDIM:2", "--episodes", "2", "--eval-envs", "2",
+                  "--repeats", "3", "--warmup", "1", "--threads", "1", "--out", str(tmp_path)])
+    again = fastest.main([str(ckpt), "--remeasure-latency", str(tmp_path / "pusht_fastest.json"), "--compile",
+                          "--repeats", "5", "--warmup", "2", "--threads", "1", "--out", str(tmp_path / "re")])
+    assert all(r["chunk_latency_compiled_ms"] > 0 and r["chunk_latency_compiled"]["n"] == 5
+               for r in again["rows"])
+    assert "chunk_latency_compiled_ms" in again["recommended"]
