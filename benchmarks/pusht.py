@@ -13,7 +13,7 @@ every N steps (the learning curves go to the JSON and the plot).
 
 The dataset is never looked up at a fixed path: ``--demos PATH`` or ``$RLOX_DP_PUSHT_ZARR``.
 
-    python benchmarks/pusht.py --demos pusht_cchi_v7_replay.zarr   # keypoints, ~75 min/seed on 1 CPU thread
+    python benchmarks/pusht.py --demos pusht_cchi_v7_replay.zarr   # 4 variants x 15k steps: ~75 min/seed, 1 thread
     python benchmarks/pusht.py --obs image --device cuda                       # image policies on a GPU
     python benchmarks/pusht.py --quick --obs image --episodes 2                # CPU smoke run (seconds)
 """
@@ -217,7 +217,8 @@ def plot(path: Path, result: dict[str, Any]) -> None:
         per_seed = "score_per_seed" if key == "score" else "success_per_seed"
         for i, v in enumerate(names):
             ax.plot(np.full(len(summary[v][per_seed]), x[i] + offset), summary[v][per_seed], "k.", ms=4)
-    ax.set_xticks(x, [summary[v]["label"].replace(" (", "\n(") for v in names], fontsize=8)
+    ax.set_xticks(x, [summary[v]["label"].replace(" (", "\n(").replace("U-Net ", "U-Net\n") for v in names],
+                  fontsize=8)
     ax.set_ylim(0, 1.05)
     ax.set_title(f"PushT ({result['obs']}), {result['steps']} steps, {len(result['seeds'])} seed(s) x "
                  f"{result['episodes']} held-out episodes", fontsize=10)

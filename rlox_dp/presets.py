@@ -36,8 +36,9 @@ _INVERTED_DOUBLE_PENDULUM_DIFFUSION: dict[str, Any] = {
 }
 
 #: PushT (human demos, keypoints): the paper's windows with a U-Net at 1/8 of the paper's width,
-#: which scored 0.985 on 50 held-out seeds after 15k steps (18 min on one CPU thread), above the
-#: paper-width-1/4 U-Net; measured by ``benchmarks/pusht.py`` / ``benchmarks/pusht_fastest.py``.
+#: which scored 0.971 on 50 held-out seeds after 15k steps (2 training seeds, 19 min each on one CPU
+#: thread), like the paper-width-1/4 U-Net in 2.7x less time; 45k steps raise the success rate
+#: (0.40 -> 0.53) but not the score. Measured by ``benchmarks/pusht.py`` / ``pusht_fastest.py``.
 _PUSHT_DIFFUSION: dict[str, Any] = {
     "denoiser": "unet",
     "down_dims": (32, 64, 128),
