@@ -1,9 +1,10 @@
 """Per-env recommended settings, applied under the user's config (like rl-zoo's hyperparameters).
 
 The algorithm configs' defaults are the paper's (a 63 M-parameter U-Net for 10 Hz position
-control). Small torque-control tasks such as Pendulum-v1 and InvertedDoublePendulum-v5 need a smaller network, shorter
-open-loop execution and fewer steps to train in minutes on a CPU; those settings live here, one
-dict per ``(algorithm, env)``, measured by ``benchmarks/pendulum.py``. A user's own config keys
+control). Small torque-control tasks such as Pendulum-v1 and InvertedDoublePendulum-v5 need a
+smaller network, shorter open-loop execution and fewer steps to train in minutes on a CPU, and
+PushT a narrower U-Net; those settings live here, one dict per ``(algorithm, env)``, measured by
+``benchmarks/pendulum.py`` and ``benchmarks/pusht.py``. A user's own config keys
 always win, and ``Trainer(..., preset=False)`` (CLI ``--no-preset``) turns presets off.
 """
 

@@ -337,8 +337,9 @@ class Trainer:
 
         Returns:
             metrics: ``loss`` (mean over the last ``log_every`` steps), ``step``, ``train_time_s``
-            and ``steps_per_s`` (in-loop evaluations excluded; see :attr:`eval_history`), the evaluation summary (``eval/return_mean`` ...), ``expert/...`` when
-            demos came from the built-in expert, and ``interrupted`` (1.0 after Ctrl-C).
+            and ``steps_per_s`` (in-loop evaluations excluded; see :attr:`eval_history`), the
+            evaluation summary (``eval/return_mean`` ...), ``expert/...`` when demos came from the
+            built-in expert, and ``interrupted`` (1.0 after Ctrl-C).
         """
         if total_steps is not None and total_timesteps is not None:
             raise ValueError("give total_steps or total_timesteps, not both")
@@ -370,6 +371,8 @@ class Trainer:
                 for group in self.optimizer.param_groups:
                     group["lr"] = lr
                 # The same global batch of windows on every rank; each trains on its own slice.
+                # Indices are drawn on the training device whatever buffer_device is, so a host
+                # buffer trains on exactly the same windows as a device buffer.
                 indices = torch.randint(len(buffer), (cfg.batch_size,), device=self.device,
                                         generator=self.state.data_generator).to(buffer.device)
                 part = self.dist.local_slice(cfg.batch_size)

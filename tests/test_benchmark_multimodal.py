@@ -2,21 +2,15 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
-from pathlib import Path
 
 import pytest
-
-MULTIMODAL_PATH = Path(__file__).resolve().parents[1] / "benchmarks" / "multimodal.py"
+from conftest import load_benchmark
 
 
 @pytest.fixture(scope="module")
 def multimodal():
-    spec = importlib.util.spec_from_file_location("rlox_dp_bench_multimodal", MULTIMODAL_PATH)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark("multimodal")
 
 
 def test_quick_run_writes_json_and_png(multimodal, tmp_path):

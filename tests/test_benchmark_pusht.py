@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
 import os
@@ -10,8 +9,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import load_benchmark
 
-BENCH_PATH = Path(__file__).resolve().parents[1] / "benchmarks" / "pusht.py"
 ZARR = os.environ.get("RLOX_DP_PUSHT_ZARR")
 needs_zarr = pytest.mark.skipif(not ZARR or not Path(ZARR).exists(),
                                 reason="set RLOX_DP_PUSHT_ZARR to the PushT replay zarr")
@@ -19,10 +18,7 @@ needs_zarr = pytest.mark.skipif(not ZARR or not Path(ZARR).exists(),
 
 @pytest.fixture(scope="module")
 def bench():
-    spec = importlib.util.spec_from_file_location("rlox_dp_bench_pusht", BENCH_PATH)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark("pusht")
 
 
 def test_wilson_interval_closed_form(bench):
@@ -92,14 +88,6 @@ def test_quick_image_run(bench, tmp_path):
     assert 0.0 <= run["score"] <= 1.0 and math.isfinite(run["final_loss"])
 
 
-def _fastest_module():
-    spec = importlib.util.spec_from_file_location("rlox_dp_bench_pusht_fastest",
-                                                  BENCH_PATH.with_name("pusht_fastest.py"))
-    fastest = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(fastest)
-    return fastest
-
-
 def _tiny_pusht_checkpoint(tmp_path):
     from rlox_dp import Trainer
 
@@ -113,7 +101,7 @@ def _tiny_pusht_checkpoint(tmp_path):
 
 @needs_zarr
 def test_fastest_setting_sweep(tmp_path):
-    fastest = _fastest_module()
+    fastest = load_benchmark("pusht_fastest")
     ckpt = _tiny_pusht_checkpoint(tmp_path)
     result = fastest.main([str(ckpt), "--samplers", "DDPM:all,DDIM:2", "--episodes", "2",
                            "--eval-envs", "2", "--repeats", "3", "--warmup", "1", "--threads", "1",
@@ -143,7 +131,7 @@ def test_fastest_setting_sweep(tmp_path):
 @pytest.mark.slow
 def test_fastest_remeasure_compiled(tmp_path):
     """``--compile`` times the chunks again with compiled networks (checked against eager first)."""
-    fastest = _fastest_module()
+    fastest = load_benchmark("pusht_fastest")
     ckpt = _tiny_pusht_checkpoint(tmp_path)
     fastest.main([str(ckpt), "--samplers", "DDIM:3,DDIM:2", "--episodes", "2", "--eval-envs", "2",
                   "--repeats", "3", "--warmup", "1", "--threads", "1", "--out", str(tmp_path)])

@@ -2,23 +2,18 @@
 
 from __future__ import annotations
 
-import importlib.util
 import math
-from pathlib import Path
 
 import pytest
 import torch
+from conftest import load_benchmark
 
-SPEED_PATH = Path(__file__).resolve().parents[1] / "benchmarks" / "speed.py"
 FAST = {"threads": 1, "repeats": 3, "quick": True, "quiet_thr": 0.05, "quiet_wait": 0.0, "max_extra": 0}
 
 
 @pytest.fixture(scope="module")
 def speed():
-    spec = importlib.util.spec_from_file_location("rlox_dp_bench_speed", SPEED_PATH)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark("speed")
 
 
 @pytest.mark.parametrize("cfg", ["lowdim_small", "lowdim", "image", "pusht_keypoints_fast"])
