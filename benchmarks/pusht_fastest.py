@@ -13,7 +13,10 @@ DDIM with 10, 5, 3, 2, 1 steps by default) measures
 
 The recommended setting is the fastest (lowest chunk latency) whose mean score is within
 ``--tolerance`` (default 0.02) of the best mean score measured. Writes
-``<out>/pusht_fastest.json`` and prints a table. Chunk latencies are sensitive to other load on the
+``<out>/<name>.json`` (``--name``, default ``pusht_fastest``) and prints a table. Checkpoints of
+the same network trained with different seeds are also pooled per sampler (``"pooled"``: score
+with a 95 % t interval and success rate with a 95 % Wilson interval over all their episodes), e.g.
+to compare samplers on the final checkpoints of ``benchmarks/pusht.py`` runs. Chunk latencies are sensitive to other load on the
 machine: ``--remeasure-latency JSON`` re-times the chunks of an earlier result (same checkpoints
 and samplers, scores kept) and recomputes the recommendation, e.g. on an idle machine; with
 ``--compile`` it also times them with the networks compiled by ``torch.compile`` (the
@@ -28,6 +31,7 @@ import argparse
 import json
 import platform
 import statistics
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -38,6 +42,9 @@ import torch
 from rlox_dp import Trainer
 from rlox_dp.envs import make_env
 from rlox_dp.envs.pusht import PUSHT_ENV_ID
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from pusht import mean_interval, wilson_interval  # noqa: E402  (benchmarks/pusht.py)
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -117,6 +124,27 @@ def recommend(rows: list[dict[str, Any]], tolerance: float) -> dict[str, Any]:
     return min(eligible, key=lambda r: r["chunk_latency_ms"])
 
 
+def pooled(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Rows of the same network and sampler (e.g. several training seeds) pooled over episodes."""
+    groups: dict[tuple[Any, ...], list[dict[str, Any]]] = {}
+    for r in rows:
+        key = (r["denoiser"], str(r["down_dims"]), r["hidden_dim"], r["horizon"], r["sampler"])
+        groups.setdefault(key, []).append(r)
+    out = []
+    for members in groups.values():
+        scores = np.concatenate([np.asarray(r["scores"], dtype=float) for r in members])
+        successes = sum(round(r["success_rate"] * len(r["scores"])) for r in members)
+        first = members[0]
+        out.append({
+            **{k: first[k] for k in ("denoiser", "down_dims", "hidden_dim", "horizon", "sampler")},
+            "checkpoints": [r["checkpoint"] for r in members],
+            "score_per_checkpoint": [r["score"] for r in members],
+            "success_per_checkpoint": [r["success_rate"] for r in members],
+            "score": mean_interval(scores), "success_rate": wilson_interval(successes, len(scores)),
+        })
+    return out
+
+
 def remeasure(path: Path, args: argparse.Namespace) -> dict[str, Any]:
     """Re-time the chunk latency of every row of the result at ``path``; rewrite the recommendation.
 
@@ -165,7 +193,7 @@ def remeasure(path: Path, args: argparse.Namespace) -> dict[str, Any]:
                                if k not in ("scores", "chunk_latency", "chunk_latency_compiled")})
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "pusht_fastest.json").write_text(json.dumps(result, indent=2))
+    (out / f"{args.name}.json").write_text(json.dumps(result, indent=2))
     compiled = (f", {choice['chunk_latency_compiled_ms']:.2f} ms compiled"
                 if "chunk_latency_compiled_ms" in choice else "")
     print(f"recommended: {choice['checkpoint']} {choice['sampler']} score {choice['score']:.3f}, "
@@ -187,6 +215,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--warmup", type=int, default=20, help="untimed chunks first")
     parser.add_argument("--tolerance", type=float, default=0.02, help="score tolerance")
     parser.add_argument("--out", default=str(RESULTS), help="results directory")
+    parser.add_argument("--name", default="pusht_fastest", help="result file name, without .json")
     parser.add_argument("--include", nargs="+", default=[], metavar="JSON",
                         help="also rank the rows of these earlier results (same eval protocol)")
     parser.add_argument("--remeasure-latency", default=None, metavar="JSON",
@@ -220,16 +249,22 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "eval_seeds": [args.eval_seed, args.eval_seed + args.episodes - 1],
         "tolerance": args.tolerance, "best": {k: best[k] for k in ("checkpoint", "sampler", "score")},
         "recommended": {k: v for k, v in choice.items() if k not in ("scores", "chunk_latency")},
-        "rows": rows,
+        "rows": rows, "pooled": pooled(rows),
     }
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "pusht_fastest.json").write_text(json.dumps(result, indent=2))
+    (out / f"{args.name}.json").write_text(json.dumps(result, indent=2))
     print(f"\nbest score {best['score']:.3f} ({best['checkpoint']}, {best['sampler']}); fastest within "
           f"{args.tolerance}: {choice['checkpoint']} {choice['sampler']} score {choice['score']:.3f}, "
           f"chunk {choice['chunk_latency_ms']:.2f} ms ({args.threads} threads), 50-episode eval "
           f"{choice['eval_time_s']:.0f} s")
-    print(f"wrote {out / 'pusht_fastest.json'}")
+    for group in result["pooled"]:
+        if len(group["checkpoints"]) > 1:
+            sc, su = group["score"], group["success_rate"]
+            print(f"pooled {len(group['checkpoints'])} checkpoints {group['sampler']:8s} score "
+                  f"{sc['mean']:.3f} [{sc['low']:.3f}, {sc['high']:.3f}] success {su['mean']:.2f} "
+                  f"[{su['low']:.2f}, {su['high']:.2f}] ({sc['n']} episodes)")
+    print(f"wrote {out / (args.name + '.json')}")
     return result
 
 

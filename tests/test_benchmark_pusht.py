@@ -115,6 +115,13 @@ def test_fastest_setting_sweep(tmp_path):
     chosen = result["recommended"]
     assert chosen["score"] >= best - 0.02
     assert chosen["chunk_latency_ms"] == min(r["chunk_latency_ms"] for r in rows if r["score"] >= best - 0.02)
+    pooled = {g["sampler"]: g for g in result["pooled"]}
+    for r in rows:  # one checkpoint: the pooled summary is the row, with intervals
+        g = pooled[r["sampler"]]
+        assert g["checkpoints"] == [ckpt.name] and g["score"]["n"] == 2
+        assert g["score"]["mean"] == pytest.approx(r["score"])
+        assert g["success_rate"]["mean"] == pytest.approx(r["success_rate"])
+        assert g["score"]["low"] <= g["score"]["mean"] <= g["score"]["high"]
     with pytest.raises(ValueError, match="DDIM:10"):
         fastest.parse_samplers("DDIM-10")
     again = fastest.main([str(ckpt), "--remeasure-latency", str(tmp_path / "pusht_fastest.json"),
@@ -123,8 +130,10 @@ def test_fastest_setting_sweep(tmp_path):
     assert again["latency_date"] and all(r["chunk_latency"]["n"] == 3 for r in again["rows"])
     combined = fastest.main([str(ckpt), "--samplers", "DDIM:1", "--episodes", "2", "--eval-envs", "2",
                              "--repeats", "3", "--warmup", "1", "--threads", "1", "--out",
-                             str(tmp_path / "c"), "--include", str(tmp_path / "pusht_fastest.json")])
+                             str(tmp_path / "c"), "--include", str(tmp_path / "pusht_fastest.json"),
+                             "--name", "combined"])
     assert [r["sampler"] for r in combined["rows"]] == ["DDIM1", "DDPM10", "DDIM2"]
+    assert (tmp_path / "c" / "combined.json").exists()
 
 
 @needs_zarr

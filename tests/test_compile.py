@@ -1,7 +1,8 @@
-"""``compile_model``: torch.compile'd networks give the eager outputs."""
+"""``compile_model``: torch.compile'd networks and denoising loops give the eager outputs."""
 
 from __future__ import annotations
 
+import copy
 import shutil
 
 import pytest
@@ -18,10 +19,38 @@ def test_compiled_and_eager_outputs_match():
     compiled.load_state_dict(eager.state_dict())
     compiled.compile_networks(dynamic=False)
     obs = {"state": torch.randn(3, 2, 3)}
-    a = eager.predict_action_chunk(obs, torch.Generator().manual_seed(0))
-    b = compiled.predict_action_chunk(obs, torch.Generator().manual_seed(0))
+    with torch.no_grad():  # DDPM, 5 noisy steps: the whole loop is one compiled graph
+        a = eager.predict_action_chunk(obs, torch.Generator().manual_seed(0))
+        b = compiled.predict_action_chunk(obs, torch.Generator().manual_seed(0))
+    assert list(compiled._compiled_loops) == [5]
     torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
     batch = buffer.sample(8, generator=torch.Generator().manual_seed(1))
     la, _ = eager.compute_loss(batch, torch.Generator().manual_seed(2))
     lb, _ = compiled.compute_loss(batch, torch.Generator().manual_seed(2))
     torch.testing.assert_close(la, lb, rtol=1e-4, atol=1e-5)
+
+
+def test_compiled_denoising_loop_matches_eager():
+    """Few-step samplers run one compiled loop, longer ones the compiled networks per step."""
+    eager, _ = build("diffusion", num_train_timesteps=20)
+    compiled, _ = build("diffusion", num_train_timesteps=20)
+    compiled.load_state_dict(eager.state_dict())
+    compiled.compile_networks(dynamic=False)
+    obs = {"state": torch.randn(1, 2, 3)}
+    for kind, steps, loop in (("DDIM", 3, True), ("DDPM", 20, False)):
+        for policy in (eager, compiled):
+            policy.eval()
+            policy.configure_inference(kind, steps)
+        with torch.no_grad():
+            a = eager.predict_action_chunk(obs, torch.Generator().manual_seed(3))
+            b = compiled.predict_action_chunk(obs, torch.Generator().manual_seed(3))
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
+        assert (steps in compiled._compiled_loops) == loop
+    for policy in (eager, compiled):
+        policy.configure_inference("DDIM", 3)
+    copied = copy.deepcopy(compiled)  # e.g. an EMA copy: compiled loops are rebuilt, not copied
+    assert copied._compiled_loops == {}
+    with torch.no_grad():
+        c = copied.predict_action_chunk(obs, torch.Generator().manual_seed(3))
+        a = eager.predict_action_chunk(obs, torch.Generator().manual_seed(3))
+    torch.testing.assert_close(a, c, rtol=1e-4, atol=1e-4)

@@ -320,6 +320,18 @@ def test_step_loop_equals_sample(cls: type[Sampler]) -> None:
     assert torch.equal(x, expected) and torch.equal(out.pred_x0, x)  # final step returns pred_x0
 
 
+def test_plan_is_cached_and_follows_eta() -> None:
+    """plan(n) equals pairs + coefficients, is computed once per n, and sees a changed eta."""
+    sampler = DDIMSampler(COSINE_100, eta=0.0)
+    pairs, coefs = sampler.plan(6)
+    assert pairs == sampler.pairs(6) and coefs == sampler.coefficients(pairs)
+    pairs.clear()  # callers get copies: the cache is not mutable from outside
+    assert sampler.plan(6)[0] == sampler.pairs(6) and len(sampler._plans) == 1
+    sampler.eta = 1.0
+    np.testing.assert_allclose(sampler.plan(6)[1], DDPMSampler(COSINE_100).plan(6)[1], atol=1e-12)
+    assert sampler.plan(6)[1] != coefs and len(sampler._plans) == 2
+
+
 @FAST
 @given(
     st.floats(0.1, 3.0),

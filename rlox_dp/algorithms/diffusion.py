@@ -10,7 +10,8 @@ encodes the observation window once, runs the sampler (DDPM or DDIM) from ``N(0,
 from __future__ import annotations
 
 import dataclasses
-from typing import ClassVar, Literal
+from collections.abc import Callable
+from typing import Any, ClassVar, Literal
 
 import gymnasium as gym
 import torch
@@ -135,6 +136,10 @@ class DiffusionPolicy(Algorithm):
 
     config_class: ClassVar[type[AlgorithmConfig]] = DiffusionConfig
     config: DiffusionConfig
+    #: After :meth:`compile_networks`, samplers with at most this many steps run their whole
+    #: denoising loop as one compiled graph (unrolled): one guard check and one graph call per
+    #: chunk instead of one per step. Longer loops call the compiled networks step by step.
+    max_compiled_loop_steps: ClassVar[int] = 16
 
     def __init__(
         self,
@@ -177,6 +182,43 @@ class DiffusionPolicy(Algorithm):
             config.beta_schedule, config.num_train_timesteps, config.beta_start, config.beta_end
         )
         self.sampler = self._build_sampler()
+        self._loop_compile_kwargs: dict[str, Any] | None = None
+        self._compiled_loops: dict[int, Callable[..., torch.Tensor]] = {}
+
+    def __getstate__(self) -> dict[str, Any]:
+        """Copies (``copy.deepcopy``, pickling) drop the compiled loops; they recompile on use."""
+        state = self.__dict__.copy()
+        state["_compiled_loops"] = {}
+        return state
+
+    def compile_networks(self, **compile_kwargs: Any) -> None:
+        """Compile the networks in place and, for inference with few sampler steps, the whole
+        denoising loop (see :attr:`max_compiled_loop_steps`); outputs match the eager ones."""
+        super().compile_networks(**compile_kwargs)
+        self._loop_compile_kwargs = dict(compile_kwargs)
+        self._compiled_loops = {}
+
+    def _compiled_loop(self, n_steps: int) -> Callable[..., torch.Tensor]:
+        """The compiled ``(cond (B, C), x_init (B, H, D_act), step noises) -> (B, H, D_act)``
+        loop of the current sampler with ``n_steps`` steps (built on first use)."""
+        if n_steps not in self._compiled_loops:
+            pairs, coefficients = self.sampler.plan(n_steps)
+            steps = [t for t, _ in pairs]
+            sampler, denoiser = self.sampler, self.denoiser
+
+            def denoising_loop(
+                cond: torch.Tensor, x: torch.Tensor, noises: list[torch.Tensor | None]
+            ) -> torch.Tensor:
+                denoise = denoiser.conditioned(cond, steps)
+                for t, c, z in zip(steps, coefficients, noises, strict=True):
+                    t_batch = torch.full((x.shape[0],), t, dtype=torch.long, device=x.device)
+                    x = sampler.apply_step(denoise(x, t_batch), x, c, z).prev_sample
+                return x
+
+            self._compiled_loops[n_steps] = torch.compile(
+                denoising_loop, **(self._loop_compile_kwargs or {})
+            )
+        return self._compiled_loops[n_steps]
 
     def _build_sampler(self) -> Sampler:
         config = self.config
@@ -202,6 +244,7 @@ class DiffusionPolicy(Algorithm):
                                      "ddim_eta": ddim_eta}.items() if v is not None}
         self.config = self.config.replace(**changes)
         self.sampler = self._build_sampler()
+        self._compiled_loops = {}
 
     def _schedule_on(self, device: torch.device) -> NoiseSchedule:
         """The schedule's tables on ``device`` (moved once and cached: no copy per step)."""
@@ -233,14 +276,23 @@ class DiffusionPolicy(Algorithm):
     ) -> torch.Tensor:
         """Normalized obs ``(B, T_o, ...)`` -> a whole normalized chunk ``(B, H, D_act)``.
 
-        The observation encoding is computed once and reused at every denoising step.
+        The observation encoding is computed once, and the denoiser precomputes what depends only
+        on it and on the sampler's timesteps (:meth:`Denoiser.conditioned`), before the loop.
         """
         cond = self.obs_encoder(obs, generator)
         shape = (cond.shape[0], self.config.horizon, self.action_dim)
+        n_steps = num_inference_steps or self.config.num_inference_steps
+        if (self._loop_compile_kwargs is not None and n_steps <= self.max_compiled_loop_steps
+                and not torch.is_grad_enabled()):
+            # The same draws from `generator` in the same order as Sampler.sample: the networks
+            # draw nothing at inference, so the step noises can be drawn before the loop.
+            x = torch.randn(shape, generator=generator, device=cond.device, dtype=cond.dtype)
+            noises = [self.sampler.step_noise(c, x, generator) for c in self.sampler.plan(n_steps)[1]]
+            return self._compiled_loop(n_steps)(cond, x, noises)
         return self.sampler.sample(
-            lambda x, t: self.denoiser(x, t, cond),
+            self.denoiser.conditioned(cond, [t for t, _ in self.sampler.plan(n_steps)[0]]),
             shape,
-            num_inference_steps or self.config.num_inference_steps,
+            n_steps,
             generator=generator,
             device=cond.device,
             dtype=cond.dtype,

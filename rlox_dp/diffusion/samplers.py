@@ -108,6 +108,7 @@ class Sampler(ABC):
         self.clip_sample = clip_sample
         self.clip_sample_range = float(clip_sample_range)
         self._alphas_cumprod = schedule.alphas_cumprod.detach().to("cpu", torch.float64)
+        self._plans: dict[tuple[object, ...], tuple[list[tuple[int, int]], list[StepCoefficients]]] = {}
 
     @property
     def num_train_timesteps(self) -> int:
@@ -192,14 +193,49 @@ class Sampler(ABC):
             raise RuntimeError(f"{type(self).__name__} produced invalid step coefficients: {table}")
         return [StepCoefficients(*row) for row in table.tolist()]
 
+    def plan(
+        self, num_inference_steps: int
+    ) -> tuple[list[tuple[int, int]], list[StepCoefficients]]:
+        """``(pairs(n), coefficients(pairs(n)))`` of a full loop, computed once per ``n``.
+
+        Cached per ``(n, parameters)``: the schedule is copied at construction and the
+        coefficients are a pure function of it, ``n`` and :meth:`_coefficient_parameters`.
+        """
+        n = self._check_num_steps(num_inference_steps)
+        key = (n, *self._coefficient_parameters())
+        if key not in self._plans:
+            pairs = self.pairs(n)
+            self._plans[key] = (pairs, self.coefficients(pairs))
+        pairs, coefficients = self._plans[key]
+        return list(pairs), list(coefficients)
+
+    def _coefficient_parameters(self) -> tuple[object, ...]:
+        """Attributes besides the schedule that :meth:`transition_coefficients` reads."""
+        return ()
+
     # -------------------------------------------------------------------- step
-    def _update(
-        self,
-        model_output: Tensor,
-        sample: Tensor,
-        c: StepCoefficients,
-        generator: torch.Generator | None,
+    def step_noise(
+        self, c: StepCoefficients, sample: Tensor, generator: torch.Generator | None
+    ) -> Tensor | None:
+        """The ``z`` of a step with coefficients ``c``: ``(B, ...)`` like ``sample``, drawn from
+        ``generator``, or None when the step is deterministic (nothing is drawn)."""
+        if c.std > 0.0:
+            return torch.randn(
+                sample.shape, generator=generator, device=sample.device, dtype=sample.dtype
+            )
+        return None
+
+    def apply_step(
+        self, model_output: Tensor, sample: Tensor, c: StepCoefficients, noise: Tensor | None
     ) -> StepOutput:
+        """The update of the module docstring with given noise: no randomness, no checks.
+
+        Args:
+            model_output: ``(B, ...)`` eps or x_0 prediction.
+            sample: ``(B, ...)`` ``x_t``.
+            c: the step's coefficients (from :meth:`coefficients` or :meth:`plan`).
+            noise: ``(B, ...)`` ``z`` (from :meth:`step_noise`), or None when ``c.std == 0``.
+        """
         if self.prediction_type == "epsilon":
             pred_x0 = c.x0_from_xt * sample - c.x0_from_eps * model_output
         else:
@@ -207,12 +243,18 @@ class Sampler(ABC):
         if self.clip_sample:
             pred_x0 = pred_x0.clamp(-self.clip_sample_range, self.clip_sample_range)
         prev = c.coef_x0 * pred_x0 + c.coef_xt * sample
-        if c.std > 0.0:  # no draw when deterministic, so the generator is left untouched
-            noise = torch.randn(
-                sample.shape, generator=generator, device=sample.device, dtype=sample.dtype
-            )
+        if noise is not None:
             prev = prev + c.std * noise
         return StepOutput(prev, pred_x0)
+
+    def _update(
+        self,
+        model_output: Tensor,
+        sample: Tensor,
+        c: StepCoefficients,
+        generator: torch.Generator | None,
+    ) -> StepOutput:
+        return self.apply_step(model_output, sample, c, self.step_noise(c, sample, generator))
 
     def step(
         self,
@@ -290,8 +332,8 @@ class Sampler(ABC):
             x = torch.randn(shape, generator=generator, device=device, dtype=dtype)
         else:
             x = init_noise.to(device=device, dtype=dtype)
-        pairs = self.pairs(n)
-        for (t, _), c in zip(pairs, self.coefficients(pairs), strict=True):
+        pairs, coefficients = self.plan(n)
+        for (t, _), c in zip(pairs, coefficients, strict=True):
             t_batch = torch.full((shape[0],), t, dtype=torch.long, device=device)
             out = denoise_fn(x, t_batch)
             _check_output(out, x)
@@ -380,6 +422,9 @@ class DDIMSampler(Sampler):
 
     def _extra_repr(self) -> str:
         return f", eta={self.eta}"
+
+    def _coefficient_parameters(self) -> tuple[object, ...]:
+        return (self.eta,)
 
     def transition_coefficients(
         self, alpha_bar_t: Tensor, alpha_bar_prev: Tensor

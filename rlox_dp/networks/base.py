@@ -8,6 +8,7 @@ sample or a velocity, depending on the algorithm; the network does not care).
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Callable, Sequence
 
 import torch
 from torch import nn
@@ -53,6 +54,26 @@ class Denoiser(nn.Module, ABC):
         Returns:
             ``(B, H, D_act)`` network prediction.
         """
+
+    def conditioned(
+        self, global_cond: torch.Tensor, timesteps: Sequence[int]
+    ) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+        """A denoise function for one conditioning, to be called at (some of) ``timesteps``.
+
+        Samplers call the network several times with the same ``global_cond``; a subclass can
+        compute once here what depends only on ``global_cond`` and on the timesteps it will be
+        called at (the U-Net precomputes its FiLM parameters). The default closes over ``forward``.
+
+        Args:
+            global_cond: ``(B, C)`` float conditioning.
+            timesteps: the timesteps the function will be called at (e.g. a sampler's
+                ``timesteps(n)``); calling it at another timestep may raise.
+
+        Returns:
+            ``(noisy_actions (B, H, D_act), t (B,)) -> (B, H, D_act)``, equal to
+            ``forward(noisy_actions, t, global_cond)`` up to float rounding.
+        """
+        return lambda noisy_actions, t: self(noisy_actions, t, global_cond)
 
     def _check_inputs(
         self, noisy_actions: torch.Tensor, timesteps: torch.Tensor, global_cond: torch.Tensor
