@@ -162,27 +162,27 @@ def remeasure(path: Path, args: argparse.Namespace) -> dict[str, Any]:
         policy.eval()
         window = observation_window(trainer)
         rows = [r for r in result["rows"] if r["checkpoint"] == name]
+        eager_chunks = []
         for row in rows:
             policy.configure_inference(row["sampler"][:4], row["num_inference_steps"])
+            with torch.no_grad():
+                eager_chunks.append(policy.predict_action_chunk(window, torch.Generator().manual_seed(0)))
             row["chunk_latency"] = chunk_latency(policy, window, args.repeats, args.warmup)
             row["chunk_latency_ms"] = 1000 * row["chunk_latency"]["median_s"]
             print(f"{name:32s} {row['sampler']:8s} chunk {row['chunk_latency_ms']:.2f} ms", flush=True)
         if args.compile:
-            # The same policy with its networks compiled (torch.compile, inductor); outputs are
-            # checked against eager ones before timing.
-            policy.configure_inference(rows[0]["sampler"][:4], rows[0]["num_inference_steps"])
-            with torch.no_grad():
-                eager = policy.predict_action_chunk(window, torch.Generator().manual_seed(0))
+            # The same policy compiled (torch.compile, inductor: the networks, and the whole
+            # denoising loop for few-step samplers); each setting's chunk is checked against the
+            # eager one before timing.
             policy.requires_grad_(False)
             policy.compile_networks()
-            for row in rows:
+            for row, eager in zip(rows, eager_chunks, strict=True):
                 policy.configure_inference(row["sampler"][:4], row["num_inference_steps"])
-                if row is rows[0]:
-                    with torch.no_grad():
-                        compiled = policy.predict_action_chunk(window, torch.Generator().manual_seed(0))
-                    if not torch.allclose(compiled, eager, atol=1e-3):
-                        raise SystemExit(f"{name}: compiled and eager chunks differ by "
-                                         f"{(compiled - eager).abs().max().item():.2e}")
+                with torch.no_grad():
+                    compiled = policy.predict_action_chunk(window, torch.Generator().manual_seed(0))
+                if not torch.allclose(compiled, eager, atol=1e-3):
+                    raise SystemExit(f"{name} {row['sampler']}: compiled and eager chunks differ by "
+                                     f"{(compiled - eager).abs().max().item():.2e}")
                 row["chunk_latency_compiled"] = chunk_latency(policy, window, args.repeats, args.warmup)
                 row["chunk_latency_compiled_ms"] = 1000 * row["chunk_latency_compiled"]["median_s"]
                 print(f"{name:32s} {row['sampler']:8s} chunk {row['chunk_latency_compiled_ms']:.2f} ms "

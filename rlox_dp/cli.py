@@ -83,6 +83,8 @@ def _build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--seed", type=int, default=None, help="first evaluation seed")
     ev.add_argument("--device", default="auto")
     ev.add_argument("--video-dir", default=None)
+    ev.add_argument("--sampler", default=None, metavar="KIND[:STEPS]",
+                    help="diffusion only: evaluate with another sampler, e.g. DDPM:100 or DDIM:5")
     ev.add_argument("--no-progress", action="store_true")
 
     sub.add_parser("list", help="list registered algorithms and built-in experts")
@@ -124,6 +126,14 @@ def _run_eval(args: argparse.Namespace) -> int:
     from rlox_dp import Trainer
 
     trainer = Trainer.load(args.checkpoint, device=args.device, progress=not args.no_progress)
+    if args.sampler is not None:
+        kind, _, steps = args.sampler.partition(":")
+        if not hasattr(trainer.eval_policy, "configure_inference"):
+            raise ValueError(f"--sampler applies to diffusion policies; {args.checkpoint} holds "
+                             f"{trainer.algorithm_name!r}")
+        if steps and not steps.isdigit():
+            raise ValueError(f"--sampler expects KIND[:STEPS] such as DDPM:100, got {args.sampler!r}")
+        trainer.eval_policy.configure_inference(kind.upper(), int(steps) if steps else None)
     summary = trainer.evaluate(args.episodes, args.envs, seed=args.seed, video_dir=args.video_dir,
                                n_videos=2 if args.video_dir else 0)
     rows = {"algorithm": trainer.algorithm_name, "env": trainer.env_id, "step": trainer.state.step, **summary}

@@ -28,6 +28,35 @@ def test_train_then_eval_prints_tables(tmp_path, capsys):
     code = main(["eval", str(ckpt), "--episodes", "3", "--envs", "3", "--no-progress"])
     out = capsys.readouterr().out
     assert code == 0 and "eval/n_episodes" in out and " 3" in out
+    code = main(["eval", str(ckpt), "--sampler", "DDPM:10", "--no-progress"])
+    assert code == 2 and "diffusion policies" in capsys.readouterr().err
+
+
+def test_eval_with_another_sampler(tmp_path, capsys, monkeypatch):
+    demos = save_demonstrations(pendulum_demos(), tmp_path / "demos.npz")
+    assert main(["train", "diffusion", "--env", "Pendulum-v1", "--demos", str(demos), "--steps", "3",
+                 "--config", "num_train_timesteps=10", "n_eval_episodes=2", "n_eval_envs=2",
+                 "--log-dir", str(tmp_path / "run"), "--no-progress"]) == 0
+    ckpt = tmp_path / "run" / "checkpoints" / "last.safetensors"
+    from rlox_dp import Trainer
+
+    used = []
+    evaluate = Trainer.evaluate
+
+    def spy(self, *args, **kwargs):
+        used.append((self.eval_policy.config.noise_scheduler_type,
+                     self.eval_policy.config.num_inference_steps))
+        return evaluate(self, *args, **kwargs)
+
+    monkeypatch.setattr(Trainer, "evaluate", spy)
+    capsys.readouterr()
+    assert main(["eval", str(ckpt), "--episodes", "2", "--envs", "2", "--sampler", "ddim:3",
+                 "--no-progress"]) == 0
+    assert used == [("DDIM", 3)]
+    assert main(["eval", str(ckpt), "--sampler", "DDIM:x", "--no-progress"]) == 2
+    assert "KIND[:STEPS]" in capsys.readouterr().err
+    assert main(["eval", str(ckpt), "--sampler", "DDIM:30", "--no-progress"]) == 2
+    assert "num_inference_steps" in capsys.readouterr().err
 
 
 def test_bad_input_exits_2_with_message(tmp_path, capsys):
