@@ -13,11 +13,17 @@ pytestmark = pytest.mark.skipif(shutil.which("cc") is None and shutil.which("gcc
                                 reason="torch.compile on CPU needs a C compiler")
 
 
-def test_compiled_and_eager_outputs_match():
-    eager, buffer = build("diffusion", num_train_timesteps=5)
-    compiled, _ = build("diffusion", num_train_timesteps=5)
+def eager_and_compiled(num_train_timesteps: int):
+    """Two equal diffusion policies, the second with compile_networks(); and the demo buffer."""
+    eager, buffer = build("diffusion", num_train_timesteps=num_train_timesteps)
+    compiled, _ = build("diffusion", num_train_timesteps=num_train_timesteps)
     compiled.load_state_dict(eager.state_dict())
     compiled.compile_networks(dynamic=False)
+    return eager, compiled, buffer
+
+
+def test_compiled_and_eager_outputs_match():
+    eager, compiled, buffer = eager_and_compiled(5)
     obs = {"state": torch.randn(3, 2, 3)}
     with torch.no_grad():  # DDPM, 5 noisy steps: the whole loop is one compiled graph
         a = eager.predict_action_chunk(obs, torch.Generator().manual_seed(0))
@@ -32,10 +38,7 @@ def test_compiled_and_eager_outputs_match():
 
 def test_compiled_denoising_loop_matches_eager():
     """Few-step samplers run one compiled loop, longer ones the compiled networks per step."""
-    eager, _ = build("diffusion", num_train_timesteps=20)
-    compiled, _ = build("diffusion", num_train_timesteps=20)
-    compiled.load_state_dict(eager.state_dict())
-    compiled.compile_networks(dynamic=False)
+    eager, compiled, _ = eager_and_compiled(20)
     obs = {"state": torch.randn(1, 2, 3)}
     for kind, steps, loop in (("DDIM", 3, True), ("DDPM", 20, False)):
         for policy in (eager, compiled):

@@ -320,6 +320,29 @@ def test_step_loop_equals_sample(cls: type[Sampler]) -> None:
     assert torch.equal(x, expected) and torch.equal(out.pred_x0, x)  # final step returns pred_x0
 
 
+@pytest.mark.parametrize("sampler", [DDPMSampler(COSINE_100), DDIMSampler(COSINE_100, eta=0.0)])
+def test_sample_is_draw_noise_then_run(sampler: Sampler) -> None:
+    """All noise is drawn before the loop: a denoiser using the same RNG does not shift it."""
+    denoise = gaussian_denoiser(COSINE_100, "epsilon", MU, SIGMA)
+    x, noises = sampler.draw_noise((8, 2), 6, generator=torch.Generator().manual_seed(2))
+    stochastic = isinstance(sampler, DDPMSampler)
+    assert [z is not None for z in noises] == [stochastic] * 5 + [False]  # last step: no noise
+    expected = sampler.run(denoise, x, *sampler.plan(6), noises)
+    torch.manual_seed(0)
+    got = sampler.sample(denoise, (8, 2), 6, generator=torch.Generator().manual_seed(2))
+    torch.testing.assert_close(got, expected, rtol=0, atol=0)
+
+    def noisy_denoise(x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        torch.randn(3)  # draws from the global RNG between the sampler's draws
+        return denoise(x_t, t)
+
+    torch.manual_seed(1)
+    a = sampler.sample(denoise, (8, 2), 6)
+    torch.manual_seed(1)
+    b = sampler.sample(noisy_denoise, (8, 2), 6)
+    torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
 def test_plan_is_cached_and_follows_eta() -> None:
     """plan(n) equals pairs + coefficients, is computed once per n, and sees a changed eta."""
     sampler = DDIMSampler(COSINE_100, eta=0.0)

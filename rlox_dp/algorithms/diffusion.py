@@ -199,8 +199,8 @@ class DiffusionPolicy(Algorithm):
         self._compiled_loops = {}
 
     def _compiled_loop(self, n_steps: int) -> Callable[..., torch.Tensor]:
-        """The compiled ``(cond (B, C), x_init (B, H, D_act), step noises) -> (B, H, D_act)``
-        loop of the current sampler with ``n_steps`` steps (built on first use)."""
+        """``torch.compile`` of ``(cond (B, C), x (B, H, D_act), step noises) -> (B, H, D_act)``:
+        :meth:`Sampler.run` with the current sampler's ``n_steps``-step plan (built on first use)."""
         if n_steps not in self._compiled_loops:
             pairs, coefficients = self.sampler.plan(n_steps)
             steps = [t for t, _ in pairs]
@@ -209,11 +209,7 @@ class DiffusionPolicy(Algorithm):
             def denoising_loop(
                 cond: torch.Tensor, x: torch.Tensor, noises: list[torch.Tensor | None]
             ) -> torch.Tensor:
-                denoise = denoiser.conditioned(cond, steps)
-                for t, c, z in zip(steps, coefficients, noises, strict=True):
-                    t_batch = torch.full((x.shape[0],), t, dtype=torch.long, device=x.device)
-                    x = sampler.apply_step(denoise(x, t_batch), x, c, z).prev_sample
-                return x
+                return sampler.run(denoiser.conditioned(cond, steps), x, pairs, coefficients, noises)
 
             self._compiled_loops[n_steps] = torch.compile(
                 denoising_loop, **(self._loop_compile_kwargs or {})
@@ -284,18 +280,12 @@ class DiffusionPolicy(Algorithm):
         n_steps = num_inference_steps or self.config.num_inference_steps
         if (self._loop_compile_kwargs is not None and n_steps <= self.max_compiled_loop_steps
                 and not torch.is_grad_enabled()):
-            # The same draws from `generator` in the same order as Sampler.sample: the networks
-            # draw nothing at inference, so the step noises can be drawn before the loop.
-            x = torch.randn(shape, generator=generator, device=cond.device, dtype=cond.dtype)
-            noises = [self.sampler.step_noise(c, x, generator) for c in self.sampler.plan(n_steps)[1]]
+            x, noises = self.sampler.draw_noise(shape, n_steps, generator, cond.device, cond.dtype)
             return self._compiled_loop(n_steps)(cond, x, noises)
+        steps = [t for t, _ in self.sampler.plan(n_steps)[0]]
         return self.sampler.sample(
-            self.denoiser.conditioned(cond, [t for t, _ in self.sampler.plan(n_steps)[0]]),
-            shape,
-            n_steps,
-            generator=generator,
-            device=cond.device,
-            dtype=cond.dtype,
+            self.denoiser.conditioned(cond, steps), shape, n_steps, generator=generator,
+            device=cond.device, dtype=cond.dtype,
         )
 
     def predict_normalized_actions(

@@ -281,32 +281,23 @@ class Sampler(ABC):
         _check_output(model_output, sample)
         return self._update(model_output, sample, coefs, generator)
 
-    def sample(
+    def draw_noise(
         self,
-        denoise_fn: Callable[[Tensor, Tensor], Tensor],
         shape: Sequence[int],
         num_inference_steps: int,
         generator: torch.Generator | None = None,
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
         init_noise: Tensor | None = None,
-    ) -> Tensor:
-        """Run the reverse process from ``N(0, I)`` noise to a sample.
+    ) -> tuple[Tensor, list[Tensor | None]]:
+        """All the randomness of one reverse loop, drawn up front: the start and the step noises.
 
-        Gradients are not disabled here; wrap the call in ``torch.no_grad()`` for inference.
-
-        Args:
-            denoise_fn: ``(x_t (B, ...), t (B,) int64) -> model_output (B, ...)``.
-            shape: ``(B, ...)`` shape of the samples.
-            num_inference_steps: number of model evaluations, in ``[1, T]``.
-            generator: RNG on ``device`` for the initial and step noise; None: global RNG.
-            device: defaults to init_noise's device, else the CPU.
-            dtype: defaults to init_noise's dtype, else float32.
-            init_noise: optional ``(B, ...)`` starting ``x_{T-1}`` (not modified); drawn from
-                ``generator`` otherwise.
+        Args: as in :meth:`sample`.
 
         Returns:
-            ``(B, ...)`` samples.
+            ``(x, noises)``: the starting ``x_{T-1}`` ``(B, ...)`` (``init_noise`` if given, else
+            drawn first) and, per step of :meth:`plan`, its ``z`` ``(B, ...)`` drawn in step order,
+            or None for a deterministic step (nothing drawn).
         """
         n = self._check_num_steps(num_inference_steps)
         shape = tuple(int(s) for s in shape)
@@ -327,18 +318,64 @@ class Sampler(ABC):
             raise ValueError(
                 f"generator must live on device {device}; got a generator on {generator.device}"
             )
-
         if init_noise is None:
             x = torch.randn(shape, generator=generator, device=device, dtype=dtype)
         else:
             x = init_noise.to(device=device, dtype=dtype)
-        pairs, coefficients = self.plan(n)
-        for (t, _), c in zip(pairs, coefficients, strict=True):
-            t_batch = torch.full((shape[0],), t, dtype=torch.long, device=device)
+        return x, [self.step_noise(c, x, generator) for c in self.plan(n)[1]]
+
+    def run(
+        self,
+        denoise_fn: Callable[[Tensor, Tensor], Tensor],
+        x: Tensor,
+        pairs: Sequence[tuple[int, int]],
+        coefficients: Sequence[StepCoefficients],
+        noises: Sequence[Tensor | None],
+    ) -> Tensor:
+        """The reverse loop itself, without randomness: ``x (B, ...) -> (B, ...)``.
+
+        ``pairs`` and ``coefficients`` as from :meth:`plan`, ``noises`` as from
+        :meth:`draw_noise`; traceable by ``torch.compile`` (no host reads).
+        """
+        for (t, _), c, z in zip(pairs, coefficients, noises, strict=True):
+            t_batch = torch.full((x.shape[0],), t, dtype=torch.long, device=x.device)
             out = denoise_fn(x, t_batch)
             _check_output(out, x)
-            x = self._update(out, x, c, generator).prev_sample
+            x = self.apply_step(out, x, c, z).prev_sample
         return x
+
+    def sample(
+        self,
+        denoise_fn: Callable[[Tensor, Tensor], Tensor],
+        shape: Sequence[int],
+        num_inference_steps: int,
+        generator: torch.Generator | None = None,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+        init_noise: Tensor | None = None,
+    ) -> Tensor:
+        """Run the reverse process from ``N(0, I)`` noise to a sample.
+
+        :meth:`draw_noise` then :meth:`run`: all noise is drawn from ``generator`` before the first
+        model call (start, then each noisy step in order), so a denoiser that draws random numbers
+        itself does not shift the sampler's. Gradients are not disabled here; wrap the call in
+        ``torch.no_grad()`` for inference.
+
+        Args:
+            denoise_fn: ``(x_t (B, ...), t (B,) int64) -> model_output (B, ...)``.
+            shape: ``(B, ...)`` shape of the samples.
+            num_inference_steps: number of model evaluations, in ``[1, T]``.
+            generator: RNG on ``device`` for the initial and step noise; None: global RNG.
+            device: defaults to init_noise's device, else the CPU.
+            dtype: defaults to init_noise's dtype, else float32.
+            init_noise: optional ``(B, ...)`` starting ``x_{T-1}`` (not modified); drawn from
+                ``generator`` otherwise.
+
+        Returns:
+            ``(B, ...)`` samples.
+        """
+        x, noises = self.draw_noise(shape, num_inference_steps, generator, device, dtype, init_noise)
+        return self.run(denoise_fn, x, *self.plan(num_inference_steps), noises)
 
 
 def _as_int(value: int, name: str) -> int:

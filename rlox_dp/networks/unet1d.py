@@ -292,8 +292,9 @@ class ConditionalUnet1D(Denoiser):
         """FiLM parameters of every block for every pair of timestep and conditioning row.
 
         Each block's ``Linear(Mish(cat(step_features(t), global_cond)))`` splits into a part of
-        ``t`` and a part of ``global_cond``; this runs the timestep encoder once for all
-        ``S`` timesteps and each part as one matrix product over all blocks.
+        ``t`` and a part of ``global_cond``; this runs the timestep encoder once for all ``S``
+        timesteps and, per block, one product for each part over all rows (the weights are read
+        in place, not concatenated: they reach 4,096 x 164 per block at the paper's width).
 
         Args:
             timesteps: ``(S,)`` timesteps.
@@ -303,13 +304,16 @@ class ConditionalUnet1D(Denoiser):
             ``(S, B, F)``; ``[s, b]`` is what :meth:`forward` computes for ``timesteps[s]`` and
             ``global_cond[b]``, blocks concatenated in :attr:`film_blocks` order.
         """
-        linears = [block.cond_encoder[1] for block in self.film_blocks]
-        weight = torch.cat([linear.weight for linear in linears])  # (F, D_t + C)
-        bias = torch.cat([linear.bias for linear in linears])
         d_t = self.diffusion_step_embed_dim
-        step = F.linear(F.mish(self.diffusion_step_encoder(timesteps)), weight[:, :d_t], bias)
-        obs = F.linear(F.mish(global_cond), weight[:, d_t:])
-        return step.unsqueeze(1) + obs.unsqueeze(0)
+        step_features = F.mish(self.diffusion_step_encoder(timesteps))  # (S, D_t)
+        cond_features = F.mish(global_cond)  # (B, C)
+        parts = []
+        for block in self.film_blocks:
+            linear = block.cond_encoder[1]
+            step = F.linear(step_features, linear.weight[:, :d_t], linear.bias)  # (S, F_block)
+            obs = F.linear(cond_features, linear.weight[:, d_t:])  # (B, F_block)
+            parts.append(step.unsqueeze(1) + obs.unsqueeze(0))
+        return torch.cat(parts, dim=-1)
 
     def conditioned(
         self, global_cond: torch.Tensor, timesteps: Sequence[int]
@@ -357,24 +361,25 @@ class ConditionalUnet1D(Denoiser):
         blocks = self.film_blocks
         if film is None:
             cond = torch.cat((self.diffusion_step_encoder(timesteps), global_cond), dim=-1)
-            films = [block.cond_encoder(cond) for block in blocks]
+            per_block = [block.cond_encoder(cond) for block in blocks]
         else:
             expected = (noisy_actions.shape[0], self.film_dim)
             if tuple(film.shape) != expected:
                 raise ValueError(
                     f"film must have shape (B, F) = {expected}, got {tuple(film.shape)}"
                 )
-            films = list(film.split([block.film_channels for block in blocks], dim=1))
+            per_block = list(film.split([block.film_channels for block in blocks], dim=1))
+        films = iter(per_block)  # consumed in film_blocks order
 
         x = noisy_actions.transpose(1, 2)
         skips: list[torch.Tensor] = []
         for resnet, resnet2, downsample in self.down_modules:
-            x = resnet2.modulated(resnet.modulated(x, films.pop(0)), films.pop(0))
+            x = resnet2.modulated(resnet.modulated(x, next(films)), next(films))
             skips.append(x)
             x = downsample(x)
         for mid in self.mid_modules:
-            x = mid.modulated(x, films.pop(0))
+            x = mid.modulated(x, next(films))
         for resnet, resnet2, upsample in self.up_modules:
             x = torch.cat((x, skips.pop()), dim=1)
-            x = upsample(resnet2.modulated(resnet.modulated(x, films.pop(0)), films.pop(0)))
+            x = upsample(resnet2.modulated(resnet.modulated(x, next(films)), next(films)))
         return self.final_conv(x).transpose(1, 2)
