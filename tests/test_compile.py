@@ -57,3 +57,21 @@ def test_compiled_denoising_loop_matches_eager():
         c = copied.predict_action_chunk(obs, torch.Generator().manual_seed(3))
         a = eager.predict_action_chunk(obs, torch.Generator().manual_seed(3))
     torch.testing.assert_close(a, c, rtol=1e-4, atol=1e-4)
+
+
+def test_each_compiled_loop_has_its_own_graph_cache():
+    """torch.compile caches per code object and runs eager past its recompile limit: the loops of
+    different step counts must not share one cache (here with a limit of 1)."""
+    import torch._dynamo
+    from torch._dynamo.utils import counters
+
+    policy, _ = build("diffusion", num_train_timesteps=20)
+    policy.eval()
+    policy.compile_networks(dynamic=False)
+    obs = {"state": torch.randn(1, 2, 3)}
+    counters.clear()
+    with torch.no_grad(), torch._dynamo.config.patch(recompile_limit=1):
+        for steps in (2, 3, 4):
+            policy.configure_inference("DDIM", steps)
+            policy.predict_action_chunk(obs)
+    assert counters["stats"]["unique_graphs"] == 3

@@ -10,6 +10,7 @@ encodes the observation window once, runs the sampler (DDPM or DDIM) from ``N(0,
 from __future__ import annotations
 
 import dataclasses
+import types
 from collections.abc import Callable
 from typing import Any, ClassVar, Literal
 
@@ -211,8 +212,15 @@ class DiffusionPolicy(Algorithm):
             ) -> torch.Tensor:
                 return sampler.run(denoiser.conditioned(cond, steps), x, pairs, coefficients, noises)
 
+            # torch.compile caches graphs per code object, at most `recompile_limit` (8) of them,
+            # beyond which it silently runs eager; each loop (policy x step count) is its own graph,
+            # so each gets its own copy of the code object instead of sharing one cache.
+            own_code = types.FunctionType(
+                denoising_loop.__code__.replace(), denoising_loop.__globals__,
+                denoising_loop.__name__, denoising_loop.__defaults__, denoising_loop.__closure__,
+            )
             self._compiled_loops[n_steps] = torch.compile(
-                denoising_loop, **(self._loop_compile_kwargs or {})
+                own_code, **(self._loop_compile_kwargs or {})
             )
         return self._compiled_loops[n_steps]
 
