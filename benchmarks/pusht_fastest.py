@@ -19,8 +19,9 @@ with a 95 % t interval and success rate with a 95 % Wilson interval over all the
 to compare samplers on the final checkpoints of ``benchmarks/pusht.py`` runs. Chunk latencies are sensitive to other load on the
 machine: ``--remeasure-latency JSON`` re-times the chunks of an earlier result (same checkpoints
 and samplers, scores kept) and recomputes the recommendation, e.g. on an idle machine; with
-``--compile`` it also times them with the networks compiled by ``torch.compile`` (the
-recommendation stays based on the eager latency).
+``--compile`` it also times them compiled by ``torch.compile`` (the recommendation stays based on
+the eager latency), ``--rounds R`` alternates R timing rounds over the settings, ``--only NAME``
+re-times one checkpoint's rows.
 
     python benchmarks/pusht_fastest.py runs/ckpt/diffusion-0.safetensors runs/ckpt/diffusion_mlp-0.safetensors
 """
@@ -145,48 +146,77 @@ def pooled(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return out
 
 
-def remeasure(path: Path, args: argparse.Namespace) -> dict[str, Any]:
-    """Re-time the chunk latency of every row of the result at ``path``; rewrite the recommendation.
+def _load_policy(path: str) -> tuple[Trainer, Any]:
+    trainer = Trainer.load(path, device="cpu", progress=False)
+    policy = trainer.eval_policy
+    policy.eval()
+    policy.requires_grad_(False)
+    return trainer, policy
 
-    The checkpoints are looked up by file name in ``args.checkpoints`` (their directory may differ).
+
+def _rounds_latency(rounds: list[dict[str, float]]) -> dict[str, Any]:
+    """Pool :func:`chunk_latency` results of several rounds: median of the round medians."""
+    medians = [r["median_s"] for r in rounds]
+    return {"median_s": statistics.median(medians), "min_s": min(r["min_s"] for r in rounds),
+            "p90_s": statistics.median(r["p90_s"] for r in rounds),
+            "n": sum(r["n"] for r in rounds), "round_medians_s": medians}
+
+
+def remeasure(path: Path, args: argparse.Namespace) -> dict[str, Any]:
+    """Re-time the chunk latency of the rows of the result at ``path``; rewrite the recommendation.
+
+    The checkpoints are looked up by file name in ``args.checkpoints`` (their directory may differ);
+    ``--only NAME ...`` re-times only those checkpoints' rows and keeps the others. With
+    ``--rounds R`` every setting is timed in R rounds that alternate over the settings (and, with
+    ``--compile``, between eager and compiled), and reports the median of the round medians: on a
+    machine whose speed drifts, each setting then sees the same slow and fast periods.
     """
     result = json.loads(path.read_text())
     by_name = {Path(p).name: p for p in args.checkpoints}
-    missing = sorted({r["checkpoint"] for r in result["rows"]} - set(by_name))
+    names = list(dict.fromkeys(r["checkpoint"] for r in result["rows"]))
+    if args.only:
+        unknown = sorted(set(args.only) - set(names))
+        if unknown:
+            raise SystemExit(f"--only: {unknown} are not checkpoints of {path}")
+        names = [n for n in names if n in args.only]
+    missing = sorted(set(names) - set(by_name))
     if missing:
         raise SystemExit(f"--remeasure-latency: pass the checkpoints {missing} as arguments")
     torch.set_num_threads(args.threads)
-    for name in dict.fromkeys(r["checkpoint"] for r in result["rows"]):
-        trainer = Trainer.load(by_name[name], device="cpu", progress=False)
-        policy = trainer.eval_policy
-        policy.eval()
+    for name in names:
+        trainer, policy = _load_policy(by_name[name])
         window = observation_window(trainer)
         rows = [r for r in result["rows"] if r["checkpoint"] == name]
-        eager_chunks = []
-        for row in rows:
-            policy.configure_inference(row["sampler"][:4], row["num_inference_steps"])
-            with torch.no_grad():
-                eager_chunks.append(policy.predict_action_chunk(window, torch.Generator().manual_seed(0)))
-            row["chunk_latency"] = chunk_latency(policy, window, args.repeats, args.warmup)
-            row["chunk_latency_ms"] = 1000 * row["chunk_latency"]["median_s"]
-            print(f"{name:32s} {row['sampler']:8s} chunk {row['chunk_latency_ms']:.2f} ms", flush=True)
+        variants = {"": policy}
         if args.compile:
-            # The same policy compiled (torch.compile, inductor: the networks, and the whole
+            # The same checkpoint compiled (torch.compile, inductor: the networks, and the whole
             # denoising loop for few-step samplers); each setting's chunk is checked against the
             # eager one before timing.
-            policy.requires_grad_(False)
-            policy.compile_networks()
-            for row, eager in zip(rows, eager_chunks, strict=True):
-                policy.configure_inference(row["sampler"][:4], row["num_inference_steps"])
+            compiled = _load_policy(by_name[name])[1]
+            compiled.compile_networks()
+            variants["_compiled"] = compiled
+            for row in rows:
+                for p in variants.values():
+                    p.configure_inference(row["sampler"][:4], row["num_inference_steps"])
                 with torch.no_grad():
-                    compiled = policy.predict_action_chunk(window, torch.Generator().manual_seed(0))
-                if not torch.allclose(compiled, eager, atol=1e-3):
+                    a, b = (p.predict_action_chunk(window, torch.Generator().manual_seed(0))
+                            for p in variants.values())
+                if not torch.allclose(a, b, atol=1e-3):
                     raise SystemExit(f"{name} {row['sampler']}: compiled and eager chunks differ by "
-                                     f"{(compiled - eager).abs().max().item():.2e}")
-                row["chunk_latency_compiled"] = chunk_latency(policy, window, args.repeats, args.warmup)
-                row["chunk_latency_compiled_ms"] = 1000 * row["chunk_latency_compiled"]["median_s"]
-                print(f"{name:32s} {row['sampler']:8s} chunk {row['chunk_latency_compiled_ms']:.2f} ms "
-                      "(compiled)", flush=True)
+                                     f"{(a - b).abs().max().item():.2e}")
+        timings: dict[tuple[int, str], list[dict[str, float]]] = {}
+        for _ in range(args.rounds):
+            for i, row in enumerate(rows):
+                for suffix, p in variants.items():
+                    p.configure_inference(row["sampler"][:4], row["num_inference_steps"])
+                    timings.setdefault((i, suffix), []).append(
+                        chunk_latency(p, window, args.repeats, args.warmup))
+        for (i, suffix), rounds in timings.items():
+            row = rows[i]
+            row[f"chunk_latency{suffix}"] = _rounds_latency(rounds)
+            row[f"chunk_latency{suffix}_ms"] = 1000 * row[f"chunk_latency{suffix}"]["median_s"]
+            print(f"{name:32s} {row['sampler']:8s} chunk {row[f'chunk_latency{suffix}_ms']:.2f} ms"
+                  f"{' (compiled)' if suffix else ''}", flush=True)
     choice = recommend(result["rows"], result["tolerance"])
     result.update(threads=args.threads, latency_date=time.strftime("%Y-%m-%d %H:%M"),
                   recommended={k: v for k, v in choice.items()
@@ -220,9 +250,15 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                         help="also rank the rows of these earlier results (same eval protocol)")
     parser.add_argument("--remeasure-latency", default=None, metavar="JSON",
                         help="re-time the chunks of this earlier result; no evaluation")
+    parser.add_argument("--only", nargs="+", default=None, metavar="NAME",
+                        help="with --remeasure-latency: re-time only these checkpoints (file names)")
+    parser.add_argument("--rounds", type=int, default=1,
+                        help="with --remeasure-latency: alternating timing rounds per setting")
     parser.add_argument("--compile", action="store_true",
                         help="with --remeasure-latency: also time the chunks with torch.compile'd networks")
     args = parser.parse_args(argv)
+    if args.rounds < 1:
+        parser.error(f"--rounds: expected an int >= 1, got {args.rounds}")
     if args.remeasure_latency:
         return remeasure(Path(args.remeasure_latency), args)
     try:

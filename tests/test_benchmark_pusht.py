@@ -125,9 +125,17 @@ def test_fastest_setting_sweep(tmp_path):
     with pytest.raises(ValueError, match="DDIM:10"):
         fastest.parse_samplers("DDIM-10")
     again = fastest.main([str(ckpt), "--remeasure-latency", str(tmp_path / "pusht_fastest.json"),
-                          "--repeats", "3", "--warmup", "1", "--threads", "1", "--out", str(tmp_path / "re")])
+                          "--repeats", "3", "--warmup", "1", "--threads", "1", "--rounds", "2",
+                          "--only", ckpt.name, "--out", str(tmp_path / "re")])
     assert [r["score"] for r in again["rows"]] == [r["score"] for r in rows]  # scores kept
-    assert again["latency_date"] and all(r["chunk_latency"]["n"] == 3 for r in again["rows"])
+    for r in again["rows"]:  # two alternating rounds of 3 timed chunks, median of round medians
+        latency = r["chunk_latency"]
+        assert latency["n"] == 6 and len(latency["round_medians_s"]) == 2
+        assert latency["median_s"] == pytest.approx(sum(latency["round_medians_s"]) / 2)
+    assert again["latency_date"]
+    with pytest.raises(SystemExit, match="--only"):
+        fastest.main([str(ckpt), "--remeasure-latency", str(tmp_path / "pusht_fastest.json"),
+                      "--only", "other.safetensors", "--out", str(tmp_path / "re")])
     combined = fastest.main([str(ckpt), "--samplers", "DDIM:1", "--episodes", "2", "--eval-envs", "2",
                              "--repeats", "3", "--warmup", "1", "--threads", "1", "--out",
                              str(tmp_path / "c"), "--include", str(tmp_path / "pusht_fastest.json"),
