@@ -1,6 +1,6 @@
 """CPU speed of rlox_dp's Diffusion Policy, with the shapes of LeRobot's peer benchmark.
 
-Configs use the shapes of ``/work/shared/peer/lerobot_dp_bench.py`` (horizon 16, n_obs_steps 2,
+Configs use the shapes of the peer script ``../shared/peer/lerobot_dp_bench.py`` (horizon 16, n_obs_steps 2,
 2-D actions, 100 train timesteps, kernel 5, FiLM scale, step embedding 128):
 
 - ``lowdim_small``: obs ``environment_state (16,)`` + ``agent_pos (2,)``, down_dims 256/512/1024
@@ -51,7 +51,8 @@ from pathlib import Path
 from typing import Any
 
 RESULTS = Path(__file__).resolve().parent / "results"
-PEER_SCRIPT = Path("/work/shared/peer/lerobot_dp_bench.py")
+#: the peer script, beside the checkout (``--peer-script`` points elsewhere).
+PEER_SCRIPT = Path(__file__).resolve().parents[2] / "shared" / "peer" / "lerobot_dp_bench.py"
 OBS = {
     "lowdim": {"environment_state": (16,), "agent_pos": (2,)},
     "image": {"image": (3, 96, 96), "agent_pos": (2,)},
@@ -449,6 +450,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--max-busy", type=float, default=0.5, help="cores other processes may use at a start")
     ap.add_argument("--quiet-tries", type=int, default=4, help="checks (20 s apart) for --max-busy")
     ap.add_argument("--peer-python", default=None, help="python of the LeRobot venv: run the peer too")
+    ap.add_argument("--peer-script", default=str(PEER_SCRIPT),
+                    help="the peer benchmark script (default: ../shared/peer/lerobot_dp_bench.py beside the repo)")
     ap.add_argument("--our-python", default=sys.executable,
                     help="python running our workers (rlox_dp from this checkout), e.g. one with the peer's torch")
     ap.add_argument("--tag", default="", help="suffix of the result files, e.g. torch211")
@@ -474,7 +477,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     peer_env = {**os.environ, "BENCH_QUIET_THR": str(args.quiet_thr), "BENCH_QUIET_MAX_WAIT": str(args.quiet_wait),
                 "BENCH_MAX_EXTRA": str(args.max_extra)}
     our_env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
-    peer = [args.peer_python, "-c", PEER_WORKER, str(PEER_SCRIPT), str(args.threads)] if args.peer_python else None
+    if args.peer_python and not Path(args.peer_script).is_file():
+        ap.error(f"--peer-script: no file at {args.peer_script}")
+    peer = [args.peer_python, "-c", PEER_WORKER, args.peer_script, str(args.threads)] if args.peer_python else None
     ours: dict[str, Any] = {"config": args.config, "spec": CONFIGS[args.config], "python_exe": args.our_python,
                             "threads": args.threads, "nproc": os.cpu_count(),
                             "date": time.strftime("%Y-%m-%d %H:%M:%S"), "loadavg_start": os.getloadavg(),

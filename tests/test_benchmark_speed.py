@@ -93,3 +93,11 @@ def test_ratio_direction_and_clean_repeats(speed):
     assert infer["rss_ratio"] == 2.0
     assert out["best_ours_infer_ddim5_vs_theirs_infer_ddim10"]["speed_ratio"] == 1.0
     assert "train_bs64" not in out
+
+
+def test_peer_script_is_a_flag_relative_to_the_repo(speed, tmp_path):
+    assert speed.PEER_SCRIPT.parts[-3:] == ("shared", "peer", "lerobot_dp_bench.py")
+    assert speed.PEER_SCRIPT.parent.parent.parent == speed.RESULTS.parents[2]  # beside the checkout
+    with pytest.raises(SystemExit):  # a missing peer script is refused before anything runs
+        speed.main(["--peer-python", "python", "--peer-script", str(tmp_path / "missing.py"),
+                    "--out-dir", str(tmp_path)])
