@@ -37,7 +37,8 @@ class DiffusionConfig(AlgorithmConfig):
         down_dims, kernel_size, n_groups, diffusion_step_embed_dim, use_film_scale_modulation:
             U-Net options; ``horizon`` must be divisible by ``2 ** len(down_dims)``.
         hidden_dim, n_layers: MLP denoiser options (rlox's ``hidden_dim``).
-        noise_scheduler_type: sampler used at inference, ``"DDPM"`` or ``"DDIM"``.
+        noise_scheduler_type: sampler used at inference, ``"DDPM"``, ``"DDIM"`` or
+            ``"DPMSolver++"`` (deterministic 2nd-order multistep, ``rlox_dp.diffusion.dpm_solver``).
         num_train_timesteps: diffusion steps ``T`` (rlox: ``n_diffusion_steps``).
         beta_schedule: ``"squaredcos_cap_v2"`` (original repo), ``"cosine"`` or ``"linear"``
             (rlox: ``noise_schedule``).
@@ -59,7 +60,7 @@ class DiffusionConfig(AlgorithmConfig):
     use_film_scale_modulation: bool = True
     hidden_dim: int = 256
     n_layers: int = 4
-    noise_scheduler_type: Literal["DDPM", "DDIM"] = "DDPM"
+    noise_scheduler_type: Literal["DDPM", "DDIM", "DPMSolver++"] = "DDPM"
     num_train_timesteps: int = 100
     beta_schedule: Literal["squaredcos_cap_v2", "cosine", "linear"] = "squaredcos_cap_v2"
     beta_start: float = 1e-4
@@ -239,7 +240,7 @@ class DiffusionPolicy(Algorithm):
         self, noise_scheduler_type: str | None = None, num_inference_steps: int | None = None,
         ddim_eta: float | None = None,
     ) -> None:
-        """Switch the sampler after training, e.g. to DDIM with 10 steps for fast inference.
+        """Switch the sampler after training, e.g. to DDIM or DPMSolver++ with 10 steps.
 
         Validated like the config (errors name the field); ``None`` keeps the current value.
         """

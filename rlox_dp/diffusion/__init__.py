@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from rlox_dp.diffusion.dpm_solver import DPMSolverMultistepSampler
 from rlox_dp.diffusion.samplers import (
     SAMPLERS,
     DDIMSampler,
@@ -25,6 +26,7 @@ __all__ = [
     "SCHEDULES",
     "DDIMSampler",
     "DDPMSampler",
+    "DPMSolverMultistepSampler",
     "NoiseSchedule",
     "PriorMismatchWarning",
     "Sampler",

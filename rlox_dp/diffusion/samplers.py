@@ -1,4 +1,5 @@
-"""Reverse-process samplers (DDPM, DDIM) over a :class:`~rlox_dp.diffusion.NoiseSchedule`.
+"""Reverse-process samplers (DDPM, DDIM) over a :class:`~rlox_dp.diffusion.NoiseSchedule`
+(DPM-Solver++, also built by :func:`make_sampler`, lives in :mod:`rlox_dp.diffusion.dpm_solver`).
 
 The contract follows diffusers' schedulers without their hidden state: ``timesteps(n)`` returns
 the timesteps instead of storing them, and ``step`` takes both ``t`` and ``t_prev``.
@@ -43,7 +44,7 @@ __all__ = [
     "make_sampler",
 ]
 
-SAMPLERS: tuple[str, ...] = ("ddpm", "ddim")
+SAMPLERS: tuple[str, ...] = ("ddpm", "ddim", "dpmsolver++")
 """Names accepted by :func:`make_sampler` (case-insensitive)."""
 
 PredictionType = Literal["epsilon", "sample"]
@@ -480,21 +481,27 @@ class DDIMSampler(Sampler):
         return coef_x0, coef_xt, var.sqrt()
 
 
-_SAMPLER_CLASSES: dict[str, type[Sampler]] = {"ddpm": DDPMSampler, "ddim": DDIMSampler}
+def _sampler_classes() -> dict[str, type[Sampler]]:
+    """:data:`SAMPLERS` -> class (DPM-Solver++ lives in its own module, which imports this one)."""
+    from rlox_dp.diffusion.dpm_solver import DPMSolverMultistepSampler
+
+    return {"ddpm": DDPMSampler, "ddim": DDIMSampler, "dpmsolver++": DPMSolverMultistepSampler}
 
 
 def make_sampler(name: str, schedule: NoiseSchedule, **kwargs: object) -> Sampler:
-    """Build a sampler by name, case-insensitive (``"DDPM"`` / ``"DDIM"`` as in LeRobot configs).
+    """Build a sampler by name, case-insensitive (``"DDPM"`` / ``"DDIM"`` as in LeRobot configs,
+    ``"DPMSolver++"``).
 
     Args:
         name: one of :data:`SAMPLERS`, any case.
         schedule: the training noise schedule.
         **kwargs: forwarded to the sampler (``prediction_type``, ``clip_sample``,
-            ``clip_sample_range``; ``eta`` for DDIM).
+            ``clip_sample_range``; ``eta`` for DDIM; ``solver_order`` for DPM-Solver++).
     """
     if not isinstance(name, str):
         raise TypeError(f"name must be a str, one of {SAMPLERS}; got {type(name).__name__}")
     key = name.lower()
-    if key not in _SAMPLER_CLASSES:
+    classes = _sampler_classes()
+    if key not in classes:
         raise ValueError(f"name must be one of {SAMPLERS} (case-insensitive); got {name!r}")
-    return _SAMPLER_CLASSES[key](schedule, **kwargs)
+    return classes[key](schedule, **kwargs)
