@@ -9,6 +9,7 @@ from rlox_dp.algorithms.base import (
 )
 from rlox_dp.algorithms.bc import BCChunkConfig, BCChunkPolicy, BCConfig, BCPolicy
 from rlox_dp.algorithms.diffusion import DiffusionConfig, DiffusionPolicy
+from rlox_dp.algorithms.flow import FlowConfig, FlowPolicy
 
 __all__ = [
     "Algorithm",
@@ -19,6 +20,8 @@ __all__ = [
     "BCPolicy",
     "DiffusionConfig",
     "DiffusionPolicy",
+    "FlowConfig",
+    "FlowPolicy",
     "available_algorithms",
     "get_algorithm_class",
     "register_algorithm",

@@ -41,6 +41,7 @@ __all__ = [
     "Sampler",
     "StepCoefficients",
     "StepOutput",
+    "draw_start_noise",
     "make_sampler",
 ]
 
@@ -301,28 +302,7 @@ class Sampler(ABC):
             or None for a deterministic step (nothing drawn).
         """
         n = self._check_num_steps(num_inference_steps)
-        shape = tuple(int(s) for s in shape)
-        if len(shape) == 0 or any(s < 1 for s in shape):
-            raise ValueError(f"shape must be (B, ...) with positive sizes; got {shape}")
-        if init_noise is not None and not isinstance(init_noise, Tensor):
-            raise TypeError(f"init_noise must be a tensor or None; got {type(init_noise).__name__}")
-        if init_noise is not None and tuple(init_noise.shape) != shape:
-            raise ValueError(f"init_noise must have shape {shape}; got {tuple(init_noise.shape)}")
-        if device is None:
-            device = init_noise.device if init_noise is not None else torch.device("cpu")
-        device = torch.device(device)
-        if dtype is None:
-            dtype = init_noise.dtype if init_noise is not None else torch.float32
-        if not dtype.is_floating_point:
-            raise TypeError(f"dtype must be a floating-point torch.dtype; got {dtype}")
-        if generator is not None and generator.device.type != device.type:
-            raise ValueError(
-                f"generator must live on device {device}; got a generator on {generator.device}"
-            )
-        if init_noise is None:
-            x = torch.randn(shape, generator=generator, device=device, dtype=dtype)
-        else:
-            x = init_noise.to(device=device, dtype=dtype)
+        x = draw_start_noise(shape, generator, device, dtype, init_noise)
         return x, [self.step_noise(c, x, generator) for c in self.plan(n)[1]]
 
     def run(
@@ -377,6 +357,42 @@ class Sampler(ABC):
         """
         x, noises = self.draw_noise(shape, num_inference_steps, generator, device, dtype, init_noise)
         return self.run(denoise_fn, x, *self.plan(num_inference_steps), noises)
+
+
+def draw_start_noise(
+    shape: Sequence[int],
+    generator: torch.Generator | None = None,
+    device: torch.device | str | None = None,
+    dtype: torch.dtype | None = None,
+    init_noise: Tensor | None = None,
+) -> Tensor:
+    """The validated ``(B, ...)`` start of a sampling loop: ``init_noise`` (moved to ``device`` /
+    ``dtype``, not modified) if given, else ``N(0, I)`` drawn from ``generator``.
+
+    Args: as in :meth:`Sampler.sample` (``device`` defaults to init_noise's, else the CPU;
+    ``dtype`` to init_noise's, else float32).
+    """
+    shape = tuple(int(s) for s in shape)
+    if len(shape) == 0 or any(s < 1 for s in shape):
+        raise ValueError(f"shape must be (B, ...) with positive sizes; got {shape}")
+    if init_noise is not None and not isinstance(init_noise, Tensor):
+        raise TypeError(f"init_noise must be a tensor or None; got {type(init_noise).__name__}")
+    if init_noise is not None and tuple(init_noise.shape) != shape:
+        raise ValueError(f"init_noise must have shape {shape}; got {tuple(init_noise.shape)}")
+    if device is None:
+        device = init_noise.device if init_noise is not None else torch.device("cpu")
+    device = torch.device(device)
+    if dtype is None:
+        dtype = init_noise.dtype if init_noise is not None else torch.float32
+    if not dtype.is_floating_point:
+        raise TypeError(f"dtype must be a floating-point torch.dtype; got {dtype}")
+    if generator is not None and generator.device.type != device.type:
+        raise ValueError(
+            f"generator must live on device {device}; got a generator on {generator.device}"
+        )
+    if init_noise is None:
+        return torch.randn(shape, generator=generator, device=device, dtype=dtype)
+    return init_noise.to(device=device, dtype=dtype)
 
 
 def _as_int(value: int, name: str) -> int:
