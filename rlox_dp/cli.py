@@ -1,8 +1,9 @@
-"""Command line: ``rlox-dp train|eval|list`` (also ``python -m rlox_dp``), mirroring the API.
+"""Command line: ``rlox-dp train|eval|list|dagger`` (also ``python -m rlox_dp``), mirroring the API.
 
     python -m rlox_dp train diffusion --env Pendulum-v1
     python -m rlox_dp train diffusion --env gym_pusht/PushT-v0 --demos pusht.zarr --config obs=keypoints
     python -m rlox_dp eval runs/.../checkpoints/last.safetensors --episodes 50
+    python -m rlox_dp dagger diffusion --env gym_pusht/PushT-v0 --demos pusht.zarr --dagger rounds=4 episodes=50
 """
 
 from __future__ import annotations
@@ -88,6 +89,21 @@ def _build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--no-progress", action="store_true")
 
     sub.add_parser("list", help="list registered algorithms and built-in experts")
+
+    dag = sub.add_parser("dagger", help="DAgger: train, let the expert label the states the policy visits, repeat")
+    dag.add_argument("algorithm", nargs="?", help="registered algorithm (not with --resume)")
+    dag.add_argument("--env", help="Gymnasium env id with a labelling expert (not with --resume)")
+    dag.add_argument("--demos", default=None, help="round-0 demonstrations (.zarr or .npz); default: built-in expert")
+    dag.add_argument("--config", nargs="*", default=[], metavar="KEY=VALUE", help="algorithm config overrides")
+    dag.add_argument("--dagger", nargs="*", default=[], metavar="KEY=VALUE",
+                     help="DAgger settings: rounds, episodes, steps_per_round, initial_steps, beta, ...")
+    dag.add_argument("--out-dir", default=None, help="rounds, labelled data, checkpoints (default <log-dir>/dagger)")
+    dag.add_argument("--resume", default=None, metavar="OUT_DIR", help="continue a DAgger run after its last round")
+    for name, kwargs in [("--seed", {"type": int, "default": None}), ("--device", {"default": "auto"}),
+                         ("--log-dir", {"default": None}), ("--cache-dir", {"default": None})]:
+        dag.add_argument(name, **kwargs)
+    dag.add_argument("--no-progress", action="store_true")
+    dag.add_argument("--no-preset", action="store_true")
     return parser
 
 
@@ -141,6 +157,29 @@ def _run_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def _run_dagger(args: argparse.Namespace) -> int:
+    from rlox_dp import Trainer
+    from rlox_dp.dagger import DAgger
+
+    progress = not args.no_progress
+    if args.resume:
+        if args.config or args.dagger or args.algorithm or args.env:
+            raise ValueError("--resume continues a DAgger run as configured; drop algorithm, --env, "
+                             "--config and --dagger")
+        dagger = DAgger.resume(args.resume, device=args.device, progress=progress)
+    else:
+        if not args.algorithm or not args.env:
+            raise ValueError("dagger needs an algorithm and --env (or --resume OUT_DIR)")
+        trainer = Trainer(args.algorithm, env=args.env, config=parse_overrides(args.config), demos=args.demos,
+                          seed=args.seed, device=args.device, log_dir=args.log_dir,
+                          cache_dir=args.cache_dir, progress=progress, preset=not args.no_preset)
+        dagger = DAgger(trainer, parse_overrides(args.dagger), out_dir=args.out_dir)
+    for row in dagger.run():
+        print(format_table({k: v for k, v in row.items() if k != "round"}, title=f"DAgger round {row['round']}"))
+    print(f"DAgger run: {dagger.out_dir}")
+    return 0
+
+
 def _run_list() -> int:
     from rlox_dp import available_algorithms
     from rlox_dp.envs.experts import expert_env_ids
@@ -161,9 +200,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "train":
             return _run_train(args)
+        if args.command == "dagger":
+            return _run_dagger(args)
         if args.command == "eval":
             return _run_eval(args)
         return _run_list()
-    except (ValueError, TypeError, KeyError, FileNotFoundError, CheckpointError, NonFiniteLossError) as err:
+    except (ValueError, TypeError, KeyError, FileNotFoundError, FileExistsError, CheckpointError, NonFiniteLossError) as err:
         print(f"rlox-dp: error: {err}", file=sys.stderr)
         return 2

@@ -250,6 +250,18 @@ class Trainer:
                 f"{self.env_id!r} expects {tuple(self.action_space.shape)}"
             )
 
+    def load_demonstrations(self) -> Demonstrations:
+        """The demonstrations given at construction (loaded, or the built-in expert's, cached)."""
+        if isinstance(self._demos_arg, DemonstrationBuffer):
+            raise TypeError("this trainer was given a DemonstrationBuffer, not demonstrations")
+        return self._load_demonstrations()
+
+    def set_demonstrations(self, demos: Demonstrations) -> None:
+        """Train on ``demos`` from the next step on (e.g. DAgger's aggregated data); they are
+        normalized with the policy's existing statistics. Checkpoints then record no demos path."""
+        self._check_demos(demos)
+        self._demos_arg, self.demos_source, self._buffer = demos, None, None
+
     @property
     def buffer(self) -> DemonstrationBuffer:
         """The training windows (built on first use; loads or collects demonstrations)."""

@@ -164,13 +164,15 @@ class BimodalPointExpert:
 
     Implements :class:`rlox_dp.envs.evaluation.EvalPolicy`. Each env's side is drawn with
     probability 1/2 from ``rng`` when its episode starts (after :meth:`reset` for that env), unless
-    ``mode`` fixes it. Below the split point W1 the expert heads for W1 (slowing down on the last
+    ``mode`` fixes it or ties it to the start (``"nearest"``: the side of the start's x, as DAgger's
+    labels from a visited state use, :mod:`rlox_dp.envs.labelling`). Below the split point W1 the expert heads for W1 (slowing down on the last
     step to land on it exactly); above it, for its side's waypoint W2; once the straight segment
     to the goal clears the obstacle by ``visibility_margin`` (in L1 distance), for the goal.
 
     Args:
         rng: generator (or seed) for the per-episode side draws.
-        mode: ``"random"`` (both sides, 50/50), ``"left"`` or ``"right"``.
+        mode: ``"random"`` (both sides, 50/50), ``"left"``, ``"right"`` or ``"nearest"`` (the
+            side of the episode's first position: x < 0 left, x > 0 right, x = 0 drawn 50/50).
         obstacle_size, max_speed: must match the env's.
         split_gap, side_margin, visibility_margin: W1 is ``split_gap`` below the obstacle's
             bottom corner, W2 is ``side_margin`` beside its side corner.
@@ -179,15 +181,15 @@ class BimodalPointExpert:
     def __init__(
         self,
         rng: np.random.Generator | int,
-        mode: Literal["random", "left", "right"] = "random",
+        mode: Literal["random", "left", "right", "nearest"] = "random",
         obstacle_size: float = 0.5,
         max_speed: float = 0.05,
         split_gap: float = 0.1,
         side_margin: float = 0.15,
         visibility_margin: float = 0.1,
     ) -> None:
-        if mode not in ("random", "left", "right"):
-            raise ValueError(f"mode: expected 'random', 'left' or 'right', got {mode!r}")
+        if mode not in ("random", "left", "right", "nearest"):
+            raise ValueError(f"mode: expected 'random', 'left', 'right' or 'nearest', got {mode!r}")
         if not 0 < visibility_margin < side_margin:
             raise ValueError(
                 f"visibility_margin: expected 0 < visibility_margin < side_margin = {side_margin}"
@@ -235,6 +237,11 @@ class BimodalPointExpert:
         if new.any():
             if self.mode == "random":
                 self._sides[new] = self.rng.choice(np.array([-1, 1]), size=int(new.sum()))
+            elif self.mode == "nearest":
+                sides = np.sign(state[new, 0]).astype(np.int64)
+                ties = sides == 0
+                sides[ties] = self.rng.choice(np.array([-1, 1]), size=int(ties.sum()))
+                self._sides[new] = sides
             else:
                 self._sides[new] = 1 if self.mode == "right" else -1
         return self.actions(state, self._sides)

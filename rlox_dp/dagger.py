@@ -1,0 +1,400 @@
+"""DAgger (Ross, Gordon & Bagnell 2011) with the built-in experts, for every registered algorithm.
+
+    trainer = Trainer("diffusion", env="gym_pusht/PushT-v0", demos="pusht.zarr", config={"obs": "keypoints"})
+    DAgger(trainer, {"rounds": 4, "episodes": 50, "steps_per_round": 5000}, out_dir="runs/dagger").run()
+    DAgger.resume("runs/dagger").run()             # after an interruption: continues at the next round
+
+Round 0 trains on the given demonstrations (``initial_steps``). Each round ``r = 1..rounds`` then
+
+1. rolls out ``episodes`` episodes (reset seeds ``first_seed + (r-1) * episodes + j``, disjoint
+   from the evaluation seeds) with a mixture of the policy and the expert: at every
+   ``label_every``-th step (default: the policy's ``n_action_steps``, where it replans) the
+   simulator state is captured and labelled by the expert (:mod:`rlox_dp.envs.labelling`: its
+   next ``label_horizon`` actions from that state, default the policy's ``horizon``); with
+   probability ``beta_r = beta * beta_decay ** (r - 1)`` the env then executes the expert's
+   label for the next ``label_every`` steps instead of the policy's actions (the policy still
+   sees every observation, so its queues stay in step);
+2. turns every label into a new episode, aggregated with all earlier ones: the ``n_obs_steps - 1``
+   steps before the labelled state as visited (observations and executed actions), then the
+   expert's chunk from the state (its observations and actions), so the training window that
+   starts there holds exactly the observations the policy saw and the expert's actions from that
+   state, and later windows follow the expert's own trajectory;
+3. trains ``steps_per_round`` more gradient steps on demonstrations + all labelled episodes
+   (normalized with the statistics of the round-0 data), evaluates, and saves.
+
+``out_dir`` holds ``dagger.json`` (config, per-round history with the labelling cost), the
+labelled episodes ``labelled.zarr`` (zarr replay-buffer layout; PushT: the human dataset's layout,
+``data/state`` ``(N, 5)``, so ``load_pusht_demonstrations`` reads it; every env: ``data/sim_state``
+and per-episode provenance in the ``metadata`` attribute: source ``"expert_labelled"``, round,
+rollout seed, step, whether the expert drove) and ``checkpoints/round_<r>.safetensors``. Resuming
+from round ``r`` gives the same result as an uninterrupted run: every round seeds its rollouts and
+labels from (seed, round), and the training RNG states are in the checkpoint.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from rlox_dp.buffers import Demonstrations
+from rlox_dp.buffers.loaders import load_demonstrations, save_demonstrations
+from rlox_dp.checkpoint import atomic_write_bytes
+from rlox_dp.config import Config, ConfigError
+from rlox_dp.envs.factory import make_env
+from rlox_dp.envs.labelling import ExpertLabeller, LabellingError, get_labeller, pusht_raw_state
+from rlox_dp.envs.pusht import PUSHT_ENV_ID, block_keypoints, load_pusht_demonstrations
+from rlox_dp.trainer import Trainer
+
+__all__ = ["DAgger", "DAggerConfig", "aggregate", "labelled_episodes"]
+
+logger = logging.getLogger("rlox_dp")
+STATE_FILE, LABELLED_FILE, BASE_FILE = "dagger.json", "labelled.zarr", "base_demos.npz"
+
+
+@dataclasses.dataclass
+class DAggerConfig(Config):
+    """DAgger settings (see the module docstring).
+
+    Attributes:
+        rounds: rollout/label/train rounds after round 0.
+        episodes: rollout episodes per round.
+        steps_per_round: gradient steps after each aggregation.
+        initial_steps: gradient steps on the given demonstrations before round 1 (None: the
+            trainer's ``total_steps``; a trainer already past it is not trained further).
+        beta, beta_decay: the expert drives a labelled chunk with probability
+            ``beta * beta_decay ** (r - 1)`` in round ``r``.
+        label_every: label every this many steps of a rollout (None: ``n_action_steps``).
+        label_horizon: expert actions per label (None: the policy's ``horizon``).
+        n_envs: envs rolled out in lockstep.
+        max_episode_steps: time limit of the rollouts (None: the env's own).
+        first_seed: reset seed of the first rollout episode.
+        evaluate: evaluate after every round (the trainer's protocol: ``n_eval_episodes`` ...).
+    """
+
+    rounds: int = 4
+    episodes: int = 50
+    steps_per_round: int = 5000
+    initial_steps: int | None = None
+    beta: float = 0.5
+    beta_decay: float = 0.5
+    label_every: int | None = None
+    label_horizon: int | None = None
+    n_envs: int = 8
+    max_episode_steps: int | None = None
+    first_seed: int = 200_000
+    evaluate: bool = True
+
+    def validate(self) -> None:
+        """Ranges of every field."""
+        for name in ("rounds", "episodes", "n_envs"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"config field {name!r} must be >= 1, got {getattr(self, name)}")
+        for name in ("steps_per_round", "initial_steps", "first_seed"):
+            if getattr(self, name) is not None and getattr(self, name) < 0:
+                raise ConfigError(f"config field {name!r} must be >= 0, got {getattr(self, name)}")
+        for name in ("label_every", "label_horizon", "max_episode_steps"):
+            if getattr(self, name) is not None and getattr(self, name) < 1:
+                raise ConfigError(f"config field {name!r} must be >= 1 or None, got {getattr(self, name)}")
+        for name in ("beta", "beta_decay"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ConfigError(f"config field {name!r} must be in [0, 1], got {getattr(self, name)}")
+
+
+class _Rollout:
+    """One rollout episode: what was observed and executed, and the labels taken on the way."""
+
+    def __init__(self, seed: int) -> None:
+        self.seed = seed
+        self.obs: list[dict[str, np.ndarray]] = []
+        self.actions: list[np.ndarray] = []
+        self.sim_states: list[np.ndarray] = []
+        self.labels: list[tuple[int, Any, bool]] = []  # (step, ExpertChunk, expert drove)
+        self.plan: np.ndarray | None = None  # the expert's actions being executed
+        self.plan_start = 0
+
+    @property
+    def t(self) -> int:
+        return len(self.actions)
+
+
+def labelled_episodes(rollout: _Rollout, n_obs_steps: int, round_index: int) -> list[dict[str, Any]]:
+    """Each label of ``rollout`` as an episode: the ``n_obs_steps - 1`` visited steps before the
+    labelled state, then the expert's chunk (observations ``(L, ...)``, actions ``(L, D_act)``,
+    sim states ``(L, D_state)``), with its provenance."""
+    def before(items: list[np.ndarray], past: range, like: np.ndarray) -> np.ndarray:
+        """The visited entries at steps ``past`` stacked like ``like`` ``(L, ...)``, then ``like``."""
+        head = np.stack([items[i] for i in past]) if len(past) else np.empty((0, *like.shape[1:]))
+        return np.concatenate([head.astype(like.dtype), like])
+
+    episodes = []
+    for t, chunk, drove in rollout.labels:
+        past = range(max(0, t - (n_obs_steps - 1)), t)
+        episodes.append({
+            "obs": {k: before([o[k] for o in rollout.obs], past, v) for k, v in chunk.observations.items()},
+            "action": before(rollout.actions, past, chunk.actions),
+            "sim_state": before(rollout.sim_states, past, chunk.sim_states),
+            "provenance": {"source": "expert_labelled", "round": round_index, "rollout_seed": rollout.seed,
+                           "step": t, "expert_drove": drove, "label_length": len(chunk.actions)},
+        })
+    return episodes
+
+
+def _episodes_to_demonstrations(episodes: list[dict[str, Any]], env_id: str) -> Demonstrations:
+    """Labelled episodes -> :class:`Demonstrations` in the env's dataset layout (module docstring)."""
+    sim = np.concatenate([e["sim_state"] for e in episodes])
+    if env_id == PUSHT_ENV_ID:
+        raw = pusht_raw_state(sim)
+        observations = {"state": raw, "keypoint": block_keypoints(raw[:, 2:5]).astype(np.float32)}
+        if "image" in episodes[0]["obs"]:
+            images = np.concatenate([e["obs"]["image"] for e in episodes])
+            observations["img"] = np.moveaxis(images, 1, -1).astype(np.float32)
+    else:
+        observations = {k: np.concatenate([e["obs"][k] for e in episodes]) for k in episodes[0]["obs"]}
+    observations["sim_state"] = sim
+    lengths = [len(e["action"]) for e in episodes]
+    return Demonstrations(
+        observations=observations, actions=np.concatenate([e["action"] for e in episodes]),
+        episode_ends=np.cumsum(lengths).astype(np.int64),
+        metadata={"source": "dagger", "env_id": env_id,
+                  "provenance": [e["provenance"] for e in episodes]},
+    )
+
+
+def _rounds_prefix(demos: Demonstrations, max_round: int) -> Demonstrations | None:
+    """The episodes of rounds ``<= max_round`` (stored in round order: a prefix), None if none."""
+    n = sum(p["round"] <= max_round for p in demos.metadata["provenance"])
+    if n == 0:
+        return None
+    end = int(demos.episode_ends[n - 1])
+    return Demonstrations(observations={k: v[:end] for k, v in demos.observations.items()},
+                          actions=demos.actions[:end], episode_ends=demos.episode_ends[:n],
+                          metadata={**demos.metadata, "provenance": demos.metadata["provenance"][:n]})
+
+
+def _concat(parts: list[Demonstrations], metadata: dict[str, Any]) -> Demonstrations:
+    """Episodes of ``parts`` one after the other (the observation keys of ``parts[0]``)."""
+    offsets = np.cumsum([0] + [p.n_steps for p in parts[:-1]])
+    return Demonstrations(
+        observations={k: np.concatenate([p.observations[k] for p in parts]) for k in parts[0].observations},
+        actions=np.concatenate([p.actions for p in parts]),
+        episode_ends=np.concatenate([o + p.episode_ends for o, p in zip(offsets, parts, strict=True)]),
+        metadata=metadata,
+    )
+
+
+def _load_labelled(path: Path, trainer: Trainer, max_round: int) -> Demonstrations | None:
+    """The labelled episodes of rounds ``<= max_round`` in ``path``, as the trainer observes them."""
+    if not path.exists():
+        return None
+    if trainer.env_id == PUSHT_ENV_ID:
+        demos = load_pusht_demonstrations(path, trainer.env_kwargs.get("obs_mode", "keypoints"))
+    else:
+        demos = load_demonstrations(path, obs_keys=list(trainer.observation_space.spaces))
+    return _rounds_prefix(demos, max_round)
+
+
+def aggregate(base: Demonstrations, labelled: Demonstrations | None, base_source: str) -> Demonstrations:
+    """``base`` then ``labelled`` episodes; ``metadata["provenance"]`` has one entry per episode
+    (``{"source": base_source, "round": 0}`` for the base episodes, the labelled ones' own)."""
+    provenance = [{"source": base_source, "round": 0}] * base.n_episodes
+    if labelled is not None:
+        provenance += list(labelled.metadata["provenance"])
+    return _concat([base] + ([labelled] if labelled is not None else []),
+                   {**base.metadata, "provenance": provenance})
+
+
+class DAgger:
+    """DAgger rounds around a :class:`~rlox_dp.trainer.Trainer` (module docstring).
+
+    Args:
+        trainer: built with the demonstrations to start from (a path, ``Demonstrations`` or the
+            built-in expert's); its env needs an expert that can label states.
+        config: :class:`DAggerConfig` or a dict of its fields.
+        out_dir: where rounds are saved (default ``<trainer.log_dir>/dagger``).
+        labeller: label with this :class:`~rlox_dp.envs.labelling.ExpertLabeller` (default:
+            :func:`~rlox_dp.envs.labelling.get_labeller` for the trainer's env).
+    """
+
+    def __init__(self, trainer: Trainer, config: DAggerConfig | Mapping[str, Any] | None = None, *,
+                 out_dir: str | os.PathLike | None = None, labeller: ExpertLabeller | None = None,
+                 _state: dict[str, Any] | None = None) -> None:
+        self.trainer = trainer
+        self.config = config if isinstance(config, DAggerConfig) else DAggerConfig.from_dict(config or {})
+        cfg, policy_cfg = self.config, trainer.config
+        self.label_every = cfg.label_every or policy_cfg.n_action_steps
+        self.label_horizon = cfg.label_horizon or policy_cfg.horizon
+        self.out_dir = Path(out_dir) if out_dir is not None else Path(trainer.log_dir) / "dagger"
+        self.labeller = labeller or get_labeller(
+            trainer.env_id, self.label_horizon, env_kwargs=trainer.env_kwargs,
+            cache_dir=trainer.cache_dir, progress=trainer.progress)
+        if self.labeller.horizon != self.label_horizon:
+            raise ValueError(f"labeller: its horizon {self.labeller.horizon} differs from the label "
+                             f"horizon {self.label_horizon}")
+        self.base = trainer.load_demonstrations()
+        if _state is None and (self.out_dir / STATE_FILE).exists():
+            raise FileExistsError(f"out_dir {str(self.out_dir)!r} holds a DAgger run; continue it with "
+                                  "DAgger.resume(out_dir) or choose another out_dir")
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        self.state = _state or {"completed_round": -1, "history": [], **self._describe_base(self.base)}
+        self.labelled = _load_labelled(self.out_dir / LABELLED_FILE, trainer, self.state["completed_round"])
+
+    def _describe_base(self, base: Demonstrations) -> dict[str, Any]:
+        """Where the round-0 demonstrations come from, so that :meth:`resume` finds them again."""
+        source = self.trainer.demos_source
+        kind = "expert" if base.metadata.get("source") in ("expert", "rollout", "pusht_mpc_expert") else "human"
+        if source is None:  # in memory or the built-in expert's: keep a copy with the run
+            save_demonstrations(base, self.out_dir / BASE_FILE, overwrite=True)
+        return {"base_demos": str(source) if source is not None else None, "base_source": kind,
+                "config": self.config.to_dict(), "cache_dir": str(self.trainer.cache_dir or "") or None}
+
+    @classmethod
+    def resume(cls, out_dir: str | os.PathLike, *, device: str = "auto", progress: bool = True,
+               labeller: ExpertLabeller | None = None) -> DAgger:
+        """Continue the DAgger run saved in ``out_dir`` after its last completed round."""
+        out_dir = Path(out_dir)
+        state = json.loads((out_dir / STATE_FILE).read_text())
+        r = state["completed_round"]
+        demos = state["base_demos"] or load_demonstrations(out_dir / BASE_FILE)
+        trainer = Trainer.load(out_dir / "checkpoints" / f"round_{r:02d}.safetensors", demos=demos,
+                               device=device, cache_dir=state["cache_dir"], progress=progress)
+        return cls(trainer, DAggerConfig.from_dict(state["config"]), out_dir=out_dir, labeller=labeller,
+                   _state=state)
+
+    def beta(self, round_index: int) -> float:
+        """Probability that the expert drives a labelled chunk in round ``round_index`` (>= 1)."""
+        return self.config.beta * self.config.beta_decay ** (round_index - 1)
+
+    def run(self) -> list[dict[str, float]]:
+        """Train round 0 (if not done) and the remaining rounds; returns the per-round history."""
+        cfg = self.config
+        if self.state["completed_round"] < 0:
+            steps = cfg.initial_steps if cfg.initial_steps is not None else self.trainer.config.total_steps
+            self.trainer.set_demonstrations(aggregate(self.base, None, self.state["base_source"]))
+            self._train_and_save(0, max(steps, self.trainer.state.step), {"beta": 1.0})
+        for r in range(self.state["completed_round"] + 1, cfg.rounds + 1):
+            stats = self._collect(r)
+            data = aggregate(self.base, self.labelled, self.state["base_source"])
+            self.trainer.set_demonstrations(data)
+            stats["demo_episodes"] = data.n_episodes
+            self._train_and_save(r, self.trainer.state.step + cfg.steps_per_round, stats)
+        return self.state["history"]
+
+    def _train_and_save(self, r: int, total_steps: int, stats: dict[str, Any]) -> None:
+        cpu = time.process_time()
+        metrics = self.trainer.train(total_steps, evaluate=self.config.evaluate) if total_steps > self.trainer.state.step else {}
+        row = {"round": r, **stats, "step": self.trainer.state.step,
+               "train_cpu_s": time.process_time() - cpu,
+               **{k: v for k, v in metrics.items() if k.startswith("eval/") or k == "loss"}}
+        self.trainer.save(self.out_dir / "checkpoints" / f"round_{r:02d}.safetensors")
+        self.state["completed_round"] = r
+        self.state["history"].append(row)
+        atomic_write_bytes(self.out_dir / STATE_FILE, json.dumps(self.state, indent=1).encode())
+        logger.info("DAgger round %d: %s", r, ", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}"
+                                                        for k, v in row.items() if k != "round"))
+
+    def _collect(self, r: int) -> dict[str, float]:
+        """Round ``r``'s mixture rollouts and labels; appends them to :attr:`labelled` and saves."""
+        cfg, trainer = self.config, self.trainer
+        seeds = [cfg.first_seed + (r - 1) * cfg.episodes + j for j in range(cfg.episodes)]
+        beta, rng = self.beta(r), np.random.default_rng([trainer.seed, r])
+        torch.manual_seed(int(np.random.SeedSequence([trainer.seed, r]).generate_state(1)[0]))
+        policy = trainer.eval_policy
+        was_training = policy.training
+        policy.eval()
+        envs = [make_env(trainer.env_id, env_kwargs=trainer.env_kwargs, max_episode_steps=cfg.max_episode_steps)
+                for _ in range(min(cfg.n_envs, len(seeds)))]
+        pending, done = iter(seeds), []
+        running: list[_Rollout | None] = [None] * len(envs)
+        obs: list[dict[str, np.ndarray]] = [{}] * len(envs)
+        cost = {"label_cpu_s": 0.0, "label_wall_s": 0.0, "labels": 0, "label_steps": 0}
+        start_cpu, calls = time.process_time(), 0
+        bar = tqdm(total=len(seeds), desc=f"DAgger round {r}/{cfg.rounds} (beta {beta:.2f})",
+                   disable=not trainer.progress, dynamic_ncols=True, leave=False)
+        try:
+            for i, env in enumerate(envs):
+                running[i] = _Rollout(next(pending))
+                obs[i], _ = env.reset(seed=running[i].seed)
+            policy.reset(None)
+            while any(e is not None for e in running):
+                actions = policy.select_action({k: np.stack([o[k] for o in obs]) for k in obs[0]})
+                due = [i for i, e in enumerate(running) if e is not None and e.t % self.label_every == 0]
+                if due:
+                    calls += 1
+                    self._label(r, calls, [envs[i] for i in due], [obs[i] for i in due],
+                                [running[i] for i in due], rng, beta, cost)
+                reset = np.zeros(len(envs), dtype=bool)
+                for i, (env, ep) in enumerate(zip(envs, running, strict=True)):
+                    if ep is None:
+                        continue
+                    k = ep.t - ep.plan_start
+                    action = ep.plan[k] if ep.plan is not None and k < len(ep.plan) else actions[i]
+                    ep.obs.append(obs[i])
+                    ep.sim_states.append(self.labeller.capture(env))
+                    ep.actions.append(np.asarray(action, dtype=env.action_space.dtype))
+                    obs[i], _, terminated, truncated, _ = env.step(ep.actions[-1])
+                    if terminated or truncated:
+                        done.append(ep)
+                        bar.update(1)
+                        seed = next(pending, None)
+                        running[i] = None if seed is None else _Rollout(seed)
+                        if seed is not None:
+                            obs[i], _ = env.reset(seed=seed)
+                            reset[i] = True
+                if reset.any():
+                    policy.reset(reset)
+        finally:
+            bar.close()
+            for env in envs:
+                env.close()
+            policy.reset()
+            policy.train(was_training)
+        episodes = [e for ep in sorted(done, key=lambda e: e.seed)
+                    for e in labelled_episodes(ep, trainer.config.n_obs_steps, r)]
+        self._save_labelled(episodes)
+        steps = sum(ep.t for ep in done)
+        return {"beta": beta, "episodes": len(done), "env_steps": steps,
+                "expert_driven_steps": sum(min(self.label_every, len(c.actions)) for ep in done for _, c, d in ep.labels if d),
+                **cost, "rollout_cpu_s": time.process_time() - start_cpu - cost["label_cpu_s"]}
+
+    def _label(self, r: int, call: int, envs: list, obs: list, rollouts: list[_Rollout],
+               rng: np.random.Generator, beta: float, cost: dict[str, float]) -> None:
+        """Label the current states of ``envs``; start the expert's plan where it drives."""
+        states = np.stack([self.labeller.capture(env) for env in envs])
+        cpu, wall = time.process_time(), time.perf_counter()
+        chunks = self.labeller.label(states, seed=int(np.random.SeedSequence([self.trainer.seed, r, call]).generate_state(1)[0]))
+        cost["label_cpu_s"] += time.process_time() - cpu
+        cost["label_wall_s"] += time.perf_counter() - wall
+        for o, ep, chunk in zip(obs, rollouts, chunks, strict=True):
+            for key, value in o.items():
+                if not np.array_equal(chunk.observations[key][0], value):
+                    raise LabellingError(
+                        f"env {self.trainer.env_id!r}: restoring a captured state did not reproduce the "
+                        f"observation {key!r} (seed {ep.seed}, step {ep.t}); its state access is incomplete")
+            drove = bool(rng.random() < beta)
+            ep.labels.append((ep.t, chunk, drove))
+            ep.plan, ep.plan_start = (chunk.actions[: self.label_every] if drove else None), ep.t
+            cost["labels"] += 1
+            cost["label_steps"] += len(chunk.actions)
+
+    def _save_labelled(self, episodes: list[dict[str, Any]]) -> None:
+        """Append ``episodes`` to ``labelled.zarr`` (atomically) and reload all of them from it,
+        so that a resumed run trains on bit-identical data."""
+        if episodes:
+            new = _episodes_to_demonstrations(episodes, self.trainer.env_id)
+            path = self.out_dir / LABELLED_FILE
+            old = _rounds_prefix(load_demonstrations(path), self.state["completed_round"]) if path.exists() else None
+            if old is not None:
+                new = _concat([old, new], {**new.metadata, "provenance": old.metadata["provenance"]
+                                           + new.metadata["provenance"]})
+            save_demonstrations(new, path, overwrite=True)
+        self.labelled = _load_labelled(self.out_dir / LABELLED_FILE, self.trainer, self.state["completed_round"] + 1)

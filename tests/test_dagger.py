@@ -1,0 +1,171 @@
+"""DAgger (rlox_dp.dagger): labelled episodes, provenance, resume between rounds, clear errors."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+
+import numpy as np
+import pytest
+import torch
+from conftest import TINY
+
+from rlox_dp import ConfigError, Demonstrations, Trainer
+from rlox_dp.buffers import load_demonstrations, save_demonstrations
+from rlox_dp.cli import main
+from rlox_dp.dagger import DAgger, DAggerConfig
+from rlox_dp.envs import BIMODAL_ENV_ID, BimodalPointExpert, collect_demonstrations
+from rlox_dp.envs.labelling import STATE_ACCESS, LabellingError, StateAccess, get_labeller
+
+ROUNDS = {"rounds": 2, "episodes": 3, "steps_per_round": 4, "initial_steps": 4, "n_envs": 2}
+
+
+@pytest.fixture(scope="module")
+def bimodal_demos() -> Demonstrations:
+    return collect_demonstrations(BIMODAL_ENV_ID, BimodalPointExpert(0), n_episodes=4, seed=10_000)
+
+
+def make_trainer(demos, tmp_path, algorithm="bc_chunk", name="run"):
+    return Trainer(algorithm, env=BIMODAL_ENV_ID, demos=demos, config=TINY[algorithm], seed=0,
+                   log_dir=tmp_path / name, progress=False)
+
+
+@pytest.mark.parametrize("algorithm", sorted(TINY))
+def test_every_algorithm_aggregates_labelled_episodes_with_provenance(algorithm, bimodal_demos, tmp_path):
+    trainer = make_trainer(bimodal_demos, tmp_path, algorithm)
+    dagger = DAgger(trainer, ROUNDS, out_dir=tmp_path / "dagger")
+    history = dagger.run()
+    assert [row["round"] for row in history] == [0, 1, 2]
+    assert trainer.state.step == 4 + 2 * 4
+    assert [row["beta"] for row in history[1:]] == [0.5, 0.25]
+    labels = sum(row["labels"] for row in history[1:])
+    assert labels > 0 and all(row["label_cpu_s"] >= 0 and row["episodes"] == 3 for row in history[1:])
+
+    stored = load_demonstrations(tmp_path / "dagger" / "labelled.zarr")
+    provenance = stored.metadata["provenance"]
+    assert len(provenance) == stored.n_episodes == labels
+    assert {p["source"] for p in provenance} == {"expert_labelled"}
+    assert [p["round"] for p in provenance] == sorted(p["round"] for p in provenance)
+    assert {p["round"] for p in provenance} == {1, 2}
+    aggregated = trainer.load_demonstrations()  # what the trainer trains on now
+    assert aggregated.n_episodes == bimodal_demos.n_episodes + labels
+    assert aggregated.metadata["provenance"][0] == {"source": "expert", "round": 0}
+
+    # each labelled episode: the visited step(s) before the state, then what the expert does there
+    to = trainer.config.n_obs_steps
+    labeller = get_labeller(BIMODAL_ENV_ID, dagger.label_horizon)
+    starts = np.concatenate([[0], stored.episode_ends[:-1]])
+    for e in range(0, stored.n_episodes, 7):
+        p = provenance[e]
+        head = min(p["step"], to - 1)
+        begin, end = starts[e] + head, stored.episode_ends[e]
+        assert end - begin == p["label_length"]
+        chunk = labeller.label(stored.observations["sim_state"][begin][None])[0]
+        np.testing.assert_array_equal(stored.actions[begin:end], chunk.actions)
+        np.testing.assert_array_equal(stored.observations["state"][begin:end], chunk.observations["state"])
+
+
+def test_resume_between_rounds_equals_an_uninterrupted_run(bimodal_demos, tmp_path, monkeypatch):
+    config = {**ROUNDS, "beta": 0.7, "episodes": 2, "evaluate": False}
+    straight = make_trainer(bimodal_demos, tmp_path, "diffusion", "a")
+    history = DAgger(straight, config, out_dir=tmp_path / "a_dagger").run()
+
+    interrupted = make_trainer(bimodal_demos, tmp_path, "diffusion", "b")
+    original = DAgger._collect
+
+    def stop_in_round_2(self, r):
+        if r == 2:
+            raise KeyboardInterrupt
+        return original(self, r)
+
+    monkeypatch.setattr(DAgger, "_collect", stop_in_round_2)
+    with pytest.raises(KeyboardInterrupt):
+        DAgger(interrupted, config, out_dir=tmp_path / "b_dagger").run()
+    monkeypatch.setattr(DAgger, "_collect", original)
+    assert json.loads((tmp_path / "b_dagger" / "dagger.json").read_text())["completed_round"] == 1
+
+    resumed = DAgger.resume(tmp_path / "b_dagger", progress=False)
+    resumed_history = resumed.run()
+    final_a, final_b = straight.policy.state_dict(), resumed.trainer.policy.state_dict()
+    assert all(torch.equal(final_a[k], final_b[k]) for k in final_a)
+    untimed = lambda rows: [{k: v for k, v in r.items() if not k.endswith("_s") and "per_s" not in k}  # noqa: E731
+                            for r in rows]
+    assert untimed(resumed_history) == untimed(history)
+    a = load_demonstrations(tmp_path / "a_dagger" / "labelled.zarr")
+    b = load_demonstrations(tmp_path / "b_dagger" / "labelled.zarr")
+    np.testing.assert_array_equal(a.actions, b.actions)
+    np.testing.assert_array_equal(a.observations["sim_state"], b.observations["sim_state"])
+    assert a.metadata["provenance"] == b.metadata["provenance"]
+    assert resumed.run() == resumed_history  # nothing left to do
+
+
+def test_pusht_round_writes_the_human_dataset_layout(tmp_path):
+    """PushT: labelled episodes are stored like the human zarr (data/state (N, 5)), so the PushT
+    loader gives back exactly the keypoint observations the policy saw."""
+    from rlox_dp.envs.labelling import PushTMPCLabeller
+    from rlox_dp.envs.pusht import load_pusht_demonstrations
+    from rlox_dp.envs.pusht_expert import PushTMPCConfig
+
+    rng = np.random.default_rng(0)
+    fake = Demonstrations(observations={"state": rng.uniform(50, 450, (60, 20)).astype(np.float32)},
+                          actions=rng.uniform(50, 450, (60, 2)).astype(np.float32),
+                          episode_ends=np.array([30, 60]))
+    trainer = Trainer("bc_chunk", env="gym_pusht/PushT-v0", demos=fake, config={**TINY["bc_chunk"], "obs": "keypoints"},
+                      log_dir=tmp_path / "run", progress=False)
+    labeller = PushTMPCLabeller(8, {"obs_mode": "keypoints"},
+                                PushTMPCConfig(horizon=4, n_knots=2, n_samples=8, n_iterations=1, n_elites=2))
+    dagger = DAgger(trainer, {"rounds": 1, "episodes": 1, "steps_per_round": 2, "initial_steps": 2,
+                              "max_episode_steps": 12, "evaluate": False},
+                    out_dir=tmp_path / "dagger", labeller=labeller)
+    history = dagger.run()
+    assert history[1]["labels"] == 3 and history[1]["env_steps"] == 12
+    raw = load_demonstrations(tmp_path / "dagger" / "labelled.zarr")
+    assert raw.observations["state"].shape[1] == 5 and raw.observations["state"].dtype == np.float64
+    loaded = load_pusht_demonstrations(tmp_path / "dagger" / "labelled.zarr", "keypoints")
+    np.testing.assert_array_equal(loaded.observations["state"], dagger.labelled.observations["state"])
+    np.testing.assert_array_equal(loaded.actions, dagger.labelled.actions)
+
+
+def test_clear_errors(bimodal_demos, tmp_path):
+    with pytest.raises(ConfigError, match="'beta' must be in"):
+        DAggerConfig(beta=1.5)
+    with pytest.raises(ConfigError, match="Did you mean 'rounds'"):
+        DAggerConfig.from_dict({"round": 3})
+    trainer = make_trainer(bimodal_demos, tmp_path)
+    DAgger(trainer, {**ROUNDS, "rounds": 1, "steps_per_round": 0}, out_dir=tmp_path / "d").run()
+    with pytest.raises(FileExistsError, match="DAgger.resume"):
+        DAgger(trainer, ROUNDS, out_dir=tmp_path / "d")
+
+    # a restore that is not exact is caught by comparing the restored observation
+    labeller = get_labeller(BIMODAL_ENV_ID, 8)
+    exact = STATE_ACCESS[BIMODAL_ENV_ID]
+    labeller.access = StateAccess(exact.capture, lambda env, s: exact.restore(env, s + 1e-3), exact.observe)
+    with pytest.raises(LabellingError, match="did not reproduce the observation 'state'"):
+        DAgger(make_trainer(bimodal_demos, tmp_path, name="other"), ROUNDS, out_dir=tmp_path / "e",
+               labeller=labeller).run()
+
+
+@pytest.mark.skipif(importlib.util.find_spec("mujoco") is None, reason="needs mujoco")
+def test_env_without_expert_is_refused(tmp_path):
+    rng = np.random.default_rng(0)
+    demos = Demonstrations(observations={"state": rng.normal(size=(40, 4))},
+                           actions=rng.uniform(-1, 1, (40, 1)).astype(np.float32), episode_ends=np.array([40]))
+    trainer = Trainer("bc", env="InvertedPendulum-v5", demos=demos, config=TINY["bc"], log_dir=tmp_path / "r",
+                      progress=False)
+    with pytest.raises(LabellingError, match="'InvertedPendulum-v5' has no expert that can label"):
+        DAgger(trainer, ROUNDS)
+
+
+def test_cli_dagger_and_resume(bimodal_demos, tmp_path, capsys):
+    demos = save_demonstrations(bimodal_demos, tmp_path / "demos.npz")
+    tiny = [f"{k}={','.join(map(str, v)) if isinstance(v, (list, tuple)) else v}" for k, v in TINY["bc"].items()]
+    args = ["dagger", "bc", "--env", BIMODAL_ENV_ID, "--demos", str(demos), "--config", *tiny,
+            "--dagger", "rounds=1", "episodes=2", "steps_per_round=3", "initial_steps=3",
+            "--log-dir", str(tmp_path / "run"), "--out-dir", str(tmp_path / "dag"), "--no-progress"]
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert "DAgger round 1" in out and "label_cpu_s" in out
+    assert main(["dagger", "--resume", str(tmp_path / "dag"), "--no-progress"]) == 0
+    assert main(["dagger", "--resume", str(tmp_path / "dag"), "--dagger", "rounds=3"]) == 2
+    assert "--resume continues" in capsys.readouterr().err
+    assert main(args) == 2  # the out dir holds a run
