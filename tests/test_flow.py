@@ -135,10 +135,8 @@ def test_registered_config_and_inference_settings() -> None:
         policy.configure_inference(num_inference_steps=101)
 
 
-def test_training_reduces_the_loss_and_checkpoint_round_trip(tmp_path) -> None:
-    config = {**FLOW_TINY, "lr": 3e-3, "total_steps": 60, "use_ema": False}
-    trainer = Trainer("flow", env="Pendulum-v1", config=config, demos=pendulum_demos(), seed=0,
-                      device="cpu", log_dir=tmp_path / "run", progress=False, preset=False)
+def loss_before_and_after_training(trainer: Trainer) -> tuple[float, float]:
+    """The policy's loss on one fixed batch and noise, before and after ``trainer.train()``."""
     batch = trainer.buffer.sample(128, generator=torch.Generator().manual_seed(1))
 
     def fixed_loss() -> float:
@@ -147,7 +145,14 @@ def test_training_reduces_the_loss_and_checkpoint_round_trip(tmp_path) -> None:
 
     before = fixed_loss()
     trainer.train(evaluate=False)
-    after = fixed_loss()
+    return before, fixed_loss()
+
+
+def test_training_reduces_the_loss_and_checkpoint_round_trip(tmp_path) -> None:
+    config = {**FLOW_TINY, "lr": 3e-3, "total_steps": 60, "use_ema": False}
+    trainer = Trainer("flow", env="Pendulum-v1", config=config, demos=pendulum_demos(), seed=0,
+                      device="cpu", log_dir=tmp_path / "run", progress=False, preset=False)
+    before, after = loss_before_and_after_training(trainer)
     assert after < 0.7 * before, (before, after)
     path = trainer.save(tmp_path / "flow.safetensors")
     loaded = Trainer.load(path, device="cpu", progress=False)

@@ -8,6 +8,7 @@ from rlox_dp.algorithms.base import (
     register_algorithm,
 )
 from rlox_dp.algorithms.bc import BCChunkConfig, BCChunkPolicy, BCConfig, BCPolicy
+from rlox_dp.algorithms.consistency import ConsistencyConfig, ConsistencyPolicy
 from rlox_dp.algorithms.diffusion import DiffusionConfig, DiffusionPolicy
 from rlox_dp.algorithms.flow import FlowConfig, FlowPolicy
 
@@ -18,6 +19,8 @@ __all__ = [
     "BCChunkPolicy",
     "BCConfig",
     "BCPolicy",
+    "ConsistencyConfig",
+    "ConsistencyPolicy",
     "DiffusionConfig",
     "DiffusionPolicy",
     "FlowConfig",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from rlox_dp.diffusion.consistency_sampler import ConsistencySampler
 from rlox_dp.diffusion.dpm_solver import DPMSolverMultistepSampler
 from rlox_dp.diffusion.samplers import (
     SAMPLERS,
@@ -21,6 +22,7 @@ from rlox_dp.diffusion.schedules import (
 )
 
 __all__ = [
+    "ConsistencySampler",
     "PRIOR_MISMATCH_THRESHOLD",
     "SAMPLERS",
     "SCHEDULES",

@@ -1,0 +1,291 @@
+"""Consistency distillation of a trained Diffusion Policy: algorithm ``"consistency"``.
+
+    Trainer("consistency", env=..., config={"teacher": "runs/.../last.safetensors"}).train()
+
+After Consistency Policy (Prasad et al., RSS 2024), which distills a Diffusion Policy teacher into
+a student that acts in 1-3 network evaluations. The student ``f(x_t, t)`` predicts the clean chunk
+(x0 parametrization) and is trained so that ``f`` is constant along the teacher's
+probability-flow ODE trajectories (Song et al. 2023, consistency distillation):
+
+    t ~ U{0..T-1},  s = t - distillation_stride  (s < 0: the clean end),
+    x_t = sqrt(ab_t) a + sqrt(1 - ab_t) eps,
+    x_s = one DDIM (eta 0) step of the frozen teacher from x_t to s  (x_s = teacher's x0 if s < 0),
+    L   = ||f(x_t, t) - sg f(x_s, s)||^2  +  dsm_weight ||f(x_t, t) - a||^2
+
+(``sg``: stop-gradient; both terms mean squared errors over real, unpadded actions). Sampling
+is multistep consistency sampling (:class:`~rlox_dp.diffusion.ConsistencySampler`) with
+``num_inference_steps`` evaluations, set at inference like Diffusion Policy's.
+
+What follows Consistency Policy: the teacher is a trained Diffusion Policy checkpoint and the
+student keeps its windows, network, noise schedule and normalization (a mismatch is a clear
+error) and is warm-started from its weights (the repo's strong recommendation); the consistency
+target is the online student with stop-gradient (their ``initial_ema_decay = 0``, as in improved
+consistency training) rather than a slow EMA; a denoising (DSM) term is added to the consistency
+term (their Eq. 8 with both weights 1 by default); the initial sample variance can be reduced
+(``init_noise_scale``; they start from ``N(0, I)`` instead of ``N(0, 80^2 I)``, which in this
+variance-preserving parametrization is a scale of about 1/80); chaining timesteps are an even
+partition of the schedule (their ``chaining_times = ['D', 27, 54]`` of 80 bins).
+
+Where it differs: the objective is consistency distillation (CD) with ``f(x_t, t)``, not their
+consistency-trajectory (CTM) objective with a two-time network ``G(x_t, t, s)`` (that would need
+new denoiser inputs); the teacher is this library's discrete-time VP diffusion (any
+``prediction_type``), not an EDM model, and its ODE step is DDIM (first order) instead of Heun;
+the boundary ``f(x, clean) = x`` is imposed through the ``s < 0`` training pairs (target: the
+teacher's clean estimate) and the DSM term, not through EDM's skip scalings; the DSM term uses
+the same noisy sample as the consistency term (no second forward pass).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+from typing import Any, ClassVar, Literal
+
+import gymnasium as gym
+import torch
+
+from rlox_dp.algorithms.base import AlgorithmConfig, register_algorithm
+from rlox_dp.algorithms.bc import masked_mse
+from rlox_dp.algorithms.diffusion import DiffusionConfig, DiffusionPolicy
+from rlox_dp.algorithms.flow import global_batch_draws
+from rlox_dp.buffers import Batch, Normalizer
+from rlox_dp.checkpoint import CheckpointError, load_checkpoint, space_from_json
+from rlox_dp.config import ConfigError
+from rlox_dp.diffusion import DDIMSampler
+from rlox_dp.diffusion.consistency_sampler import ConsistencySampler
+
+__all__ = ["ConsistencyConfig", "ConsistencyPolicy", "load_teacher"]
+
+#: windows and normalization (AlgorithmConfig fields) that a student shares with its teacher.
+_SHARED_BASE_FIELDS = ("n_obs_steps", "horizon", "n_action_steps", "obs_normalization",
+                       "action_normalization")
+#: DiffusionConfig fields that belong to the student: its sampler and its parametrization.
+_STUDENT_FIELDS = ("noise_scheduler_type", "num_inference_steps", "ddim_eta", "prediction_type")
+
+
+def inherited_fields() -> list[str]:
+    """Config fields a student takes from its teacher: windows, normalization, observation
+    encoder, denoiser architecture and noise schedule (every DiffusionConfig field that is not a
+    training or inference setting)."""
+    base = {f.name for f in dataclasses.fields(AlgorithmConfig)}
+    return [f.name for f in dataclasses.fields(DiffusionConfig)
+            if (f.name not in base or f.name in _SHARED_BASE_FIELDS) and f.name not in _STUDENT_FIELDS]
+
+
+def _read_teacher(path: str) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """``load_checkpoint(path)``, errors naming the config field; the teacher must be ``"diffusion"``."""
+    try:
+        tensors, meta = load_checkpoint(path)
+    except (FileNotFoundError, CheckpointError) as err:
+        raise ConfigError(f"config field 'teacher': {err}") from None
+    if meta.get("algorithm") != "diffusion":
+        raise ConfigError(
+            f"config field 'teacher': {path!r} is a {meta.get('algorithm')!r} checkpoint; "
+            "consistency distillation needs a 'diffusion' (Diffusion Policy) teacher"
+        )
+    return tensors, meta
+
+
+@dataclasses.dataclass
+class ConsistencyConfig(DiffusionConfig):
+    """Consistency distillation options (module docstring); the rest is the teacher's.
+
+    Attributes:
+        teacher: path of the teacher's checkpoint (a ``"diffusion"`` run's ``.safetensors``).
+            Needed to train and to build the policy; ``None`` builds an inference-only student
+            (e.g. ``config.replace(teacher=None)`` on a machine without the teacher file).
+        teacher_config: the teacher's config, read from the checkpoint when ``None``. The
+            fields of :func:`inherited_fields` (windows, normalization, network, noise schedule)
+            default to the teacher's values and must equal them.
+        distillation_stride: training timesteps spanned by the teacher's ODE step from ``t`` to
+            ``s = t - stride`` (``T / stride`` steps per trajectory).
+        dsm_weight: weight of the denoising term ``||f(x_t, t) - a||^2`` (0 disables it).
+        warm_start: initialize the student with the teacher's (EMA) weights.
+        init_noise_scale: std of the sampler's starting noise, in ``(0, 1]`` (module docstring).
+        noise_scheduler_type: ``"Consistency"`` (multistep consistency sampling).
+        num_inference_steps: network evaluations per chunk (default 1).
+        prediction_type: ``"sample"``: the student predicts the clean chunk.
+    """
+
+    noise_scheduler_type: Literal["Consistency"] = "Consistency"  # type: ignore[assignment]
+    num_inference_steps: int | None = 1
+    prediction_type: Literal["sample"] = "sample"  # type: ignore[assignment]
+    teacher: str | None = None
+    teacher_config: dict[str, Any] | None = None
+    distillation_stride: int = 2
+    dsm_weight: float = 1.0
+    warm_start: bool = True
+    init_noise_scale: float = 1.0
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any] | None = None, **overrides: Any) -> ConsistencyConfig:
+        """Like :meth:`Config.from_dict`, with the teacher's values under the inherited fields."""
+        merged = cls.resolve_aliases({**(values or {}), **overrides})
+        if merged.get("teacher_config") is None and merged.get("teacher") is not None:
+            merged["teacher_config"] = _read_teacher(os.fspath(merged["teacher"]))[1]["config"]
+        teacher_config = merged.get("teacher_config")
+        if isinstance(teacher_config, dict):
+            for name in inherited_fields():
+                if name in teacher_config:
+                    merged.setdefault(name, teacher_config[name])
+        return cls(**merged)
+
+    def validate(self) -> None:
+        super().validate()
+        if self.teacher is not None and self.teacher_config is None:
+            self.teacher_config = _read_teacher(self.teacher)[1]["config"]
+        if self.teacher_config is not None:
+            teacher = DiffusionConfig.from_dict(self.teacher_config)
+            for name in inherited_fields():
+                if getattr(self, name) != getattr(teacher, name):
+                    raise ConfigError(
+                        f"config field {name!r} is {getattr(self, name)!r} but the teacher's is "
+                        f"{getattr(teacher, name)!r}: a consistency student keeps its teacher's "
+                        "windows, normalization, network and noise schedule"
+                    )
+        if not 1 <= self.distillation_stride < self.num_train_timesteps:
+            raise ConfigError(
+                f"config field 'distillation_stride' must lie in [1, num_train_timesteps = "
+                f"{self.num_train_timesteps}), got {self.distillation_stride}"
+            )
+        if not (self.dsm_weight >= 0 and math.isfinite(self.dsm_weight)):
+            raise ConfigError(f"config field 'dsm_weight' must be >= 0, got {self.dsm_weight}")
+        if not 0.0 < self.init_noise_scale <= 1.0:
+            raise ConfigError(f"config field 'init_noise_scale' must lie in (0, 1], got {self.init_noise_scale}")
+
+
+def load_teacher(
+    path: str, observation_space: gym.spaces.Dict, action_space: gym.spaces.Box,
+    normalizer: Normalizer,
+) -> DiffusionPolicy:
+    """The frozen teacher policy (EMA weights when saved) of checkpoint ``path``, in eval mode.
+
+    Raises:
+        ConfigError: ``path`` is missing, not a checkpoint or not a ``"diffusion"`` one.
+        ValueError: its spaces or normalization statistics differ from the student's.
+    """
+    tensors, meta = _read_teacher(path)
+    spaces = space_from_json(meta["observation_space"]), space_from_json(meta["action_space"])
+    if spaces != (observation_space, action_space):
+        raise ValueError(
+            f"teacher {path!r} was trained with observation/action spaces {spaces[0]}, {spaces[1]}; "
+            f"the student's env has {observation_space}, {action_space}"
+        )
+    teacher = DiffusionPolicy(DiffusionConfig.from_dict(meta["config"]), observation_space,
+                              action_space, Normalizer.from_spec(meta["normalizer"]))
+    prefix = "ema/" if any(k.startswith("ema/") for k in tensors) else "policy/"
+    teacher.load_state_dict({k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)})
+    if teacher.normalizer.spec() != normalizer.spec():
+        raise ValueError(
+            f"the student's normalization {normalizer.spec()} differs from teacher {path!r}'s "
+            f"{teacher.normalizer.spec()}"
+        )
+    theirs = teacher.normalizer.state_dict()
+    # An unfitted normalizer (Trainer.load builds one from the spec, then loads the student's
+    # checkpoint into it) has no statistics to compare yet.
+    fitted = getattr(normalizer, "_fitted", True)
+    for name, ours in (normalizer.state_dict().items() if fitted else ()):
+        if not torch.allclose(ours.cpu().float(), theirs[name].float(), rtol=1e-5, atol=1e-6):
+            raise ValueError(
+                f"the demonstrations' normalization statistics ({name!r}) differ from teacher "
+                f"{path!r}'s (max difference {float((ours.cpu() - theirs[name]).abs().max()):.3g}): "
+                "distill on the teacher's demonstrations"
+            )
+    return teacher.eval().requires_grad_(False)
+
+
+@register_algorithm("consistency")
+class ConsistencyPolicy(DiffusionPolicy):
+    """A consistency model distilled from a Diffusion Policy teacher (module docstring)."""
+
+    config_class: ClassVar[type[AlgorithmConfig]] = ConsistencyConfig
+    config: ConsistencyConfig
+
+    def __init__(
+        self,
+        config: ConsistencyConfig,
+        observation_space: gym.spaces.Dict,
+        action_space: gym.spaces.Box,
+        normalizer: Normalizer,
+    ) -> None:
+        super().__init__(config, observation_space, action_space, normalizer)
+        teacher = None
+        if config.teacher is not None:
+            teacher = load_teacher(config.teacher, observation_space, action_space, normalizer)
+            if config.warm_start:
+                self.load_state_dict(teacher.state_dict())
+        # Not a submodule: no parameters to train, nothing in the student's checkpoints.
+        object.__setattr__(self, "_teacher", teacher)
+        self._teacher_steps: torch.Tensor | None = None
+
+    def __getstate__(self) -> dict[str, Any]:
+        """Copies (the EMA model) leave the teacher out."""
+        state = super().__getstate__()
+        state["_teacher"] = None
+        return state
+
+    @property
+    def teacher(self) -> DiffusionPolicy | None:
+        """The frozen teacher (None for an inference-only student)."""
+        return self._teacher
+
+    def _build_sampler(self, config: ConsistencyConfig | None = None) -> ConsistencySampler:  # type: ignore[override]
+        config = config if config is not None else self.config
+        return ConsistencySampler(self.schedule, "sample", config.clip_sample,
+                                  config.clip_sample_range, config.init_noise_scale)
+
+    def configure_inference(  # type: ignore[override]
+        self, noise_scheduler_type: str | None = None, num_inference_steps: int | None = None,
+        ddim_eta: float | None = None, init_noise_scale: float | None = None,
+    ) -> None:
+        """Set the number of network evaluations per chunk (and the starting noise scale)."""
+        changes = {k: v for k, v in {"noise_scheduler_type": noise_scheduler_type,
+                                     "num_inference_steps": num_inference_steps,
+                                     "ddim_eta": ddim_eta,
+                                     "init_noise_scale": init_noise_scale}.items() if v is not None}
+        config = self.config.replace(**changes)
+        self.config, self.sampler, self._compiled_loops = config, self._build_sampler(config), {}
+
+    def _teacher_step_table(self, device: torch.device) -> torch.Tensor:
+        """``(T, 5)`` DDIM (eta 0) coefficients of the teacher's step ``t -> t - stride`` for every
+        ``t`` (:class:`~rlox_dp.diffusion.StepCoefficients` columns), on ``device``."""
+        if self._teacher_steps is None or self._teacher_steps.device != device:
+            teacher_config = self._teacher.config
+            stride, T = self.config.distillation_stride, self.config.num_train_timesteps
+            pairs = [(t, t - stride if t >= stride else -1) for t in range(T)]
+            ddim = DDIMSampler(self.schedule, teacher_config.prediction_type, False, eta=0.0)
+            self._teacher_steps = torch.tensor(ddim.coefficients(pairs), device=device)
+        return self._teacher_steps
+
+    def compute_loss(
+        self, batch: Batch, generator: torch.Generator | None = None
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """Consistency + denoising loss of a normalized batch (module docstring)."""
+        if self._teacher is None:
+            raise RuntimeError("this consistency policy has no teacher (config.teacher is None): "
+                               "it can act but not train")
+        actions = batch.action
+        teacher = self._teacher.to(actions.device)
+        cond = self.obs_encoder(batch.obs, generator)
+        noise, u = global_batch_draws(self, actions, generator)
+        T, stride = self.config.num_train_timesteps, self.config.distillation_stride
+        t = (u * T).long().clamp(max=T - 1)
+        s = t - stride
+        x_t = self._schedule_on(actions.device).add_noise(actions, noise, t)
+        shape = (-1, *([1] * (actions.ndim - 1)))
+        with torch.no_grad():
+            c = self._teacher_step_table(actions.device)[t].to(actions.dtype)
+            out = teacher.denoiser(x_t, t, teacher.obs_encoder(batch.obs))
+            if teacher.config.prediction_type == "epsilon":
+                out = c[:, 0].view(shape) * x_t - c[:, 1].view(shape) * out
+            if teacher.config.clip_sample:
+                out = out.clamp(-teacher.config.clip_sample_range, teacher.config.clip_sample_range)
+            x_s = c[:, 2].view(shape) * out + c[:, 3].view(shape) * x_t
+            target = self.denoiser(x_s, s.clamp(min=0), cond.detach())
+            target = torch.where((s >= 0).view(shape), target, x_s)
+        pred = self.denoiser(x_t, t, cond)
+        consistency = masked_mse(pred, target, batch.action_is_pad)
+        dsm = masked_mse(pred, actions, batch.action_is_pad)
+        loss = consistency + self.config.dsm_weight * dsm
+        return loss, {"consistency": consistency.detach(), "dsm": dsm.detach()}
