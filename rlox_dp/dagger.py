@@ -50,12 +50,18 @@ from rlox_dp.buffers import Demonstrations
 from rlox_dp.buffers.loaders import load_demonstrations, save_demonstrations
 from rlox_dp.checkpoint import atomic_write_bytes
 from rlox_dp.config import Config, ConfigError
+from rlox_dp.dagger_data import (
+    VisitedEpisode,
+    aggregate,
+    append_labelled,
+    labelled_episodes,
+    load_labelled,
+)
 from rlox_dp.envs.factory import make_env
-from rlox_dp.envs.labelling import ExpertLabeller, LabellingError, get_labeller, pusht_raw_state
-from rlox_dp.envs.pusht import PUSHT_ENV_ID, block_keypoints, load_pusht_demonstrations
+from rlox_dp.envs.labelling import ExpertLabeller, LabellingError, get_labeller
 from rlox_dp.trainer import Trainer
 
-__all__ = ["DAgger", "DAggerConfig", "aggregate", "labelled_episodes"]
+__all__ = ["DAgger", "DAggerConfig"]
 
 logger = logging.getLogger("rlox_dp")
 STATE_FILE, LABELLED_FILE, BASE_FILE = "dagger.json", "labelled.zarr", "base_demos.npz"
@@ -79,6 +85,8 @@ class DAggerConfig(Config):
         max_episode_steps: time limit of the rollouts (None: the env's own).
         first_seed: reset seed of the first rollout episode.
         evaluate: evaluate after every round (the trainer's protocol: ``n_eval_episodes`` ...).
+        label_budget: start no further round once the rounds' labels hold this many expert
+            actions (None: no budget; the round that crosses it is completed).
     """
 
     rounds: int = 4
@@ -93,6 +101,7 @@ class DAggerConfig(Config):
     max_episode_steps: int | None = None
     first_seed: int = 200_000
     evaluate: bool = True
+    label_budget: int | None = None
 
     def validate(self) -> None:
         """Ranges of every field."""
@@ -102,115 +111,12 @@ class DAggerConfig(Config):
         for name in ("steps_per_round", "initial_steps", "first_seed"):
             if getattr(self, name) is not None and getattr(self, name) < 0:
                 raise ConfigError(f"config field {name!r} must be >= 0, got {getattr(self, name)}")
-        for name in ("label_every", "label_horizon", "max_episode_steps"):
+        for name in ("label_every", "label_horizon", "max_episode_steps", "label_budget"):
             if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise ConfigError(f"config field {name!r} must be >= 1 or None, got {getattr(self, name)}")
         for name in ("beta", "beta_decay"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ConfigError(f"config field {name!r} must be in [0, 1], got {getattr(self, name)}")
-
-
-class _Rollout:
-    """One rollout episode: what was observed and executed, and the labels taken on the way."""
-
-    def __init__(self, seed: int) -> None:
-        self.seed = seed
-        self.obs: list[dict[str, np.ndarray]] = []
-        self.actions: list[np.ndarray] = []
-        self.sim_states: list[np.ndarray] = []
-        self.labels: list[tuple[int, Any, bool]] = []  # (step, ExpertChunk, expert drove)
-        self.plan: np.ndarray | None = None  # the expert's actions being executed
-        self.plan_start = 0
-
-    @property
-    def t(self) -> int:
-        return len(self.actions)
-
-
-def labelled_episodes(rollout: _Rollout, n_obs_steps: int, round_index: int) -> list[dict[str, Any]]:
-    """Each label of ``rollout`` as an episode: the ``n_obs_steps - 1`` visited steps before the
-    labelled state, then the expert's chunk (observations ``(L, ...)``, actions ``(L, D_act)``,
-    sim states ``(L, D_state)``), with its provenance."""
-    def before(items: list[np.ndarray], past: range, like: np.ndarray) -> np.ndarray:
-        """The visited entries at steps ``past`` stacked like ``like`` ``(L, ...)``, then ``like``."""
-        head = np.stack([items[i] for i in past]) if len(past) else np.empty((0, *like.shape[1:]))
-        return np.concatenate([head.astype(like.dtype), like])
-
-    episodes = []
-    for t, chunk, drove in rollout.labels:
-        past = range(max(0, t - (n_obs_steps - 1)), t)
-        episodes.append({
-            "obs": {k: before([o[k] for o in rollout.obs], past, v) for k, v in chunk.observations.items()},
-            "action": before(rollout.actions, past, chunk.actions),
-            "sim_state": before(rollout.sim_states, past, chunk.sim_states),
-            "provenance": {"source": "expert_labelled", "round": round_index, "rollout_seed": rollout.seed,
-                           "step": t, "expert_drove": drove, "label_length": len(chunk.actions)},
-        })
-    return episodes
-
-
-def _episodes_to_demonstrations(episodes: list[dict[str, Any]], env_id: str) -> Demonstrations:
-    """Labelled episodes -> :class:`Demonstrations` in the env's dataset layout (module docstring)."""
-    sim = np.concatenate([e["sim_state"] for e in episodes])
-    if env_id == PUSHT_ENV_ID:
-        raw = pusht_raw_state(sim)
-        observations = {"state": raw, "keypoint": block_keypoints(raw[:, 2:5]).astype(np.float32)}
-        if "image" in episodes[0]["obs"]:
-            images = np.concatenate([e["obs"]["image"] for e in episodes])
-            observations["img"] = np.moveaxis(images, 1, -1).astype(np.float32)
-    else:
-        observations = {k: np.concatenate([e["obs"][k] for e in episodes]) for k in episodes[0]["obs"]}
-    observations["sim_state"] = sim
-    lengths = [len(e["action"]) for e in episodes]
-    return Demonstrations(
-        observations=observations, actions=np.concatenate([e["action"] for e in episodes]),
-        episode_ends=np.cumsum(lengths).astype(np.int64),
-        metadata={"source": "dagger", "env_id": env_id,
-                  "provenance": [e["provenance"] for e in episodes]},
-    )
-
-
-def _rounds_prefix(demos: Demonstrations, max_round: int) -> Demonstrations | None:
-    """The episodes of rounds ``<= max_round`` (stored in round order: a prefix), None if none."""
-    n = sum(p["round"] <= max_round for p in demos.metadata["provenance"])
-    if n == 0:
-        return None
-    end = int(demos.episode_ends[n - 1])
-    return Demonstrations(observations={k: v[:end] for k, v in demos.observations.items()},
-                          actions=demos.actions[:end], episode_ends=demos.episode_ends[:n],
-                          metadata={**demos.metadata, "provenance": demos.metadata["provenance"][:n]})
-
-
-def _concat(parts: list[Demonstrations], metadata: dict[str, Any]) -> Demonstrations:
-    """Episodes of ``parts`` one after the other (the observation keys of ``parts[0]``)."""
-    offsets = np.cumsum([0] + [p.n_steps for p in parts[:-1]])
-    return Demonstrations(
-        observations={k: np.concatenate([p.observations[k] for p in parts]) for k in parts[0].observations},
-        actions=np.concatenate([p.actions for p in parts]),
-        episode_ends=np.concatenate([o + p.episode_ends for o, p in zip(offsets, parts, strict=True)]),
-        metadata=metadata,
-    )
-
-
-def _load_labelled(path: Path, trainer: Trainer, max_round: int) -> Demonstrations | None:
-    """The labelled episodes of rounds ``<= max_round`` in ``path``, as the trainer observes them."""
-    if not path.exists():
-        return None
-    if trainer.env_id == PUSHT_ENV_ID:
-        demos = load_pusht_demonstrations(path, trainer.env_kwargs.get("obs_mode", "keypoints"))
-    else:
-        demos = load_demonstrations(path, obs_keys=list(trainer.observation_space.spaces))
-    return _rounds_prefix(demos, max_round)
-
-
-def aggregate(base: Demonstrations, labelled: Demonstrations | None, base_source: str) -> Demonstrations:
-    """``base`` then ``labelled`` episodes; ``metadata["provenance"]`` has one entry per episode
-    (``{"source": base_source, "round": 0}`` for the base episodes, the labelled ones' own)."""
-    provenance = [{"source": base_source, "round": 0}] * base.n_episodes
-    if labelled is not None:
-        provenance += list(labelled.metadata["provenance"])
-    return _concat([base] + ([labelled] if labelled is not None else []),
-                   {**base.metadata, "provenance": provenance})
 
 
 class DAgger:
@@ -246,7 +152,7 @@ class DAgger:
                                   "DAgger.resume(out_dir) or choose another out_dir")
         self.out_dir.mkdir(parents=True, exist_ok=True)
         self.state = _state or {"completed_round": -1, "history": [], **self._describe_base(self.base)}
-        self.labelled = _load_labelled(self.out_dir / LABELLED_FILE, trainer, self.state["completed_round"])
+        self.labelled = self._load_labelled(self.state["completed_round"])
 
     def _describe_base(self, base: Demonstrations) -> dict[str, Any]:
         """Where the round-0 demonstrations come from, so that :meth:`resume` finds them again."""
@@ -282,6 +188,10 @@ class DAgger:
             self.trainer.set_demonstrations(aggregate(self.base, None, self.state["base_source"]))
             self._train_and_save(0, max(steps, self.trainer.state.step), {"beta": 1.0})
         for r in range(self.state["completed_round"] + 1, cfg.rounds + 1):
+            used = sum(row.get("label_steps", 0) for row in self.state["history"])
+            if cfg.label_budget is not None and used >= cfg.label_budget:
+                logger.info("DAgger: label budget spent (%d of %d expert actions)", used, cfg.label_budget)
+                break
             stats = self._collect(r)
             data = aggregate(self.base, self.labelled, self.state["base_source"])
             self.trainer.set_demonstrations(data)
@@ -290,17 +200,25 @@ class DAgger:
         return self.state["history"]
 
     def _train_and_save(self, r: int, total_steps: int, stats: dict[str, Any]) -> None:
+        """Train to ``total_steps``, evaluate (CPU time apart), save round ``r``."""
         cpu = time.process_time()
-        metrics = self.trainer.train(total_steps, evaluate=self.config.evaluate) if total_steps > self.trainer.state.step else {}
-        row = {"round": r, **stats, "step": self.trainer.state.step,
-               "train_cpu_s": time.process_time() - cpu,
-               **{k: v for k, v in metrics.items() if k.startswith("eval/") or k == "loss"}}
+        metrics = self.trainer.train(total_steps, evaluate=False) if total_steps > self.trainer.state.step else {}
+        row = {"round": r, **stats, "step": self.trainer.state.step, "train_cpu_s": time.process_time() - cpu}
+        if "loss" in metrics:
+            row["loss"] = metrics["loss"]
+        if self.config.evaluate:
+            cpu = time.process_time()
+            row.update(self.trainer.evaluate(), eval_cpu_s=time.process_time() - cpu)
+            result = self.trainer.last_eval
+            row["eval_episodes"] = {name: values.tolist() for name, values in
+                                    [("returns", result.returns), ("successes", result.successes),
+                                     ("scores", result.scores)] if values is not None}
         self.trainer.save(self.out_dir / "checkpoints" / f"round_{r:02d}.safetensors")
         self.state["completed_round"] = r
         self.state["history"].append(row)
         atomic_write_bytes(self.out_dir / STATE_FILE, json.dumps(self.state, indent=1).encode())
         logger.info("DAgger round %d: %s", r, ", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}"
-                                                        for k, v in row.items() if k != "round"))
+                                                        for k, v in row.items() if k not in ("round", "eval_episodes")))
 
     def _collect(self, r: int) -> dict[str, float]:
         """Round ``r``'s mixture rollouts and labels; appends them to :attr:`labelled` and saves."""
@@ -314,7 +232,7 @@ class DAgger:
         envs = [make_env(trainer.env_id, env_kwargs=trainer.env_kwargs, max_episode_steps=cfg.max_episode_steps)
                 for _ in range(min(cfg.n_envs, len(seeds)))]
         pending, done = iter(seeds), []
-        running: list[_Rollout | None] = [None] * len(envs)
+        running: list[VisitedEpisode | None] = [None] * len(envs)
         obs: list[dict[str, np.ndarray]] = [{}] * len(envs)
         cost = {"label_cpu_s": 0.0, "label_wall_s": 0.0, "labels": 0, "label_steps": 0}
         start_cpu, calls = time.process_time(), 0
@@ -322,7 +240,7 @@ class DAgger:
                    disable=not trainer.progress, dynamic_ncols=True, leave=False)
         try:
             for i, env in enumerate(envs):
-                running[i] = _Rollout(next(pending))
+                running[i] = VisitedEpisode(next(pending))
                 obs[i], _ = env.reset(seed=running[i].seed)
             policy.reset(None)
             while any(e is not None for e in running):
@@ -346,7 +264,7 @@ class DAgger:
                         done.append(ep)
                         bar.update(1)
                         seed = next(pending, None)
-                        running[i] = None if seed is None else _Rollout(seed)
+                        running[i] = None if seed is None else VisitedEpisode(seed)
                         if seed is not None:
                             obs[i], _ = env.reset(seed=seed)
                             reset[i] = True
@@ -366,7 +284,7 @@ class DAgger:
                 "expert_driven_steps": sum(min(self.label_every, len(c.actions)) for ep in done for _, c, d in ep.labels if d),
                 **cost, "rollout_cpu_s": time.process_time() - start_cpu - cost["label_cpu_s"]}
 
-    def _label(self, r: int, call: int, envs: list, obs: list, rollouts: list[_Rollout],
+    def _label(self, r: int, call: int, envs: list, obs: list, rollouts: list[VisitedEpisode],
                rng: np.random.Generator, beta: float, cost: dict[str, float]) -> None:
         """Label the current states of ``envs``; start the expert's plan where it drives."""
         states = np.stack([self.labeller.capture(env) for env in envs])
@@ -387,14 +305,13 @@ class DAgger:
             cost["label_steps"] += len(chunk.actions)
 
     def _save_labelled(self, episodes: list[dict[str, Any]]) -> None:
-        """Append ``episodes`` to ``labelled.zarr`` (atomically) and reload all of them from it,
-        so that a resumed run trains on bit-identical data."""
+        """Append ``episodes`` to ``labelled.zarr`` and reload all of them from it, so that a
+        resumed run trains on bit-identical data."""
         if episodes:
-            new = _episodes_to_demonstrations(episodes, self.trainer.env_id)
-            path = self.out_dir / LABELLED_FILE
-            old = _rounds_prefix(load_demonstrations(path), self.state["completed_round"]) if path.exists() else None
-            if old is not None:
-                new = _concat([old, new], {**new.metadata, "provenance": old.metadata["provenance"]
-                                           + new.metadata["provenance"]})
-            save_demonstrations(new, path, overwrite=True)
-        self.labelled = _load_labelled(self.out_dir / LABELLED_FILE, self.trainer, self.state["completed_round"] + 1)
+            append_labelled(self.out_dir / LABELLED_FILE, episodes, self.trainer.env_id, self.state["completed_round"])
+        self.labelled = self._load_labelled(self.state["completed_round"] + 1)
+
+    def _load_labelled(self, max_round: int) -> Demonstrations | None:
+        t = self.trainer
+        return load_labelled(self.out_dir / LABELLED_FILE, t.env_id, list(t.observation_space.spaces),
+                             t.env_kwargs.get("obs_mode"), max_round)

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from conftest import TINY
+from conftest import TINY, load_benchmark
 
 from rlox_dp import ConfigError, Demonstrations, Trainer
 from rlox_dp.buffers import load_demonstrations, save_demonstrations
@@ -169,3 +171,25 @@ def test_cli_dagger_and_resume(bimodal_demos, tmp_path, capsys):
     assert main(["dagger", "--resume", str(tmp_path / "dag"), "--dagger", "rounds=3"]) == 2
     assert "--resume continues" in capsys.readouterr().err
     assert main(args) == 2  # the out dir holds a run
+
+
+ZARR = os.environ.get("RLOX_DP_PUSHT_ZARR")
+
+
+@pytest.mark.slow  # about 10 s of CPU, most of it loading the human data twice
+@pytest.mark.skipif(not ZARR or not Path(ZARR).exists(), reason="set RLOX_DP_PUSHT_ZARR to the human PushT zarr")
+def test_benchmark_quick_pusht_and_resume(tmp_path):
+    """benchmarks/dagger.py --quick: DAgger vs human-only at equal CPU time, JSON + PNG; a second
+    call reads the finished runs back instead of training again."""
+    bench = load_benchmark("dagger")
+    args = ["--quick", "--only", "pusht", "--demos", ZARR, "--out", str(tmp_path / "out"),
+            "--work-dir", str(tmp_path / "work"), "--no-progress"]
+    result = bench.main(args)["pusht"]
+    summary = result["summary"]
+    assert set(summary) == {"human/preset", "dagger/preset"} and summary["dagger/preset"]["uses_expert"]
+    dagger, human = result["runs"]
+    assert human["steps"] == max(1, round(dagger["total_cpu_s"] / dagger["cpu_per_step_s"]))
+    assert [row["round"] for row in dagger["history"]] == [0, 1] and dagger["history"][1]["labels"] > 0
+    assert (tmp_path / "out" / "dagger_pusht.png").stat().st_size > 0
+    assert json.loads((tmp_path / "out" / "dagger_pusht.json").read_text())["runs"] == result["runs"]
+    assert bench.main(args)["pusht"]["runs"] == result["runs"]  # finished runs are reused
