@@ -1,0 +1,40 @@
+"""Smoke tests of benchmarks/bimodal_fewstep.py and benchmarks/pusht_fewstep.py (--quick, in process)."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+from conftest import load_benchmark
+
+
+def test_bimodal_quick_run_covers_every_model_and_setting(tmp_path):
+    bench = load_benchmark("bimodal_fewstep")
+    returned = bench.main(["--quick", "--out", str(tmp_path), "--keep", str(tmp_path / "ckpt")])
+    result = json.loads((tmp_path / "bimodal_fewstep.json").read_text())
+    assert result == json.loads(json.dumps(returned))
+    assert set(result["training"]) == {"diffusion", "flow", "consistency"}
+    assert result["training"]["consistency"]["teacher"].endswith("diffusion-0.safetensors")
+    assert (tmp_path / "ckpt" / "consistency-0.safetensors").exists()
+    expected = {(m, s, n) for m, settings in bench.SETTINGS.items() for s, n, _ in settings
+                if n <= 3 or s == "DDPM"}
+    got = {(r["model"], r["sampler"], r["num_inference_steps"] if r["sampler"] != "DDPM" else 100)
+           for r in result["rows"]}
+    assert got == expected
+    for r in result["rows"]:
+        assert r["left"] + r["right"] == round(r["success_rate"]["mean"] * result["episodes"])
+        assert r["network_evaluations"] == (2 * r["num_inference_steps"] - 1 if r["sampler"] == "Heun"
+                                            else r["num_inference_steps"])
+
+
+@pytest.mark.skipif(not os.environ.get("RLOX_DP_PUSHT_ZARR"), reason="needs $RLOX_DP_PUSHT_ZARR")
+@pytest.mark.slow
+def test_pusht_quick_run_writes_json_and_png(tmp_path):
+    bench = load_benchmark("pusht_fewstep")
+    bench.main(["--quick", "--seeds", "1", "--models", "diffusion,consistency",
+                "--keep", str(tmp_path / "ckpt"), "--out", str(tmp_path)])
+    result = json.loads((tmp_path / "pusht_fewstep.json").read_text())
+    assert {p["model"] for p in result["pooled"]} == {"diffusion", "consistency"}
+    assert all(p["eager_ms"] > 0 and p["compiled_ms"] is None for p in result["pooled"])
+    assert (tmp_path / "pusht_fewstep.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
