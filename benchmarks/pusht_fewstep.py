@@ -11,7 +11,9 @@ On the human demonstrations (``--demos`` or ``$RLOX_DP_PUSHT_ZARR``), for each t
   steps (its training time is reported with and without the teacher's).
 
 Checkpoints go to ``--keep DIR`` (``<model>-<seed>.safetensors``); a checkpoint already there is
-reused, not retrained, so training can be spread over several sessions. Every checkpoint is then
+reused, not retrained, and an interrupted training run continues from its periodic checkpoint
+(every 5000 steps; its training time is then this session's time per step times all steps), so
+training can be spread over several sessions. Every checkpoint is then
 evaluated under every sampler setting of :data:`SETTINGS` (DDPM-100 as the reference; 1, 2, 3, 5,
 10 steps) on the same ``--episodes`` held-out reset seeds as ``benchmarks/pusht.py``: score (95 % t
 interval) and success (95 % Wilson interval) pooled over seeds, network evaluations per chunk, and
@@ -88,13 +90,23 @@ def train_missing(model: str, seed: int, args: argparse.Namespace, demos: Any) -
     if args.quick:
         config.update({k: v for k, v in QUICK.items() if model != "consistency" or k == "batch_size"})
         config["lr_warmup_steps"] = 2
-    trainer = Trainer(algorithm, env=PUSHT_ENV_ID, config=config, demos=demos, seed=seed,
-                      device="cpu", log_dir=Path(args.keep) / "runs" / f"{model}-{seed}",
-                      progress=args.progress, preset=False)
-    metrics = trainer.train(evaluate=False)
+    run_dir = Path(args.keep) / "runs" / f"{model}-{seed}"
+    last = run_dir / "checkpoints" / "last.safetensors"
+    if last.exists():  # an interrupted session: continue from its last periodic checkpoint
+        trainer = Trainer.load(last, demos=demos, device="cpu", log_dir=run_dir, progress=args.progress)
+        print(f"resuming {model} seed {seed} at step {trainer.state.step}", flush=True)
+    else:
+        trainer = Trainer(algorithm, env=PUSHT_ENV_ID, config=config, demos=demos, seed=seed,
+                          device="cpu", log_dir=run_dir, progress=args.progress, preset=False)
+    start = trainer.state.step
+    metrics = trainer.train(config["total_steps"], evaluate=False)
     trainer.save(path)
-    info = {"train_time_s": metrics["train_time_s"], "steps": int(metrics["step"]),
-            "final_loss": metrics["loss"], "threads": torch.get_num_threads()}
+    steps = int(metrics["step"])
+    if steps == start and info_path.exists():  # nothing left to train: keep the recorded times
+        return json.loads(info_path.read_text())
+    # resumed runs: this session's time per step, scaled to all steps
+    info = {"train_time_s": metrics["train_time_s"] * steps / max(steps - start, 1), "steps": steps,
+            "resumed_at_step": start, "final_loss": metrics.get("loss"), "threads": torch.get_num_threads()}
     info_path.write_text(json.dumps(info, indent=2))
     print(f"trained {model} seed {seed}: {info['steps']} steps in {info['train_time_s']:.0f} s", flush=True)
     return info
