@@ -7,7 +7,7 @@ predict the average of the modes — the failure Diffusion Policy is built to av
 from __future__ import annotations
 
 import dataclasses
-from typing import ClassVar
+from typing import ClassVar, Literal
 
 import gymnasium as gym
 import torch
@@ -52,13 +52,16 @@ class BCConfig(AlgorithmConfig):
     """BC-MLP: predicts the current action from ``n_obs_steps`` observations.
 
     ``horizon`` defaults to ``n_obs_steps`` and ``n_action_steps`` to 1 (one action per call);
-    use ``"bc_chunk"`` for chunked prediction.
+    use ``"bc_chunk"`` for chunked prediction. Images go through the encoder ``vision_backbone``
+    (``"resnet18"`` or ``"compact"``) at ``vision_precision``, as in ``DiffusionConfig``.
     """
 
     horizon: int | None = None  # type: ignore[assignment]
     hidden_dim: int = 256
     n_layers: int = 3
     image_crop_shape: tuple[int, int] | None = (84, 84)
+    vision_backbone: Literal["resnet18", "compact"] = "resnet18"
+    vision_precision: Literal["auto", "float32", "bfloat16"] = "float32"
     lr: float = 1e-3
     use_ema: bool = False
 
@@ -112,7 +115,9 @@ class _BCBase(Algorithm):
     ) -> None:
         super().__init__(config, observation_space, action_space, normalizer)
         self.obs_encoder = ObservationEncoder(
-            observation_space, config.n_obs_steps, {"crop_shape": config.image_crop_shape}
+            observation_space, config.n_obs_steps,
+            {"crop_shape": config.image_crop_shape, "backbone": config.vision_backbone,
+             "precision": config.vision_precision},
         )
         self.n_out = self._n_predicted()
         self.net = mlp(self.obs_encoder.output_dim, self.n_out * self.action_dim,

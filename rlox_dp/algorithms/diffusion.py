@@ -49,7 +49,11 @@ class DiffusionConfig(AlgorithmConfig):
         ddim_eta: DDIM stochasticity (0 = deterministic).
         vision options: ``crop_shape``, ``crop_is_random``, ``resize_shape``,
             ``spatial_softmax_num_keypoints``, ``use_separate_rgb_encoder_per_camera``,
-            ``use_group_norm``, ``vision_backbone`` (only ``"resnet18"``, trained from scratch).
+            ``use_group_norm``, ``vision_backbone`` (``"resnet18"``: the paper's, or ``"compact"``:
+            a small conv net ~10x cheaper to train; both from scratch, see
+            ``rlox_dp.networks.encoders``), ``vision_precision`` (``"float32"``; ``"bfloat16"``:
+            the encoder trunk under bf16 autocast with channels-last input; ``"auto"``: bf16
+            where the device has native bf16).
     """
 
     denoiser: Literal["unet", "mlp"] = "unet"
@@ -70,7 +74,8 @@ class DiffusionConfig(AlgorithmConfig):
     clip_sample_range: float = 1.0
     num_inference_steps: int | None = None
     ddim_eta: float = 0.0
-    vision_backbone: Literal["resnet18"] = "resnet18"
+    vision_backbone: Literal["resnet18", "compact"] = "resnet18"
+    vision_precision: Literal["auto", "float32", "bfloat16"] = "float32"
     crop_shape: tuple[int, int] | None = (84, 84)
     crop_is_random: bool = True
     resize_shape: tuple[int, int] | None = None
@@ -161,6 +166,8 @@ class DiffusionPolicy(Algorithm):
                 "spatial_softmax_num_keypoints": config.spatial_softmax_num_keypoints,
                 "share_encoder": not config.use_separate_rgb_encoder_per_camera,
                 "use_group_norm": config.use_group_norm,
+                "backbone": config.vision_backbone,
+                "precision": config.vision_precision,
             },
         )
         if config.denoiser == "unet":

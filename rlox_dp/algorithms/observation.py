@@ -8,16 +8,23 @@ import gymnasium as gym
 import torch
 from torch import nn
 
+from rlox_dp.image_layout import check_channels_first
+
 __all__ = ["ObservationEncoder", "split_observation_keys"]
 
 
 def split_observation_keys(observation_space: gym.spaces.Dict) -> tuple[list[str], list[str]]:
-    """Sorted low-dimensional keys (1-D Box) and image keys (3-D ``(C, H, W)`` Box)."""
+    """Sorted low-dimensional keys (1-D Box) and image keys (3-D ``(C, H, W)`` Box).
+
+    Raises:
+        ValueError: a key of another rank, or a channel-last ``(H, W, C)`` image space (named).
+    """
     low_dim, images = [], []
     for key, space in sorted(observation_space.spaces.items()):
         if len(space.shape) == 1:
             low_dim.append(key)
         elif len(space.shape) == 3:
+            check_channels_first(space.shape, f"observation space {key!r}")
             images.append(key)
         else:
             raise ValueError(

@@ -24,6 +24,7 @@ import torch
 
 from rlox_dp.buffers.demonstrations import Batch, Demonstrations
 from rlox_dp.buffers.normalizer import Normalizer, NormMode, first_nonfinite_row
+from rlox_dp.image_layout import check_channels_first
 
 __all__ = ["DemonstrationBuffer", "validate_demonstrations"]
 
@@ -38,7 +39,8 @@ def validate_demonstrations(demos: Demonstrations) -> None:
     """Check shapes, episode boundaries and finiteness of ``demos``; raise ValueError if wrong.
 
     Checks: at least one observation key; ``actions`` is ``(N, D_act)`` real numeric;
-    every observation is ``(N, ...)``; ``episode_ends`` is a non-empty 1-D integer array,
+    every observation is ``(N, ...)``, images channel-first ``(N, C, H, W)`` (a channel-last
+    ``(N, H, W, C)`` image is refused, see :mod:`rlox_dp.image_layout`); ``episode_ends`` is a non-empty 1-D integer array,
     positive, strictly increasing, with ``episode_ends[-1] == N``; ``rewards`` is ``(N,)``
     and ``episode_seeds`` ``(E,)`` when given; no NaN/inf in observations or actions (the
     error names the key, the step and the episode).
@@ -57,6 +59,8 @@ def validate_demonstrations(demos: Demonstrations) -> None:
     for key, obs in demos.observations.items():
         if not isinstance(obs, np.ndarray) or obs.ndim < 1 or not _is_real_numeric(obs):
             raise ValueError(f"observations[{key!r}] must be a real numeric array (N, ...), got {obs!r:.80}")
+        if obs.ndim == 4:
+            check_channels_first(obs.shape[1:], f"observations[{key!r}] (per step)")
         if obs.shape[0] != n:
             raise ValueError(
                 f"observations[{key!r}] has {obs.shape[0]} steps but actions has N = {n}"

@@ -16,13 +16,18 @@ passed to ``forward`` (torch's default generator when it is ``None``).
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 import torchvision
 from torch import nn
 
+from rlox_dp.image_layout import check_channels_first
+from rlox_dp.networks.precision import VISION_PRECISIONS, resolve_vision_precision
+
 __all__ = [
+    "ImageEncoder",
     "MultiImageObsEncoder",
     "ResNetImageEncoder",
     "SpatialSoftmax",
@@ -143,22 +148,27 @@ def _replace_batchnorm_with_groupnorm(module: nn.Module) -> None:
             _replace_batchnorm_with_groupnorm(child)
 
 
-class ResNetImageEncoder(nn.Module):
-    """Encode ``(B, C, H, W)`` images in [0, 1] to ``(B, feature_dim)`` features.
+class ImageEncoder(nn.Module):
+    """The interface and shared pipeline of every image encoder (``IMAGE_ENCODERS`` lists them).
 
-    Pipeline: optional bilinear (antialiased) resize -> crop (random per image in train mode
-    when ``crop_is_random``, centre crop otherwise) -> ResNet-18 trunk without avgpool/fc
-    (random init, BatchNorm -> GroupNorm(C // 16, C) when ``use_group_norm``) ->
-    :class:`SpatialSoftmax` -> flatten -> Linear -> ReLU.
+    ``(B, C, H, W)`` float images in [0, 1] -> optional bilinear (antialiased) resize -> crop
+    (random per image in train mode when ``crop_is_random``, centre crop otherwise) ->
+    ``backbone`` (built by the subclass in :meth:`build_backbone`) -> :class:`SpatialSoftmax` ->
+    flatten -> Linear -> ReLU -> ``(B, feature_dim)``.
+
+    ``precision="bfloat16"`` runs the backbone under bf16 autocast on channels-last input (the
+    spatial softmax and the output layer stay float32; the weights are float32 whatever the
+    precision); ``"float32"`` is the plain path; ``"auto"`` picks bf16 on each call where the
+    images' device has native bf16 (:func:`rlox_dp.networks.precision.bf16_is_fast`).
 
     Args:
         input_shape: ``(C, H, W)`` of the incoming images.
         crop_shape: ``(h, w)`` crop applied after the resize, or ``None`` for no crop.
         crop_is_random: random crops in train mode (eval mode always centre-crops).
         resize_shape: ``(h, w)`` to resize to first, or ``None``.
-        use_group_norm: replace BatchNorm by GroupNorm (recommended: small batches, EMA).
         spatial_softmax_num_keypoints: ``K``.
         feature_dim: output size; ``None`` gives ``2 * K`` (LeRobot's choice: 64 for K = 32).
+        precision: ``"float32"``, ``"bfloat16"`` (backbone autocast + channels-last) or ``"auto"``.
     """
 
     def __init__(
@@ -167,14 +177,15 @@ class ResNetImageEncoder(nn.Module):
         crop_shape: tuple[int, int] | None = (84, 84),
         crop_is_random: bool = True,
         resize_shape: tuple[int, int] | None = None,
-        use_group_norm: bool = True,
         spatial_softmax_num_keypoints: int = 32,
         feature_dim: int | None = None,
+        precision: str = "float32",
     ) -> None:
         super().__init__()
         if len(input_shape) != 3 or any(int(s) < 1 for s in input_shape):
             raise ValueError(f"input_shape must be (C, H, W) of positive ints, got {input_shape}")
         self.input_shape = tuple(int(s) for s in input_shape)
+        check_channels_first(self.input_shape, "input_shape")
         self.resize_shape = tuple(resize_shape) if resize_shape is not None else None
         self.crop_shape = tuple(crop_shape) if crop_shape is not None else None
         self.crop_is_random = crop_is_random
@@ -190,33 +201,36 @@ class ResNetImageEncoder(nn.Module):
         )
         if self.feature_dim < 1:
             raise ValueError(f"feature_dim must be a positive int or None, got {feature_dim}")
-
-        resnet = torchvision.models.resnet18(weights=None)
-        if self.input_shape[0] != 3:
-            resnet.conv1 = nn.Conv2d(self.input_shape[0], 64, 7, 2, 3, bias=False)
-        self.backbone = nn.Sequential(*list(resnet.children())[:-2])  # drop avgpool and fc
-        if use_group_norm:
-            _replace_batchnorm_with_groupnorm(self.backbone)
+        if precision not in VISION_PRECISIONS:
+            raise ValueError(f"precision must be one of {VISION_PRECISIONS}, got {precision!r}")
+        self.precision = precision
+        self.backbone = self.build_backbone(self.input_shape[0])
         net_shape = self.crop_shape or pre_crop
         with torch.no_grad():
             feature_shape = self.backbone(torch.zeros(1, self.input_shape[0], *net_shape)).shape
         if feature_shape[-2] * feature_shape[-1] < 2:
             raise ValueError(
                 f"images of size {tuple(net_shape)} after resize_shape/crop_shape give a 1x1 "
-                "ResNet feature map, on which the spatial softmax is constant; use >= 33 pixels "
-                "on at least one side"
+                f"feature map in {type(self).__name__}, on which the spatial softmax is constant; "
+                "use larger images"
             )
         self.pool = SpatialSoftmax(feature_shape[1:], num_kp=spatial_softmax_num_keypoints)
         self.out = nn.Linear(2 * spatial_softmax_num_keypoints, self.feature_dim)
         self.relu = nn.ReLU()
 
-    def forward(
+    def build_backbone(self, in_channels: int) -> nn.Module:
+        """The trunk: ``(B, in_channels, h, w)`` -> ``(B, C', h', w')`` feature maps."""
+        raise NotImplementedError
+
+    @property
+    def output_dim(self) -> int:
+        """``feature_dim``: size of the encoding of one image."""
+        return self.feature_dim
+
+    def preprocess(
         self, images: torch.Tensor, generator: torch.Generator | None = None
     ) -> torch.Tensor:
-        """``(B, C, H, W)`` float images in [0, 1] -> ``(B, feature_dim)``.
-
-        ``generator`` drives the train-mode random crop (ignored otherwise).
-        """
+        """Check, resize and crop: ``(B, C, H, W)`` -> ``(B, C, h, w)`` (crop size, or resized)."""
         if images.ndim != 4 or tuple(images.shape[1:]) != self.input_shape:
             raise ValueError(
                 f"images must have shape (B, {', '.join(map(str, self.input_shape))}), "
@@ -231,14 +245,56 @@ class ResNetImageEncoder(nn.Module):
                 images = random_crop(images, self.crop_shape, generator)
             else:
                 images = center_crop(images, self.crop_shape)
-        keypoints = self.pool(self.backbone(images))
+        return images
+
+    def forward(
+        self, images: torch.Tensor, generator: torch.Generator | None = None
+    ) -> torch.Tensor:
+        """``(B, C, H, W)`` float images in [0, 1] -> ``(B, feature_dim)``.
+
+        ``generator`` drives the train-mode random crop (ignored otherwise).
+        """
+        images = self.preprocess(images, generator)
+        if resolve_vision_precision(self.precision, images.device) == "bfloat16":
+            with torch.autocast(images.device.type, dtype=torch.bfloat16):
+                features = self.backbone(images.contiguous(memory_format=torch.channels_last))
+            features = features.float()
+        else:
+            features = self.backbone(images)
+        keypoints = self.pool(features)
         return self.relu(self.out(keypoints.flatten(start_dim=1)))
+
+
+class ResNetImageEncoder(ImageEncoder):
+    """The paper's encoder: ResNet-18 trunk without avgpool/fc, random init, spatial softmax.
+
+    BatchNorm is replaced by GroupNorm(C // 16, C) when ``use_group_norm`` (recommended: small
+    batches, EMA). 11.2 M parameters; 84x84 crops give a 3x3 feature map. ``options`` are
+    :class:`ImageEncoder`'s (``crop_shape``, ``precision`` ...).
+    """
+
+    def __init__(
+        self, input_shape: Sequence[int] = (3, 96, 96), *, use_group_norm: bool = True,
+        **options: Any,
+    ) -> None:
+        self.use_group_norm = use_group_norm
+        super().__init__(input_shape, **options)
+
+    def build_backbone(self, in_channels: int) -> nn.Module:
+        """ResNet-18 children up to ``layer4`` (stride 32)."""
+        resnet = torchvision.models.resnet18(weights=None)
+        if in_channels != 3:
+            resnet.conv1 = nn.Conv2d(in_channels, 64, 7, 2, 3, bias=False)
+        backbone = nn.Sequential(*list(resnet.children())[:-2])  # drop avgpool and fc
+        if self.use_group_norm:
+            _replace_batchnorm_with_groupnorm(backbone)
+        return backbone
 
 
 class MultiImageObsEncoder(nn.Module):
     """Encode several camera streams over ``T`` observation steps into one feature vector.
 
-    With ``share_encoder`` one :class:`ResNetImageEncoder` processes all cameras in a single
+    With ``share_encoder`` one :class:`ImageEncoder` processes all cameras in a single
     batch; otherwise each camera has its own. Features are concatenated in ``image_keys``
     order: ``out[..., k * F:(k + 1) * F]`` belongs to camera ``image_keys[k]``.
 
@@ -246,7 +302,9 @@ class MultiImageObsEncoder(nn.Module):
         image_keys: observation keys of the cameras (all of shape ``input_shape``).
         input_shape: ``(C, H, W)`` of each image.
         share_encoder: one encoder for all cameras (True) or one per camera.
-        **encoder_kwargs: forwarded to :class:`ResNetImageEncoder`.
+        backbone: encoder name, one of ``rlox_dp.networks.encoders.IMAGE_ENCODERS``
+            (``"resnet18"``: the paper's; ``"compact"``: a small conv net, ~10x cheaper).
+        **encoder_kwargs: forwarded to the encoder's constructor.
     """
 
     def __init__(
@@ -254,8 +312,12 @@ class MultiImageObsEncoder(nn.Module):
         image_keys: Sequence[str],
         input_shape: Sequence[int] = (3, 96, 96),
         share_encoder: bool = True,
+        backbone: str = "resnet18",
         **encoder_kwargs: object,
     ) -> None:
+        # imported here: the encoder registry imports this module
+        from rlox_dp.networks.encoders import build_image_encoder
+
         super().__init__()
         self.image_keys = tuple(image_keys)
         if not self.image_keys or len(set(self.image_keys)) != len(self.image_keys):
@@ -263,7 +325,7 @@ class MultiImageObsEncoder(nn.Module):
         self.share_encoder = share_encoder
         n_encoders = 1 if share_encoder else len(self.image_keys)
         self.encoders = nn.ModuleList(
-            ResNetImageEncoder(input_shape, **encoder_kwargs) for _ in range(n_encoders)
+            build_image_encoder(backbone, input_shape, **encoder_kwargs) for _ in range(n_encoders)
         )
         self.input_shape = self.encoders[0].input_shape
 
@@ -293,7 +355,8 @@ class MultiImageObsEncoder(nn.Module):
                 )
         batch, steps = lead
         if self.share_encoder:
-            images = torch.stack([obs[k] for k in self.image_keys], dim=2)  # (B, T, N, C, H, W)
+            images = (obs[self.image_keys[0]] if len(self.image_keys) == 1 else  # no copy
+                      torch.stack([obs[k] for k in self.image_keys], dim=2))  # (B, T, N, C, H, W)
             features = self.encoders[0](images.reshape(-1, *self.input_shape), generator)
             return features.reshape(batch, steps, self.output_dim)
         features = [
