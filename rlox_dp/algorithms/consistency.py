@@ -9,7 +9,7 @@ probability-flow ODE trajectories (Song et al. 2023, consistency distillation):
 
     t ~ U{0..T-1},  s = t - distillation_stride  (s < 0: the clean end),
     x_t = sqrt(ab_t) a + sqrt(1 - ab_t) eps,
-    x_s = one DDIM (eta 0) step of the frozen teacher from x_t to s  (x_s = teacher's x0 if s < 0),
+    x_s = one ODE step of the frozen teacher from x_t to s (teacher_ode_step; its x0 if s < 0),
     L   = ||f(x_t, t) - sg f(x_s, s)||^2  +  dsm_weight ||f(x_t, t) - a||^2
 
 (``sg``: stop-gradient; both terms mean squared errors over real, unpadded actions). Sampling
@@ -29,7 +29,9 @@ partition of the schedule (their ``chaining_times = ['D', 27, 54]`` of 80 bins).
 Where it differs: the objective is consistency distillation (CD) with ``f(x_t, t)``, not their
 consistency-trajectory (CTM) objective with a two-time network ``G(x_t, t, s)`` (that would need
 new denoiser inputs); the teacher is this library's discrete-time VP diffusion (any
-``prediction_type``), not an EDM model, and its ODE step is DDIM (first order) instead of Heun;
+``prediction_type``), not an EDM model, and its ODE step is a second-order exponential-integrator
+step in the data prediction (Heun-like, ``teacher_solver="heun"``; DDIM optional) instead of EDM's
+Heun;
 the boundary ``f(x, clean) = x`` is imposed through the ``s < 0`` training pairs (target: the
 teacher's clean estimate) and the DSM term, not through EDM's skip scalings; the DSM term uses
 the same noisy sample as the consistency term (no second forward pass).
@@ -40,6 +42,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
+from collections.abc import Callable
 from typing import Any, ClassVar, Literal
 
 import gymnasium as gym
@@ -52,10 +55,12 @@ from rlox_dp.algorithms.flow import global_batch_draws
 from rlox_dp.buffers import Batch, Normalizer
 from rlox_dp.checkpoint import CheckpointError, load_checkpoint, space_from_json
 from rlox_dp.config import ConfigError
-from rlox_dp.diffusion import DDIMSampler
+from rlox_dp.diffusion import DDIMSampler, NoiseSchedule
 from rlox_dp.diffusion.consistency_sampler import ConsistencySampler
+from rlox_dp.diffusion.samplers import PredictionType
 
-__all__ = ["ConsistencyConfig", "ConsistencyPolicy", "load_teacher"]
+__all__ = ["ConsistencyConfig", "ConsistencyPolicy", "load_teacher", "teacher_ode_step",
+           "teacher_step_table"]
 
 #: windows and normalization (AlgorithmConfig fields) that a student shares with its teacher.
 _SHARED_BASE_FIELDS = ("n_obs_steps", "horizon", "n_action_steps", "obs_normalization",
@@ -100,6 +105,8 @@ class ConsistencyConfig(DiffusionConfig):
             default to the teacher's values and must equal them.
         distillation_stride: training timesteps spanned by the teacher's ODE step from ``t`` to
             ``s = t - stride`` (``T / stride`` steps per trajectory).
+        teacher_solver: that step's solver, ``"heun"`` (2nd order, 2 teacher calls; Consistency
+            Policy's) or ``"ddim"`` (1st order, 1 call); see :func:`teacher_ode_step`.
         dsm_weight: weight of the denoising term ``||f(x_t, t) - a||^2`` (0 disables it).
         warm_start: initialize the student with the teacher's (EMA) weights.
         init_noise_scale: std of the sampler's starting noise, in ``(0, 1]`` (module docstring).
@@ -114,6 +121,7 @@ class ConsistencyConfig(DiffusionConfig):
     teacher: str | None = None
     teacher_config: dict[str, Any] | None = None
     distillation_stride: int = 2
+    teacher_solver: Literal["ddim", "heun"] = "heun"
     dsm_weight: float = 1.0
     warm_start: bool = True
     init_noise_scale: float = 1.0
@@ -195,6 +203,74 @@ def load_teacher(
     return teacher.eval().requires_grad_(False)
 
 
+def teacher_step_table(
+    schedule: NoiseSchedule, stride: int, prediction_type: PredictionType
+) -> torch.Tensor:
+    """``(T, 6)`` float64 coefficients of the teacher's ODE step ``t -> s = t - stride`` (``s = -1``,
+    the clean end, when ``t < stride``), one row per ``t``: the five
+    :class:`~rlox_dp.diffusion.StepCoefficients` of DDIM (eta 0) for ``(t, s)``, then the weight
+    ``alpha_s (h - 1 + e^{-h}) / h`` of the second-order term (0 when ``s = -1``), with
+    ``h = lambda_s - lambda_t`` the step in half log-SNR (see :func:`teacher_ode_step`)."""
+    T = schedule.num_train_timesteps
+    pairs = [(t, t - stride if t >= stride else -1) for t in range(T)]
+    first = torch.tensor(DDIMSampler(schedule, prediction_type, False, eta=0.0).coefficients(pairs),
+                         dtype=torch.float64)
+    ab = schedule.alphas_cumprod.detach().to("cpu", torch.float64)
+    lam = 0.5 * (ab / (1.0 - ab)).log()
+    t = torch.arange(T)
+    s = (t - stride).clamp(min=0)
+    h = lam[s] - lam[t]
+    second = torch.where(t >= stride, ab[s].sqrt() * (h + torch.expm1(-h)) / h, torch.zeros(T, dtype=torch.float64))
+    return torch.cat([first, second.unsqueeze(1)], dim=1)
+
+
+def teacher_ode_step(
+    denoise_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+    x_t: torch.Tensor,
+    t: torch.Tensor,
+    s: torch.Tensor,
+    table: torch.Tensor,
+    teacher_config: DiffusionConfig,
+    solver: Literal["ddim", "heun"] = "heun",
+) -> torch.Tensor:
+    """One step of the teacher's probability-flow ODE from ``x_t`` at ``t`` to ``s``, per sample.
+
+    With the teacher's clean estimates ``m_t`` (clipped as its sampler clips them):
+    ``"ddim"``: ``x_s = coef_xt x_t + coef_x0 m_t`` (first order, exact for constant ``m``);
+    ``"heun"``: the same predictor, then ``x_s += w (m_s - m_t)`` with ``m_s`` the estimate at the
+    predicted ``x_s`` and ``w = alpha_s (h - 1 + e^{-h}) / h``, the exact integral of ``m`` interpolated
+    linearly in ``lambda`` (second order, one more teacher call; DPM-Solver-2's idea with the
+    end point, as EDM's Heun). Steps to the clean end (``s < 0``) are first order.
+
+    Args:
+        denoise_fn: the teacher's ``(x (B, H, D), k (B,)) -> (B, H, D)`` network output.
+        x_t: ``(B, H, D)``; t, s: ``(B,)`` int64 with ``s = t - stride`` (``< 0``: clean end).
+        table: :func:`teacher_step_table` for that stride, in ``x_t``'s dtype and device.
+        teacher_config: the teacher's config (prediction type, clipping).
+        solver: ``"ddim"`` or ``"heun"``.
+
+    Returns:
+        ``(B, H, D)``: ``x_s`` (the teacher's clean estimate where ``s < 0``).
+    """
+    shape = (-1, *([1] * (x_t.ndim - 1)))
+
+    def clean_estimate(x: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
+        out = denoise_fn(x, k)
+        if teacher_config.prediction_type == "epsilon":
+            out = table[k, 0].view(shape) * x - table[k, 1].view(shape) * out
+        if teacher_config.clip_sample:
+            out = out.clamp(-teacher_config.clip_sample_range, teacher_config.clip_sample_range)
+        return out
+
+    c = table[t]
+    m_t = clean_estimate(x_t, t)
+    x_s = c[:, 2].view(shape) * m_t + c[:, 3].view(shape) * x_t
+    if solver == "heun":
+        m_s = clean_estimate(x_s, s.clamp(min=0))
+        x_s = x_s + c[:, 5].view(shape) * (m_s - m_t)  # weight 0 where s < 0
+    return x_s
+
+
 @register_algorithm("consistency")
 class ConsistencyPolicy(DiffusionPolicy):
     """A consistency model distilled from a Diffusion Policy teacher (module docstring)."""
@@ -248,14 +324,11 @@ class ConsistencyPolicy(DiffusionPolicy):
         self.config, self.sampler, self._compiled_loops = config, self._build_sampler(config), {}
 
     def _teacher_step_table(self, device: torch.device) -> torch.Tensor:
-        """``(T, 5)`` DDIM (eta 0) coefficients of the teacher's step ``t -> t - stride`` for every
-        ``t`` (:class:`~rlox_dp.diffusion.StepCoefficients` columns), on ``device``."""
+        """:func:`teacher_step_table` of this student's schedule and stride, on ``device``."""
         if self._teacher_steps is None or self._teacher_steps.device != device:
-            teacher_config = self._teacher.config
-            stride, T = self.config.distillation_stride, self.config.num_train_timesteps
-            pairs = [(t, t - stride if t >= stride else -1) for t in range(T)]
-            ddim = DDIMSampler(self.schedule, teacher_config.prediction_type, False, eta=0.0)
-            self._teacher_steps = torch.tensor(ddim.coefficients(pairs), device=device)
+            self._teacher_steps = teacher_step_table(
+                self.schedule, self.config.distillation_stride, self._teacher.config.prediction_type
+            ).to(device)
         return self._teacher_steps
 
     def compute_loss(
@@ -273,17 +346,15 @@ class ConsistencyPolicy(DiffusionPolicy):
         t = (u * T).long().clamp(max=T - 1)
         s = t - stride
         x_t = self._schedule_on(actions.device).add_noise(actions, noise, t)
-        shape = (-1, *([1] * (actions.ndim - 1)))
         with torch.no_grad():
-            c = self._teacher_step_table(actions.device)[t].to(actions.dtype)
-            out = teacher.denoiser(x_t, t, teacher.obs_encoder(batch.obs))
-            if teacher.config.prediction_type == "epsilon":
-                out = c[:, 0].view(shape) * x_t - c[:, 1].view(shape) * out
-            if teacher.config.clip_sample:
-                out = out.clamp(-teacher.config.clip_sample_range, teacher.config.clip_sample_range)
-            x_s = c[:, 2].view(shape) * out + c[:, 3].view(shape) * x_t
+            teacher_cond = teacher.obs_encoder(batch.obs)
+            x_s = teacher_ode_step(
+                lambda x, k: teacher.denoiser(x, k, teacher_cond), x_t, t, s,
+                self._teacher_step_table(actions.device).to(actions.dtype), teacher.config,
+                self.config.teacher_solver,
+            )
             target = self.denoiser(x_s, s.clamp(min=0), cond.detach())
-            target = torch.where((s >= 0).view(shape), target, x_s)
+            target = torch.where((s >= 0).view(-1, *([1] * (actions.ndim - 1))), target, x_s)
         pred = self.denoiser(x_t, t, cond)
         consistency = masked_mse(pred, target, batch.action_is_pad)
         dsm = masked_mse(pred, actions, batch.action_is_pad)
