@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from typing import Any
 
-__all__ = ["PRESETS", "preset_for"]
+__all__ = ["OBS_MODE_PRESETS", "PRESETS", "preset_for"]
 
 _PENDULUM_DIFFUSION: dict[str, Any] = {
     "denoiser": "mlp",
@@ -56,6 +56,31 @@ _PUSHT_DIFFUSION: dict[str, Any] = {
     "n_eval_envs": 50,
 }
 
+#: PushT from camera images (``obs="image"``): the compact image encoder (a 3-layer conv net with the
+#: paper's spatial softmax, ~13x cheaper per training step than the paper's ResNet-18 on one CPU
+#: thread; ``rlox_dp.networks.encoders``), bf16 encoder trunk where the CPU/GPU has native bf16, the
+#: small U-Net and the paper's windows. Measured by ``benchmarks/pusht.py --obs image`` (Diffusion
+#: Policy vs BC-chunk, learning curves in ``benchmarks/results/pusht_image.json``).
+_PUSHT_IMAGE_COMMON: dict[str, Any] = {
+    "n_obs_steps": 2,
+    "horizon": 16,
+    "n_action_steps": 8,
+    "batch_size": 64,
+    "lr": 3e-4,
+    "vision_backbone": "compact",
+    "vision_precision": "auto",
+    "total_steps": 7500,
+    "n_eval_episodes": 50,
+    "n_eval_envs": 10,
+}
+_PUSHT_IMAGE_DIFFUSION: dict[str, Any] = {
+    **_PUSHT_IMAGE_COMMON,
+    "denoiser": "unet",
+    "down_dims": (32, 64, 128),
+    "noise_scheduler_type": "DDIM",
+    "num_inference_steps": 10,
+}
+
 PRESETS: dict[tuple[str, str], dict[str, Any]] = {
     ("diffusion", "Pendulum-v1"): _PENDULUM_DIFFUSION,
     ("bc", "Pendulum-v1"): {"total_steps": 2000},
@@ -70,6 +95,22 @@ PRESETS: dict[tuple[str, str], dict[str, Any]] = {
 }
 
 
-def preset_for(algorithm: str, env_id: str) -> dict[str, Any]:
-    """The recommended config overrides for ``algorithm`` on ``env_id`` (empty when none)."""
+#: presets of one observation mode of an env: ``(algorithm, env_id, obs_mode)`` -> overrides; they
+#: replace the env's preset of ``PRESETS`` for that mode.
+OBS_MODE_PRESETS: dict[tuple[str, str, str], dict[str, Any]] = {
+    ("diffusion", "gym_pusht/PushT-v0", "image"): _PUSHT_IMAGE_DIFFUSION,
+    ("bc_chunk", "gym_pusht/PushT-v0", "image"): _PUSHT_IMAGE_COMMON,
+    ("bc", "gym_pusht/PushT-v0", "image"): {
+        k: v for k, v in _PUSHT_IMAGE_COMMON.items() if k not in ("horizon", "n_action_steps")},
+}
+
+
+def preset_for(algorithm: str, env_id: str, obs_mode: str | None = None) -> dict[str, Any]:
+    """The recommended config overrides for ``algorithm`` on ``env_id`` (empty when none).
+
+    ``obs_mode`` (PushT's ``"image"`` ...) selects the mode's own preset from
+    :data:`OBS_MODE_PRESETS` where there is one; otherwise the env's preset applies.
+    """
+    if obs_mode is not None and (algorithm, env_id, obs_mode) in OBS_MODE_PRESETS:
+        return dict(OBS_MODE_PRESETS[(algorithm, env_id, obs_mode)])
     return dict(PRESETS.get((algorithm, env_id), {}))

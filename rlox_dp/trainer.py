@@ -178,7 +178,7 @@ class Trainer:
                 self.env_kwargs[env_key] = values.pop(key)
         values = cls.resolve_aliases(values)
         if self.use_preset:
-            preset = preset_for(self.algorithm_name, self.env_id)
+            preset = preset_for(self.algorithm_name, self.env_id, self.env_kwargs.get("obs_mode"))
             window = {"horizon", "n_obs_steps", "n_action_steps"}
             if window & set(values):  # the user's window wins as a whole
                 preset = {k: v for k, v in preset.items() if k not in window}

@@ -263,6 +263,21 @@ class DemonstrationBuffer:
         return self._device
 
     @property
+    def storage_nbytes(self) -> dict[str, int]:
+        """Bytes held per stored key (observations and ``"action"``; not the window table).
+
+        A uint8 image key holds one byte per pixel and channel: windows index into it, nothing is
+        copied per window and no float copy of the images is kept.
+        """
+        return {key: data.numel() * data.element_size() for key, data in self._data.items()}
+
+    def stored(self, key: str) -> torch.Tensor:
+        """The stored ``(N, ...)`` tensor of ``key`` (uint8 images, else normalized float32)."""
+        if key not in self._data:
+            raise KeyError(f"no stored key {key!r}; the buffer holds {sorted(self._data)}")
+        return self._data[key]
+
+    @property
     def episode_of_window(self) -> torch.Tensor:
         """``(num_windows,)`` long: the episode each window comes from."""
         return self._episode_of_window
