@@ -17,6 +17,7 @@ from rlox_dp.algorithms import (
 from rlox_dp.buffers import Batch, DemonstrationBuffer, Demonstrations, Normalizer
 from rlox_dp.checkpoint import CheckpointError
 from rlox_dp.config import ConfigError
+from rlox_dp.policy_io import load_policy
 from rlox_dp.runtime import NonFiniteLossError
 from rlox_dp.trainer import Trainer
 
@@ -38,5 +39,6 @@ __all__ = [
     "Trainer",
     "available_algorithms",
     "get_algorithm_class",
+    "load_policy",
     "register_algorithm",
 ]

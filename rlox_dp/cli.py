@@ -64,11 +64,13 @@ def _build_parser() -> argparse.ArgumentParser:
     train = sub.add_parser("train", help="train (and evaluate) an algorithm on demonstrations")
     train.add_argument("algorithm", help="registered algorithm: diffusion, bc, bc_chunk")
     train.add_argument("--env", required=True, help="Gymnasium env id, e.g. Pendulum-v1")
-    train.add_argument("--demos", default=None, help="demonstrations (.zarr or .npz); default: built-in expert")
+    train.add_argument("--demos", default=None,
+                       help="demonstrations (.zarr, .npz or a LeRobotDataset v3 folder); default: built-in expert")
     train.add_argument("--config", nargs="*", default=[], metavar="KEY=VALUE", help="config overrides")
     train.add_argument("--steps", type=int, default=None, help="gradient steps (default: config total_steps)")
     train.add_argument("--seed", type=int, default=None)
     train.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
+    train.add_argument("--threads", type=int, default=None, help="torch threads for CPU work (default: chosen from the free cores and the network size)")
     train.add_argument("--log-dir", default=None, help="TensorBoard logs and checkpoints")
     train.add_argument("--resume", default=None, metavar="CHECKPOINT", help="continue a run from a checkpoint")
     train.add_argument("--eval-episodes", type=int, default=None)
@@ -83,6 +85,7 @@ def _build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--envs", type=int, default=None, help="parallel envs")
     ev.add_argument("--seed", type=int, default=None, help="first evaluation seed")
     ev.add_argument("--device", default="auto")
+    ev.add_argument("--threads", type=int, default=None, help="torch threads for CPU work (default: chosen from the free cores and the network size)")
     ev.add_argument("--video-dir", default=None)
     ev.add_argument("--sampler", default=None, metavar="KIND[:STEPS]",
                     help="diffusion only: evaluate with another sampler, e.g. DDPM:100 or DDIM:5")
@@ -117,10 +120,12 @@ def _run_train(args: argparse.Namespace) -> int:
             raise ValueError("--config cannot change a resumed run's config; start a new run instead")
         trainer = Trainer.load(args.resume, demos=args.demos, device=args.device,
                                log_dir=args.log_dir, cache_dir=args.cache_dir, progress=progress)
+        trainer.threads = args.threads if args.threads is not None else trainer.threads
     else:
         trainer = Trainer(args.algorithm, env=args.env, config=overrides, demos=args.demos,
                           seed=args.seed, device=args.device, log_dir=args.log_dir,
-                          cache_dir=args.cache_dir, progress=progress, preset=not args.no_preset)
+                          cache_dir=args.cache_dir, progress=progress, preset=not args.no_preset,
+                          threads=args.threads)
     logging.getLogger("rlox_dp").info(
         "training %s on %s (device %s, %d demonstration windows); logs in %s",
         trainer.algorithm_name, trainer.env_id, trainer.device, len(trainer.buffer), trainer.log_dir,
@@ -142,6 +147,7 @@ def _run_eval(args: argparse.Namespace) -> int:
     from rlox_dp import Trainer
 
     trainer = Trainer.load(args.checkpoint, device=args.device, progress=not args.no_progress)
+    trainer.threads = args.threads if args.threads is not None else trainer.threads
     if args.sampler is not None:
         kind, _, steps = args.sampler.partition(":")
         if not hasattr(trainer.eval_policy, "configure_inference"):

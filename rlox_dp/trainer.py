@@ -39,6 +39,7 @@ from rlox_dp.distributed import init_distributed
 from rlox_dp.ema import EMA
 from rlox_dp.presets import preset_for
 from rlox_dp.runtime import NonFiniteLossError, TrainState, lr_at, resolve_device, seed_everything
+from rlox_dp.threads import configure_threads, policy_flops_per_sample, restore_threads
 
 __all__ = ["NonFiniteLossError", "Trainer"]
 
@@ -66,8 +67,9 @@ class Trainer:
         env: Gymnasium env id with a continuous (Box) action space.
         config: the algorithm's config dataclass, or a dict of its fields (documented aliases
             accepted; ``"seed"`` and the env option ``"obs"`` also allowed).
-        demos: a ``.zarr``/``.npz`` path, :class:`Demonstrations`, a :class:`DemonstrationBuffer`,
-            or ``None`` for the env's built-in expert (trained once and cached).
+        demos: a ``.zarr``/``.npz`` path, a LeRobotDataset v3 folder (PushT: image mode when it
+            has video), :class:`Demonstrations`, a :class:`DemonstrationBuffer`, or ``None`` for
+            the env's built-in expert (trained once and cached).
         seed: seeds weights, sampling and data order (default 0).
         device: ``"auto"`` (CUDA when available, else CPU), ``"cpu"``, ``"cuda"``, ``"cuda:1"`` ...
         log_dir: TensorBoard logs and checkpoints; default ``runs/<algorithm>-<env>-<time>``.
@@ -77,6 +79,8 @@ class Trainer:
         progress: show progress bars.
         preset: apply the recommended settings of ``rlox_dp.presets`` for this algorithm and env
             under a dict config (your keys win); ignored when ``config`` is a dataclass.
+        threads: torch threads for CPU training and evaluation (also ``config={"threads": N}``);
+            None chooses from the free cores and the network size (:mod:`rlox_dp.threads`).
     """
 
     def __init__(
@@ -93,6 +97,7 @@ class Trainer:
         cache_dir: str | os.PathLike | None = None,
         progress: bool = True,
         preset: bool = True,
+        threads: int | None = None,
         _normalizer: Normalizer | None = None,
     ) -> None:
         self.algorithm_name = algorithm
@@ -105,6 +110,11 @@ class Trainer:
             raise ConfigError(f"seed given twice with different values: seed={seed}, config seed={config_seed}")
         self.seed = int(seed if seed is not None else (config_seed if config_seed is not None else 0))
         self.device = resolve_device(device, local_rank=int(os.environ.get("LOCAL_RANK", "0")))
+        if threads is not None and self._config_threads is not None and threads != self._config_threads:
+            raise ConfigError(f"threads given twice with different values: threads={threads}, "
+                              f"config threads={self._config_threads}")
+        self.threads = threads if threads is not None else self._config_threads
+        configure_threads(self.threads, self.device, what="setup")  # expert training, demos
         self.dist = init_distributed(self.device)
         if self.config.batch_size % self.dist.world_size:
             raise ConfigError(
@@ -115,6 +125,12 @@ class Trainer:
         self.progress = progress
         stamp = time.strftime("%Y%m%d-%H%M%S")
         self.log_dir = Path(log_dir) if log_dir is not None else Path("runs") / f"{algorithm}-{env.replace('/', '_')}-{stamp}"
+        if env.startswith("gym_pusht/") and "obs_mode" not in self.env_kwargs:
+            from rlox_dp.buffers.lerobot import has_video_features, is_lerobot_dataset
+
+            if is_lerobot_dataset(demos) and has_video_features(demos):
+                self.env_kwargs["obs_mode"] = "image"  # LeRobot's PushT: image + agent position
+                logger.info("LeRobot dataset with video: PushT in image mode (obs=image)")
         self.observation_space, self.action_space = self._env_spaces()
         self.demos_source = demos if isinstance(demos, (str, os.PathLike)) else None
         self._demos_arg = demos
@@ -126,6 +142,7 @@ class Trainer:
         self.policy: Algorithm = self.algorithm_class(
             self.config, self.observation_space, self.action_space, _normalizer
         ).to(self.device)
+        self._flops_per_sample = policy_flops_per_sample(self.policy) if self.device.type == "cpu" else None
         # Fused AdamW: one kernel over all parameters instead of a loop of per-op kernels
         # (about 10x faster on CPU for a 250 M-parameter U-Net; see benchmarks/speed.py).
         self.optimizer = torch.optim.AdamW(
@@ -155,6 +172,7 @@ class Trainer:
     # -- construction helpers -----------------------------------------------------------------------
     def _build_config(self, config: Any) -> tuple[AlgorithmConfig, int | None]:
         cls = self.algorithm_class.config_class
+        self._config_threads: int | None = None  # config={"threads": N}: a run setting, not saved
         if config is None:
             config = {}
         if isinstance(config, AlgorithmConfig):
@@ -168,6 +186,7 @@ class Trainer:
             raise ConfigError(f"config must be a dict or {cls.__name__}, got {type(config).__name__}")
         values = dict(config)
         seed = values.pop("seed", None)
+        self._config_threads = values.pop("threads", None)
         for key, env_key in ENV_CONFIG_KEYS.items():
             if key in values:
                 if not self.env_id.startswith("gym_pusht/"):
@@ -218,6 +237,10 @@ class Trainer:
             }
             return demos
         if isinstance(demos, (str, os.PathLike)):
+            from rlox_dp.buffers.lerobot import is_lerobot_dataset, load_lerobot_dataset
+
+            if is_lerobot_dataset(demos):
+                return load_lerobot_dataset(demos, obs_keys=list(self.observation_space.spaces))
             if self.env_id.startswith("gym_pusht/"):
                 from rlox_dp.envs.pusht import load_pusht_demonstrations
 
@@ -226,8 +249,8 @@ class Trainer:
 
             return load_demonstrations(demos, obs_keys=list(self.observation_space.spaces))
         raise TypeError(
-            "demos must be a path (.zarr/.npz), Demonstrations, DemonstrationBuffer or None, got "
-            f"{type(demos).__name__}"
+            "demos must be a path (.zarr/.npz, a LeRobot dataset folder), Demonstrations, "
+            f"DemonstrationBuffer or None, got {type(demos).__name__}"
         )
 
     def _check_demos(self, demos: Demonstrations) -> None:
@@ -364,6 +387,7 @@ class Trainer:
             raise ValueError(f"total_steps must be >= 1, got {total}")
         buffer = self.buffer
         cfg = self.config
+        self._configure_threads(cfg.batch_size // self.dist.world_size, "training")
         writer = self._writer_or_none() if self.dist.is_main else _NullWriter()
         self.policy.train()
         metrics: dict[str, float] = {}
@@ -490,6 +514,8 @@ class Trainer:
         was_training = policy.training
         policy.eval()
         policy.reset()
+        threads_before = self._configure_threads(
+            int(n_envs if n_envs is not None else self.config.n_eval_envs), "evaluation")
         try:
             result = evaluate_policy(
                 policy, self.env_id,
@@ -502,8 +528,16 @@ class Trainer:
         finally:
             policy.reset()
             policy.train(was_training)
+            restore_threads(threads_before)
         self.last_eval = result
         return result.summary()
+
+    def _configure_threads(self, batch: int, what: str) -> int:
+        """Choose the torch threads for ``what`` on ``batch`` samples; returns the count before."""
+        before = torch.get_num_threads()
+        flops = self._flops_per_sample * batch if self._flops_per_sample is not None else None
+        configure_threads(self.threads, self.device, flops, what)
+        return before
 
     # -- checkpoints ----------------------------------------------------------------------------
     def save(self, path: str | os.PathLike) -> Path:

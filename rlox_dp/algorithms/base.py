@@ -15,8 +15,10 @@ actions starting at the current step ``s+T_o-1`` are executed, then it replans (
 from __future__ import annotations
 
 import dataclasses
+import os
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping
+from pathlib import Path
 from typing import Any, ClassVar, Literal, TypeVar
 
 import gymnasium as gym
@@ -215,6 +217,13 @@ class Algorithm(nn.Module, ABC):
 
     name: ClassVar[str] = ""
     config_class: ClassVar[type[AlgorithmConfig]] = AlgorithmConfig
+    #: Deterministic inference: every chunk is predicted from the same noise, drawn from a
+    #: generator of the policy's own seeded with :attr:`noise_seed` at every call and shared by all
+    #: envs of the batch, so an env's actions are a function of its own observations only.
+    #: ``predict(..., deterministic=True)`` turns it on for its call; set it to make
+    #: :meth:`select_action` deterministic too. Off: noise from torch's global generator.
+    fixed_noise: bool = False
+    noise_seed: int = 0
 
     def __init__(
         self,
@@ -286,6 +295,16 @@ class Algorithm(nn.Module, ABC):
     ) -> torch.Tensor:
         """Actions to execute, normalized: obs ``(B, T_o, ...)`` -> ``(B, n_action_steps, D_act)``."""
 
+    def predict_normalized_actions_fixed_noise(
+        self, obs: dict[str, torch.Tensor], generator: torch.Generator
+    ) -> torch.Tensor:
+        """:meth:`predict_normalized_actions` with the same noise for every row of the batch, so
+        that a row's actions depend on its own observations only (see :attr:`fixed_noise`).
+
+        Policies that draw no noise at inference (BC) keep this default.
+        """
+        return self.predict_normalized_actions(obs, generator)
+
     def forward(
         self, batch: Batch, generator: torch.Generator | None = None
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
@@ -320,11 +339,92 @@ class Algorithm(nn.Module, ABC):
     ) -> torch.Tensor:
         """Raw observation window ``(B, T_o, ...)`` per key -> raw actions ``(B, n_action_steps, D_act)``.
 
-        Actions are unnormalized and clipped to the action space bounds.
+        Actions are unnormalized and clipped to the action space bounds. With :attr:`fixed_noise`
+        on and no ``generator`` given, the chunk is predicted with
+        :meth:`predict_normalized_actions_fixed_noise` from a generator of the policy's own,
+        seeded with :attr:`noise_seed` at every call.
         """
-        actions = self.predict_normalized_actions(self.normalize_obs(obs_window), generator)
+        obs = self.normalize_obs(obs_window)
+        if self.fixed_noise and generator is None:
+            own = torch.Generator(device=self.device).manual_seed(self.noise_seed)
+            actions = self.predict_normalized_actions_fixed_noise(obs, own)
+        else:
+            actions = self.predict_normalized_actions(obs, generator)
         actions = self.normalizer.unnormalize("action", actions)
         return torch.maximum(torch.minimum(actions, self.action_high), self.action_low)
+
+    def predict(
+        self,
+        observation: Mapping[str, Any] | np.ndarray,
+        state: tuple[np.ndarray, ...] | None = None,
+        episode_start: np.ndarray | None = None,
+        deterministic: bool = True,
+    ) -> tuple[np.ndarray, None]:
+        """Stable-Baselines3's ``predict``: ``stable_baselines3.common.evaluation.evaluate_policy``
+        and SB3-style loops can run this policy directly.
+
+        Args:
+            observation: one observation (key -> ``obs_shape``) or a batch of ``n_envs``
+                (key -> ``(n_envs, *obs_shape)``), as numpy arrays or tensors; a policy with the
+                single key ``"state"`` also takes the plain array of a ``Box`` env.
+            state: ignored (SB3's recurrent state). The observation history and action queue of
+                every env live in the policy, as in :meth:`select_action`.
+            episode_start: ``(n_envs,)`` bool (a bool for one observation): True where the
+                observation is the first of a new episode; those envs' histories and queues are
+                reset before acting. None: no env starts a new episode (call :meth:`reset` between
+                episodes yourself).
+            deterministic: True: :attr:`fixed_noise` for this call (Diffusion Policy starts every
+                chunk from the same noise of the policy's own generator; BC is deterministic
+                anyway). False: noise from torch's global generator. SB3 defaults to False; we
+                default to True, the setting ``evaluate_policy`` passes.
+
+        Returns:
+            ``(actions, None)``: ``(n_envs, D_act)`` float32 actions for a batch, ``(D_act,)`` for
+            one observation, clipped to the action space. As SB3 does, the policy is put in eval
+            mode.
+        """
+        from rlox_dp.algorithms.predict import batch_observation, episode_start_mask
+
+        obs, single = batch_observation(self.observation_space, observation)
+        batch = next(iter(obs.values())).shape[0]
+        mask = episode_start_mask(episode_start, batch, single)
+        self.eval()
+        if mask is not None and bool(mask.any()):
+            if self._queue_pos is None or self._queue_pos.shape[0] != batch:
+                self.reset()
+            else:
+                self.reset(mask)
+        before = self.fixed_noise
+        self.fixed_noise = bool(deterministic)
+        try:
+            actions = self.select_action(obs)
+        finally:
+            self.fixed_noise = before
+        actions = actions.astype(np.float32, copy=False)
+        return (actions[0] if single else actions), None
+
+    def save(self, path: str | os.PathLike, *, env: str | None = None,
+             env_kwargs: Mapping[str, Any] | None = None) -> Path:
+        """Write this policy alone (weights, normalizer, config, spaces) to a safetensors file.
+
+        ``trainer.eval_policy.save(path)`` saves the EMA weights. ``env`` / ``env_kwargs`` are
+        recorded for evaluation. Read it back with :func:`rlox_dp.load_policy` or
+        ``Algorithm.load``. Returns the path.
+        """
+        from rlox_dp.policy_io import save_policy
+
+        return save_policy(self, path, env=env, env_kwargs=env_kwargs)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike, device: str | torch.device = "cpu",
+             ema: bool = True) -> Algorithm:
+        """:func:`rlox_dp.load_policy`, checking the file holds this class (or a subclass)."""
+        from rlox_dp.policy_io import load_policy
+
+        policy = load_policy(path, device=device, ema=ema)
+        if not isinstance(policy, cls):
+            raise TypeError(f"{path} holds a {type(policy).__name__} ({policy.name!r}), not a {cls.__name__}")
+        return policy
 
     def reset(self, env_mask: np.ndarray | torch.Tensor | None = None) -> None:
         """Clear observation history and queued actions (of the envs where ``env_mask`` is True)."""

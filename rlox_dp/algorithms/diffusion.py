@@ -284,29 +284,42 @@ class DiffusionPolicy(Algorithm):
 
     def sample_chunk(
         self, obs: dict[str, torch.Tensor], generator: torch.Generator | None = None,
-        num_inference_steps: int | None = None,
+        num_inference_steps: int | None = None, shared_noise: bool = False,
     ) -> torch.Tensor:
         """Normalized obs ``(B, T_o, ...)`` -> a whole normalized chunk ``(B, H, D_act)``.
 
         The observation encoding is computed once, and the denoiser precomputes what depends only
         on it and on the sampler's timesteps (:meth:`Denoiser.conditioned`), before the loop.
+        ``shared_noise``: draw the start and step noises for one row and use them for every row
+        (deterministic inference: a row's chunk does not depend on the other rows).
         """
         cond = self.obs_encoder(obs, generator)
         shape = (cond.shape[0], self.config.horizon, self.action_dim)
         n_steps = num_inference_steps or self.config.num_inference_steps
-        if (self._loop_compile_kwargs is not None and n_steps <= self.max_compiled_loop_steps
-                and not torch.is_grad_enabled()):
-            x, noises = self.sampler.draw_noise(shape, n_steps, generator, cond.device, cond.dtype)
+        compiled = (self._loop_compile_kwargs is not None and n_steps <= self.max_compiled_loop_steps
+                    and not torch.is_grad_enabled())
+        pairs, coefficients = self.sampler.plan(n_steps)
+        denoise = None if compiled else self.denoiser.conditioned(cond, [t for t, _ in pairs])
+        drawn = (1, *shape[1:]) if shared_noise else shape
+        x, noises = self.sampler.draw_noise(drawn, n_steps, generator, cond.device, cond.dtype)
+        if shared_noise:
+            x = x.expand(shape).contiguous()
+            noises = [None if z is None else z.expand(shape).contiguous() for z in noises]
+        if compiled:
             return self._compiled_loop(n_steps)(cond, x, noises)
-        steps = [t for t, _ in self.sampler.plan(n_steps)[0]]
-        return self.sampler.sample(
-            self.denoiser.conditioned(cond, steps), shape, n_steps, generator=generator,
-            device=cond.device, dtype=cond.dtype,
-        )
+        return self.sampler.run(denoise, x, pairs, coefficients, noises)
 
     def predict_normalized_actions(
-        self, obs: dict[str, torch.Tensor], generator: torch.Generator | None = None
+        self, obs: dict[str, torch.Tensor], generator: torch.Generator | None = None,
+        shared_noise: bool = False,
     ) -> torch.Tensor:
         """``(B, T_o, ...)`` per key -> executed slice ``(B, n_action_steps, D_act)``, normalized."""
         start = self.config.n_obs_steps - 1
-        return self.sample_chunk(obs, generator)[:, start : start + self.config.n_action_steps]
+        chunk = self.sample_chunk(obs, generator, shared_noise=shared_noise)
+        return chunk[:, start : start + self.config.n_action_steps]
+
+    def predict_normalized_actions_fixed_noise(
+        self, obs: dict[str, torch.Tensor], generator: torch.Generator
+    ) -> torch.Tensor:
+        """The executed slice with one noise draw shared by every row (see ``Algorithm.fixed_noise``)."""
+        return self.predict_normalized_actions(obs, generator, shared_noise=True)
