@@ -26,6 +26,7 @@ DAgger run continues after its last completed round (``DAgger.resume``). Writes
 
     python benchmarks/dagger.py --only pusht --seeds 2 --work-dir runs/dagger_bench   # ~2 CPU-hours per seed and variant
     python benchmarks/dagger.py --only idp --seeds 2 --work-dir runs/dagger_bench
+    python benchmarks/dagger.py --only pusht --seed-list 1 --work-dir runs/dagger_bench  # seed 1 in another process
     python benchmarks/dagger.py --quick --only pusht --out /tmp/x                      # smoke run (a minute)
 """
 
@@ -36,6 +37,7 @@ import importlib.util
 import json
 import os
 import platform
+import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -74,6 +76,22 @@ def _cached(work: Path, name: str, run) -> dict[str, Any]:
     work.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(result, indent=1))
     return result
+
+
+def _fresh(path: Path) -> Path:
+    """``path`` emptied: the scratch log directory of a run that starts over (nothing in it resumes)."""
+    shutil.rmtree(path, ignore_errors=True)
+    return path
+
+
+def _quick_idp_expert() -> Any:
+    """--quick: an untrained SAC policy stands in for the IDP expert (no minutes of training)."""
+    import gymnasium as gym
+    from stable_baselines3 import SAC
+
+    from rlox_dp.envs import SB3Expert
+
+    return SB3Expert(SAC("MlpPolicy", gym.make(IDP), seed=0, device="cpu"))
 
 
 def _episode_stats(trainer: Trainer) -> dict[str, Any]:
@@ -117,7 +135,7 @@ def run_pusht_dagger(seed: int, args: argparse.Namespace, work: Path) -> dict[st
         dagger = DAgger.resume(out_dir, device=args.device, progress=args.progress, labeller=labeller)
     else:
         trainer = Trainer("diffusion", env=PUSHT_ENV_ID, demos=args.demos, config=pusht_config(args), seed=seed,
-                          device=args.device, log_dir=work / f"pusht_dagger_{seed}_train", progress=args.progress,
+                          device=args.device, log_dir=_fresh(work / f"pusht_dagger_{seed}_train"), progress=args.progress,
                           preset=False)
         dagger = DAgger(trainer, {"rounds": args.rounds, "episodes": args.episodes, "initial_steps": args.initial_steps,
                                   "steps_per_round": args.steps_per_round, "n_envs": args.rollout_envs,
@@ -139,7 +157,7 @@ def run_pusht_human(seed: int, steps: int, args: argparse.Namespace, work: Path)
         trainer = Trainer.load(last, demos=args.demos, device=args.device, log_dir=log_dir, progress=args.progress)
     else:
         trainer = Trainer("diffusion", env=PUSHT_ENV_ID, demos=args.demos, config=pusht_config(args), seed=seed,
-                          device=args.device, log_dir=log_dir, progress=args.progress, preset=False)
+                          device=args.device, log_dir=_fresh(log_dir), progress=args.progress, preset=False)
     resumed_at, cpu = trainer.state.step, time.process_time()
     trainer.train(steps, evaluate=False)
     return {"variant": "human", "seed": seed, "steps": steps, "resumed_at": resumed_at,
@@ -164,7 +182,7 @@ def summarize(runs: list[dict[str, Any]]) -> dict[str, Any]:
     return out
 
 
-def plot(path: Path, runs: list[dict[str, Any]]) -> None:
+def plot(path: Path, runs: list[dict[str, Any]], episodes: int) -> None:
     """Score and success per DAgger round against cumulative CPU time; human-only as stars."""
     import matplotlib
 
@@ -182,7 +200,7 @@ def plot(path: Path, runs: list[dict[str, Any]]) -> None:
                 value = r["final"]["preset"][key]
                 ax.plot([r["total_cpu_s"] / 3600], [value], "*", ms=12, label=f"human only, seed {r['seed']}")
         ax.set_xlabel("CPU hours (training + rollouts + labelling)")
-        ax.set_ylabel(f"{label} (50 held-out seeds, DDIM-10)")
+        ax.set_ylabel(f"{label} ({episodes} held-out seeds, DDIM-10)")
         ax.set_ylim(0, 1.05)
         ax.grid(alpha=0.3)
     axes[0].legend(fontsize=7)
@@ -194,7 +212,7 @@ def plot(path: Path, runs: list[dict[str, Any]]) -> None:
 
 def run_pusht(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     runs = []
-    for seed in range(args.seeds):
+    for seed in args.seed_list or range(args.seeds):
         dagger = _cached(work, f"pusht_dagger_{seed}", lambda s=seed: run_pusht_dagger(s, args, work))
         steps = max(1, round(dagger["total_cpu_s"] / dagger["cpu_per_step_s"]))
         human = _cached(work, f"pusht_human_{seed}", lambda s=seed, n=steps: run_pusht_human(s, n, args, work))
@@ -203,7 +221,7 @@ def run_pusht(args: argparse.Namespace, work: Path) -> dict[str, Any]:
               f"{dagger['final']['preset']['eval/success_rate']:.2f} success in {dagger['total_cpu_s'] / 60:.0f} CPU min; "
               f"human only ({steps} steps) {human['final']['preset']['eval/score_mean']:.3f} / "
               f"{human['final']['preset']['eval/success_rate']:.2f} in {human['total_cpu_s'] / 60:.0f} CPU min", flush=True)
-    result = {"benchmark": "dagger_pusht", "demos": str(args.demos), "seeds": args.seeds, "quick": args.quick,
+    result = {"benchmark": "dagger_pusht", "demos": str(args.demos), "seeds": list(args.seed_list or range(args.seeds)), "quick": args.quick,
               "failure_coverage": FAILURE_COVERAGE, "summary": summarize(runs), "runs": runs,
               "settings": {k: v for k, v in vars(args).items() if k not in ("demos",)},
               "machine": {"platform": platform.platform(), "torch": torch.__version__,
@@ -211,7 +229,7 @@ def run_pusht(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "dagger_pusht.json").write_text(json.dumps(result, indent=1, default=str))
-    plot(out / "dagger_pusht.png", runs)
+    plot(out / "dagger_pusht.png", runs, args.eval_episodes)
     for name, row in result["summary"].items():
         print(f"{name:>18}: score {row['score']['mean']:.3f} [{row['score']['low']:.3f}, {row['score']['high']:.3f}]"
               f"  success {row['success_rate']['mean']:.2f} [{row['success_rate']['low']:.2f}, "
@@ -222,41 +240,45 @@ def run_pusht(args: argparse.Namespace, work: Path) -> dict[str, Any]:
 def run_idp_variant(variant: str, seed: int, args: argparse.Namespace, work: Path) -> dict[str, Any]:
     """Clean demos, DART demos or DAgger on InvertedDoublePendulum at ``args.idp_budget`` labels."""
     from rlox_dp.envs import collect_demonstrations, get_expert
+    from rlox_dp.envs.labelling import get_labeller
 
-    expert = get_expert(IDP, progress=args.progress)
+    expert = _quick_idp_expert() if args.quick else get_expert(IDP, progress=args.progress)
     n_demos = args.idp_initial if variant == "dagger" else args.idp_demos
     demos = collect_demonstrations(IDP, expert, n_episodes=n_demos, seed=10_000,
                                    action_noise=0.1 if variant == "dart" else 0.0)
-    config = {"n_eval_episodes": 20, "n_eval_envs": 10, "eval_seed": 0, "checkpoint_every": 10**9}
+    config = {"n_eval_episodes": args.idp_eval_episodes, "n_eval_envs": 10, "eval_seed": 0, "checkpoint_every": 10**9}
+    if args.quick:
+        config.update(total_steps=4, lr_warmup_steps=2, hidden_dim=32, n_layers=1)
     trainer = Trainer("diffusion", env=IDP, demos=demos, config=config, seed=seed, device=args.device,
-                      log_dir=work / f"idp_{variant}_{seed}_train", progress=args.progress)
+                      log_dir=_fresh(work / f"idp_{variant}_{seed}_train"), progress=args.progress)
     labels = demos.n_steps  # one expert action per recorded step
     if variant == "dagger":
         dagger_dir = work / f"idp_dagger_{seed}"
-        dagger = (DAgger.resume(dagger_dir, device=args.device, progress=args.progress)
+        labeller = get_labeller(IDP, trainer.config.horizon, expert=expert)
+        dagger = (DAgger.resume(dagger_dir, device=args.device, progress=args.progress, labeller=labeller)
                   if (dagger_dir / "dagger.json").exists() else
                   DAgger(trainer, {"rounds": 50, "episodes": args.idp_episodes, "label_every": 1,
                                    "label_budget": max(1, args.idp_budget - labels),
                                    "steps_per_round": trainer.config.total_steps // 2, "evaluate": False},
-                         out_dir=dagger_dir))
+                         out_dir=dagger_dir, labeller=labeller))
         history = dagger.run()
         trainer, labels = dagger.trainer, labels + sum(r.get("label_steps", 0) for r in history)
     else:
         trainer.train(evaluate=False)
-    summary = trainer.evaluate(20, 10, seed=0)
+    summary = trainer.evaluate(args.idp_eval_episodes, 10, seed=0)
     return {"variant": variant, "seed": seed, "expert_labels": int(labels), "steps": trainer.state.step,
             "return_mean": summary["eval/return_mean"], "returns": trainer.last_eval.returns.tolist()}
 
 
 def run_idp(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     runs = [_cached(work, f"idp_{v}_{s}", lambda v=v, s=s: run_idp_variant(v, s, args, work))
-            for s in range(args.seeds) for v in ("clean", "dart", "dagger")]
+            for s in (args.seed_list or range(args.seeds)) for v in ("clean", "dart", "dagger")]
     bench = _pusht_benchmark()
     summary = {v: {"return": bench.mean_interval(np.concatenate([r["returns"] for r in runs if r["variant"] == v]),
                                                  bounds=(-np.inf, np.inf)),
                    "expert_labels": [r["expert_labels"] for r in runs if r["variant"] == v],
                    "uses_expert_online": v == "dagger"} for v in ("clean", "dart", "dagger")}
-    result = {"benchmark": "dagger_idp", "seeds": args.seeds, "label_budget": args.idp_budget,
+    result = {"benchmark": "dagger_idp", "seeds": list(args.seed_list or range(args.seeds)), "label_budget": args.idp_budget,
               "summary": summary, "runs": runs}
     Path(args.out).mkdir(parents=True, exist_ok=True)
     (Path(args.out) / "dagger_idp.json").write_text(json.dumps(result, indent=1))
@@ -270,18 +292,22 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--only", choices=["pusht", "idp", "all"], default="all")
     parser.add_argument("--demos", default=os.environ.get("RLOX_DP_PUSHT_ZARR"), help="the human PushT zarr")
-    parser.add_argument("--seeds", type=int, default=2)
+    parser.add_argument("--seeds", type=int, default=2, help="training seeds 0 .. N-1")
+    parser.add_argument("--seed-list", type=int, nargs="+", default=None,
+                        help="run only these seeds (one process per seed in parallel; a later call with "
+                             "--seeds N reads the finished runs back and summarizes them all)")
     parser.add_argument("--initial-steps", type=int, default=15_000)
     parser.add_argument("--rounds", type=int, default=4)
     parser.add_argument("--episodes", type=int, default=20, help="PushT rollouts per round")
     parser.add_argument("--steps-per-round", type=int, default=7_500)
     parser.add_argument("--rollout-envs", type=int, default=10)
-    parser.add_argument("--eval-episodes", type=int, default=50)
+    parser.add_argument("--eval-episodes", type=int, default=50, help="PushT held-out episodes")
     parser.add_argument("--eval-envs", type=int, default=50)
     parser.add_argument("--idp-demos", type=int, default=50, help="clean / DART demo episodes")
     parser.add_argument("--idp-initial", type=int, default=10, help="DAgger's clean demo episodes")
     parser.add_argument("--idp-episodes", type=int, default=4, help="DAgger rollouts per round")
     parser.add_argument("--idp-budget", type=int, default=50_000, help="expert labels (actions) per variant")
+    parser.add_argument("--idp-eval-episodes", type=int, default=20)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--work-dir", default="runs/dagger_bench", help="runs, checkpoints, finished results")
     parser.add_argument("--out", default=str(RESULTS))
@@ -291,6 +317,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     if args.quick:
         args.initial_steps, args.rounds, args.episodes, args.steps_per_round = 3, 1, 2, 3
         args.seeds, args.eval_episodes, args.eval_envs, args.rollout_envs = 1, 2, 2, 2
+        args.idp_demos, args.idp_initial, args.idp_episodes, args.idp_budget = 2, 1, 1, 60
+        args.idp_eval_episodes = 2
     if args.only in ("pusht", "all") and not args.demos:
         parser.error("PushT needs the human demonstrations: --demos PATH or $RLOX_DP_PUSHT_ZARR")
     return args

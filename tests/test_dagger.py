@@ -193,3 +193,19 @@ def test_benchmark_quick_pusht_and_resume(tmp_path):
     assert (tmp_path / "out" / "dagger_pusht.png").stat().st_size > 0
     assert json.loads((tmp_path / "out" / "dagger_pusht.json").read_text())["runs"] == result["runs"]
     assert bench.main(args)["pusht"]["runs"] == result["runs"]  # finished runs are reused
+
+
+@pytest.mark.skipif(importlib.util.find_spec("mujoco") is None, reason="needs mujoco")
+def test_benchmark_quick_idp_equal_label_budget(tmp_path):
+    """benchmarks/dagger.py --quick --only idp (an untrained SAC stands in for the expert): clean,
+    DART and DAgger runs, DAgger stopping at the expert-label budget."""
+    bench = load_benchmark("dagger")
+    result = bench.main(["--quick", "--only", "idp", "--out", str(tmp_path / "out"),
+                         "--work-dir", str(tmp_path / "work"), "--no-progress"])["idp"]
+    assert [r["variant"] for r in result["runs"]] == ["clean", "dart", "dagger"]
+    dagger = result["runs"][2]
+    assert dagger["expert_labels"] >= result["label_budget"]
+    state = json.loads((tmp_path / "work" / "idp_dagger_0" / "dagger.json").read_text())
+    used = [r.get("label_steps", 0) for r in state["history"]]
+    assert sum(used[:-1]) < state["config"]["label_budget"] <= sum(used)  # stopped once spent
+    assert (tmp_path / "out" / "dagger_idp.json").is_file()
