@@ -62,23 +62,35 @@ LOWDIM_VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
                                     "num_inference_steps": 10}),
     "bc": ("bc", {"n_obs_steps": 2, "batch_size": 256, "lr": 1e-3}),
     "bc_chunk": ("bc_chunk", {**WINDOW, "batch_size": 256, "lr": 1e-3}),
+    # DP-T: the paper's transformer at half its width and depth (1.2 M parameters, like the small
+    # U-Net's 1.4 M; the paper's 9 M one costs ~10x the small U-Net per step), with the original's
+    # AdamW (betas (0.9, 0.95), weight decay 0.1 on linear and attention weights, 1000 warmup
+    # steps) at the U-Net rows' batch and learning rate
+    "diffusion_transformer": ("diffusion", {**WINDOW, "denoiser": "transformer", "n_emb": 128,
+                                            "n_layer": 4, "batch_size": 64, "lr": 3e-4,
+                                            "lr_warmup_steps": 1000, "noise_scheduler_type": "DDIM",
+                                            "num_inference_steps": 10}),
 }
-#: image variants: the paper's ResNet18 (GroupNorm, spatial softmax, 84x84 crops) for all three.
+#: image variants: one image encoder for all (``--vision-backbone``: the compact conv net by default,
+#: ``resnet18`` for the paper's ResNet-18 GN; spatial softmax, 84x84 crops), bf16 encoder trunk where
+#: the CPU/GPU has native bf16; the same batch, learning rate and windows for every variant.
+_IMAGE_COMMON = {"batch_size": 64, "lr": 3e-4, "vision_precision": "auto"}
 IMAGE_VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
-    "diffusion": ("diffusion", {**WINDOW, "denoiser": "unet", "batch_size": 64, "lr": 1e-4,
+    "diffusion": ("diffusion", {**WINDOW, **_IMAGE_COMMON, "denoiser": "unet", "down_dims": (64, 128, 256),
                                 "noise_scheduler_type": "DDIM", "num_inference_steps": 10}),
-    "diffusion_small": ("diffusion", {**WINDOW, "denoiser": "unet", "down_dims": (128, 256, 512),
-                                      "batch_size": 64, "lr": 1e-4, "noise_scheduler_type": "DDIM",
+    "diffusion_small": ("diffusion", {**WINDOW, **_IMAGE_COMMON, "denoiser": "unet",
+                                      "down_dims": (32, 64, 128), "noise_scheduler_type": "DDIM",
                                       "num_inference_steps": 10}),
-    "diffusion_mlp": ("diffusion", {**WINDOW, "denoiser": "mlp", "batch_size": 64, "lr": 1e-4,
+    "diffusion_mlp": ("diffusion", {**WINDOW, **_IMAGE_COMMON, "denoiser": "mlp",
                                     "noise_scheduler_type": "DDIM", "num_inference_steps": 10}),
-    "bc": ("bc", {"n_obs_steps": 2, "batch_size": 64, "lr": 1e-4}),
-    "bc_chunk": ("bc_chunk", {**WINDOW, "batch_size": 64, "lr": 1e-4}),
+    "bc": ("bc", {"n_obs_steps": 2, **_IMAGE_COMMON}),
+    "bc_chunk": ("bc_chunk", {**WINDOW, **_IMAGE_COMMON}),
 }
 LABELS = {"diffusion": "Diffusion Policy (U-Net 64-128-256)",
           "diffusion_small": "Diffusion Policy (U-Net 32-64-128)",
           "diffusion_mlp": "Diffusion Policy (MLP)",
-          "bc": "BC-MLP", "bc_chunk": "BC-chunk (H=16)"}
+          "bc": "BC-MLP", "bc_chunk": "BC-chunk (H=16)",
+          "diffusion_transformer": "Diffusion Policy (transformer 128x4)"}
 #: default gradient-step budgets (all variants get the same); the keypoint budget fits ~60 min of
 #: the diffusion U-Net on one CPU thread of this machine.
 DEFAULT_STEPS = {"keypoints": 15_000, "state": 15_000, "image": 20_000}
@@ -93,6 +105,9 @@ QUICK = {
                       "num_inference_steps": 2, "batch_size": 8},
     "bc": {"hidden_dim": 32, "n_layers": 2, "batch_size": 8},
     "bc_chunk": {"hidden_dim": 32, "n_layers": 2, "batch_size": 8},
+    "diffusion_transformer": {"n_emb": 16, "n_layer": 1, "n_head": 2, "num_train_timesteps": 10,
+                              "num_inference_steps": 2, "batch_size": 8, "lr_warmup_steps": 1,
+                              "spatial_softmax_num_keypoints": 4},
 }
 QUICK_STEPS = 3
 
@@ -100,11 +115,21 @@ QUICK_STEPS = 3
 def variant_config(variant: str, args: argparse.Namespace) -> tuple[str, dict[str, Any]]:
     """``(algorithm, config dict)`` of ``variant`` under the command-line options."""
     table = IMAGE_VARIANTS if args.obs == "image" else LOWDIM_VARIANTS
+    if variant not in table:
+        raise ValueError(f"--variants: {variant!r} has no setting for --obs {args.obs}; "
+                         f"expected one of {list(table)}")
     algorithm, overrides = table[variant]
     config = {**overrides, "obs": args.obs, "total_steps": args.steps, "log_every": 100,
               "checkpoint_every": 10**9, "eval_every": args.eval_every, "n_eval_episodes": args.episodes,
               "n_eval_envs": min(EVAL_ENVS, args.episodes), "eval_seed": args.eval_seed,
-              "lr_warmup_steps": min(500, max(1, args.steps // 10))}
+              "lr_warmup_steps": overrides.get("lr_warmup_steps", min(500, max(1, args.steps // 10)))}
+    if args.obs == "image":
+        config["vision_backbone"] = args.vision_backbone
+        if args.curve_episodes:  # cheaper in-loop evaluations; the final one uses --episodes
+            config["n_eval_episodes"] = args.curve_episodes
+            config["n_eval_envs"] = min(EVAL_ENVS, args.curve_episodes)
+    if args.run_dir:
+        config["checkpoint_every"] = args.eval_every or 1000
     if args.quick:
         config.update(QUICK[variant])
     return algorithm, config
@@ -140,39 +165,104 @@ def wilson_interval(successes: int, n: int, z: float = 1.96) -> dict[str, float]
     return {"mean": p, "low": max(0.0, centre - half), "high": min(1.0, centre + half), "n": n}
 
 
+class _CurveTrainer(Trainer):
+    """A :class:`Trainer` that hands every logged evaluation to ``on_eval`` (set after building)."""
+
+    on_eval: Any = None
+
+    def _log_eval(self, summary: dict[str, float], writer: Any) -> dict[str, float]:
+        summary = super()._log_eval(summary, writer)
+        if self.on_eval is not None:
+            self.on_eval(self, summary)
+        return summary
+
+
+def measure_data_time(buffer: Any, batch_size: int, n_batches: int = 20) -> float:
+    """Seconds per batch of :meth:`DemonstrationBuffer.sample` (indexing, gathering, image scaling)."""
+    buffer.sample(batch_size)
+    start = time.perf_counter()
+    for _ in range(n_batches):
+        buffer.sample(batch_size)
+    return (time.perf_counter() - start) / n_batches
+
+
 def train_and_evaluate(variant: str, seed: int, args: argparse.Namespace, log_root: Path,
-                       demos: Any) -> dict[str, Any]:
-    """Train ``variant`` with ``seed`` for ``args.steps`` steps; evaluate on the held-out seeds."""
+                       demos: Any, previous: dict[str, Any] | None = None,
+                       on_progress: Any = None) -> dict[str, Any]:
+    """Train ``variant`` with ``seed`` for ``args.steps`` steps; evaluate on the held-out seeds.
+
+    ``on_progress(row)`` receives the (incomplete) result row after every in-loop evaluation, so
+    that a killed run keeps its learning curve. With ``args.resume``, a run whose checkpoint
+    ``log_root/<variant>-<seed>/checkpoints/last.safetensors`` exists continues from it, its curve
+    (and training time) carried over from ``previous``, the row of the earlier result file.
+    """
     algorithm, config = variant_config(variant, args)
-    trainer = Trainer(algorithm, env=PUSHT_ENV_ID, config=config, demos=demos, seed=seed,
-                      device=args.device, log_dir=log_root / f"{variant}-{seed}",
-                      progress=args.progress, preset=False)
+    run_dir = log_root / f"{variant}-{seed}"
+    last = run_dir / "checkpoints" / "last.safetensors"
+    if args.resume and last.exists():
+        trainer = _CurveTrainer.load(last, demos=demos, device=args.device, log_dir=run_dir,
+                                     progress=args.progress)
+        print(f"  resuming {variant} seed {seed} at step {trainer.state.step}", flush=True)
+    else:
+        trainer = _CurveTrainer(algorithm, env=PUSHT_ENV_ID, config=config, demos=demos, seed=seed,
+                                device=args.device, log_dir=run_dir, progress=args.progress,
+                                preset=False)
+    earlier_curve = [c for c in (previous or {}).get("curve", []) if c["step"] <= trainer.state.step]
+    earlier_time = float((previous or {}).get("train_time_s", 0.0)) if earlier_curve else 0.0
+    data_time = measure_data_time(trainer.buffer, trainer.config.batch_size)
+    best = {"score": max((c["score"] for c in earlier_curve), default=-1.0)}
+    start_time = time.perf_counter()
+
+    points = list(earlier_curve)  # the learning curve: one point per logged evaluation
+
+    def row(train_time: float, complete: bool) -> dict[str, Any]:
+        result = trainer.last_eval
+        steps_done = int(trainer.state.step)
+        return {"variant": variant, "algorithm": algorithm, "seed": seed, "steps": steps_done,
+                "steps_planned": args.steps, "complete": complete, "train_time_s": train_time,
+                "step_time_s": train_time / max(steps_done, 1), "data_time_per_batch_s": data_time,
+                "data_fraction_of_step": data_time / max(train_time / max(steps_done, 1), 1e-9),
+                "score": float(np.mean(result.scores)), "success_rate": float(np.mean(result.successes)),
+                "scores": result.scores.tolist(), "successes": result.successes.astype(int).tolist(),
+                "curve": list(points), "n_parameters": sum(p.numel() for p in trainer.policy.parameters()),
+                "config": trainer.config.to_dict()}
+
+    def on_eval(tr: Trainer, summary: dict[str, float]) -> None:
+        points.append({"step": int(tr.state.step), "score": summary["eval/score_mean"],
+                       "success_rate": summary["eval/success_rate"],
+                       "episodes": int(summary["eval/n_episodes"]), "eval_time_s": summary["eval/time_s"]})
+        if args.run_dir and summary["eval/score_mean"] > best["score"]:
+            best["score"] = summary["eval/score_mean"]
+            tr.save(run_dir / "best.safetensors")
+        if on_progress is not None:
+            in_loop_eval = sum(e["eval/time_s"] for e in tr.eval_history)
+            on_progress(row(earlier_time + time.perf_counter() - start_time - in_loop_eval, False))
+
+    trainer.on_eval = on_eval
     # One training run (the cosine learning-rate schedule spans all steps); with --eval-every the
     # trainer also evaluates on the held-out seeds every N steps (excluded from train_time_s).
-    metrics = trainer.train(args.steps, evaluate=True)
-    curve = [{"step": int(e["step"]), "score": e["eval/score_mean"],
-              "success_rate": e["eval/success_rate"], "eval_time_s": e["eval/time_s"]}
-             for e in trainer.eval_history]
+    metrics = trainer.train(args.steps, evaluate=False)
+    train_time = earlier_time + metrics["train_time_s"]
+    trainer._log_eval(trainer.evaluate(args.episodes, min(EVAL_ENVS, args.episodes), seed=args.eval_seed),
+                      trainer._writer_or_none())
     summary = trainer.eval_history[-1]
-    train_time, eval_time = metrics["train_time_s"], summary["eval/time_s"]
     if args.keep_checkpoints:
         Path(args.keep_checkpoints).mkdir(parents=True, exist_ok=True)
         trainer.save(Path(args.keep_checkpoints) / f"{variant}-{seed}.safetensors")
-    result = trainer.last_eval
-    if args.videos:
-        trainer.evaluate(args.videos, min(EVAL_ENVS, args.videos), seed=args.eval_seed,
-                         video_dir=Path(args.out) / "pusht_videos" / f"{variant}-{seed}",
-                         n_videos=args.videos)
+    final = row(train_time, True)
+    final.update(final_loss=metrics["loss"], eval_time_s=summary["eval/time_s"],
+                 eval_env_steps_per_s=summary["eval/env_steps_per_s"])
+    if args.videos:  # the best checkpoint's rollouts (the final one's without --run-dir)
+        best_path = run_dir / "best.safetensors"
+        viewer = Trainer.load(best_path, device=args.device, progress=args.progress) if (
+            args.run_dir and best_path.exists()) else trainer
+        viewer.evaluate(args.videos, min(EVAL_ENVS, args.videos), seed=args.eval_seed,
+                        video_dir=Path(args.out) / "pusht_videos" / f"{variant}-{seed}", n_videos=args.videos)
+        final["video_checkpoint_step"] = int(viewer.state.step)
     print(f"  {LABELS[variant]} seed {seed}: score {summary['eval/score_mean']:.3f} success "
-          f"{summary['eval/success_rate']:.2f} ({train_time / 60:.1f} min training, {args.steps} steps; "
-          f"curve {[round(c['score'], 3) for c in curve]})", flush=True)
-    return {"variant": variant, "algorithm": algorithm, "seed": seed, "steps": args.steps,
-            "train_time_s": train_time, "final_loss": metrics["loss"], "eval_time_s": eval_time,
-            "eval_env_steps_per_s": summary["eval/env_steps_per_s"],
-            "score": float(np.mean(result.scores)), "success_rate": float(np.mean(result.successes)),
-            "scores": result.scores.tolist(), "successes": result.successes.astype(int).tolist(),
-            "curve": curve, "n_parameters": sum(p.numel() for p in trainer.policy.parameters()),
-            "config": trainer.config.to_dict()}
+          f"{summary['eval/success_rate']:.2f} ({train_time / 60:.1f} min training, {trainer.state.step} "
+          f"steps; curve {[round(c['score'], 3) for c in final['curve']]})", flush=True)
+    return final
 
 
 def summarize(rows: list[dict[str, Any]], variants: list[str]) -> dict[str, Any]:
@@ -260,6 +350,18 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--episodes", type=int, default=50, help="held-out evaluation episodes")
     parser.add_argument("--eval-seed", type=int, default=0, help="first held-out reset seed")
     parser.add_argument("--eval-every", type=int, default=0, help="also evaluate every N steps (0: only at the end)")
+    parser.add_argument("--curve-episodes", type=int, default=0,
+                        help="episodes of the in-loop (learning-curve) evaluations with --obs image "
+                             "(default: --episodes); the final evaluation always uses --episodes")
+    parser.add_argument("--vision-backbone", choices=["compact", "resnet18"], default="compact",
+                        help="image encoder of every variant with --obs image")
+    parser.add_argument("--run-dir", default=None, metavar="DIR",
+                        help="keep each run's checkpoints in DIR/<variant>-<seed>/ (last one every "
+                             "--eval-every steps, best.safetensors at the best evaluation) instead of "
+                             "a temporary directory; needed by --resume")
+    parser.add_argument("--resume", action="store_true",
+                        help="continue the runs of --run-dir from their last checkpoints, their curves "
+                             "taken from the existing result file; completed runs are kept")
     parser.add_argument("--device", default="cpu", help="cpu, cuda, auto ...")
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (1 avoids spin-waits on busy CPUs)")
     parser.add_argument("--quick", action="store_true", help="tiny networks and budgets (smoke test)")
@@ -288,6 +390,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args.steps = args.steps if args.steps is not None else (QUICK_STEPS if args.quick else DEFAULT_STEPS[args.obs])
     if args.videos < 0:
         parser.error(f"--videos: expected an int >= 0, got {args.videos}")
+    if args.resume and not args.run_dir:
+        parser.error("--resume needs --run-dir (where the checkpoints of the runs are)")
+    if args.curve_episodes < 0:
+        parser.error(f"--curve-episodes: expected an int >= 0, got {args.curve_episodes}")
     for name in ("seeds", "steps", "episodes", "threads"):
         if getattr(args, name) < 1:
             parser.error(f"--{name}: expected a positive int, got {getattr(args, name)}")
@@ -335,17 +441,25 @@ def merge(files: list[str]) -> dict[str, Any]:
     return result
 
 
-def write(result: dict[str, Any], out: Path, tag: str) -> None:
-    """``<out>/pusht_<obs><tag>.json`` and ``.png``, then the table."""
+def write(result: dict[str, Any], out: Path, tag: str, quiet: bool = False) -> None:
+    """``<out>/pusht_<obs><tag>.json`` and ``.png`` (written atomically), then the table."""
     stem = f"pusht_{result['obs']}{tag}"
-    (out / f"{stem}.json").write_text(json.dumps(result, indent=2, default=str))
+    tmp = out / f".{stem}.json.tmp"
+    tmp.write_text(json.dumps(result, indent=2, default=str))
+    tmp.replace(out / f"{stem}.json")
     plot(out / f"{stem}.png", result)
-    print_table(result)
-    print(f"wrote {out / f'{stem}.json'} and {out / f'{stem}.png'}")
+    if not quiet:
+        print_table(result)
+        print(f"wrote {out / f'{stem}.json'} and {out / f'{stem}.png'}")
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
-    """Run the benchmark; returns the JSON-able result that is also written to ``--out``."""
+    """Run the benchmark; returns the JSON-able result that is also written to ``--out``.
+
+    The result file is rewritten after every evaluation (runs still training are marked
+    ``"complete": false``, with the last evaluation as their score), so a killed benchmark keeps
+    its learning curves; ``--resume`` continues it.
+    """
     args = parse_args(argv)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -357,11 +471,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
     demos = load_pusht_demonstrations(args.demos, obs_mode=args.obs)
     seeds = list(range(args.first_seed, args.first_seed + args.seeds))
+    result_file = out / f"pusht_{args.obs}{args.tag}.json"
+    earlier = {(r["variant"], r["seed"]): r for r in json.loads(result_file.read_text())["runs"]
+               } if args.resume and result_file.exists() else {}
     rows: list[dict[str, Any]] = []
-    with tempfile.TemporaryDirectory(prefix="rlox_dp_pusht_") as tmp:
-        for seed in seeds:
-            for variant in args.variants:
-                rows.append(train_and_evaluate(variant, seed, args, Path(tmp), demos))
     result = {
         "benchmark": "pusht", "env": PUSHT_ENV_ID, "obs": args.obs, "demos": str(args.demos),
         "n_demo_episodes": int(len(demos.episode_ends)), "n_demo_steps": int(demos.n_steps),
@@ -371,9 +484,23 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "episodes": args.episodes, "eval_seeds": [args.eval_seed, args.eval_seed + args.episodes - 1],
         "settings": {v: {"algorithm": variant_config(v, args)[0], "label": LABELS[v],
                          "overrides": variant_config(v, args)[1]} for v in args.variants},
-        "summary": summarize(rows, args.variants),
-        "runs": rows,
     }
+
+    def progress(row: dict[str, Any]) -> None:
+        runs = rows + [row]
+        variants = [v for v in args.variants if any(r["variant"] == v for r in runs)]
+        write({**result, "summary": summarize(runs, variants), "runs": runs}, out, args.tag, quiet=True)
+
+    with tempfile.TemporaryDirectory(prefix="rlox_dp_pusht_") as tmp:
+        log_root = Path(args.run_dir) if args.run_dir else Path(tmp)
+        for seed in seeds:
+            for variant in args.variants:
+                previous = earlier.get((variant, seed))
+                if previous is not None and previous.get("complete", True) and previous["steps"] == args.steps:
+                    rows.append(previous)  # finished before: kept as it is
+                    continue
+                rows.append(train_and_evaluate(variant, seed, args, log_root, demos, previous, progress))
+    result.update(summary=summarize(rows, args.variants), runs=rows)
     write(result, out, args.tag)
     return result
 
