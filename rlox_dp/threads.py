@@ -15,7 +15,8 @@ thread. The rule (:func:`choose_num_threads`):
 
 An explicit count always wins: ``Trainer(threads=N)``, ``config={"threads": N}`` or
 ``--threads N``; so does ``OMP_NUM_THREADS`` or a ``torch.set_num_threads`` call made after
-``rlox_dp`` was imported (both are kept). The choice is logged. Results are bit-identical for a
+``rlox_dp`` was imported (both are kept; a call that sets torch's own default count again cannot
+be told apart from no call). The choice is logged. Results are bit-identical for a
 given thread count; pin the count to compare runs bit for bit across machines or loads.
 """
 

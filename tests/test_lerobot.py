@@ -93,6 +93,35 @@ def test_episode_subset_in_the_order_given(demos):
         np.testing.assert_array_equal(part.observations[key], expected)
 
 
+def test_images_stored_in_parquet_load_exactly(demos, tmp_path):
+    """LeRobot's ``use_videos=False`` layout: PNG bytes in the parquet rows (dtype ``image``),
+    made here from the fixture's decoded frames; PNG is lossless, so they come back exactly."""
+    import io
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    from PIL import Image
+
+    root = tmp_path / "images"
+    shutil.copytree(FIXTURE, root)
+    data = root / "data" / "chunk-000" / "file-000.parquet"
+    table = pq.read_table(data)
+    cells = []
+    for frame in demos.observations["image"]:
+        buffer = io.BytesIO()
+        Image.fromarray(frame.transpose(1, 2, 0)).save(buffer, format="PNG")
+        cells.append({"bytes": buffer.getvalue(), "path": None})
+    image_type = pa.struct([("bytes", pa.binary()), ("path", pa.string())])
+    pq.write_table(table.append_column("observation.image", pa.array(cells, type=image_type)), data)
+    info = json.loads((root / "meta" / "info.json").read_text())
+    info["features"]["observation.image"]["dtype"] = "image"
+    (root / "meta" / "info.json").write_text(json.dumps(info))
+    shutil.rmtree(root / "videos")
+    loaded = load_lerobot_dataset(root)
+    np.testing.assert_array_equal(loaded.observations["image"], demos.observations["image"])
+    np.testing.assert_array_equal(loaded.observations["state"], demos.observations["state"])
+
+
 def test_bad_input_is_refused_with_a_clear_message(tmp_path):
     with pytest.raises(KeyError, match="has no features \\['observation.images.top'\\]"):
         load_lerobot_dataset(FIXTURE, {"observation.images.top": "top"})

@@ -8,9 +8,11 @@ Layout (written by LeRobot >= 0.4's ``LeRobotDataset``; the ``lerobot`` package 
     data/chunk-XXX/file-YYY.parquet              one row per frame: the non-video features
     videos/<key>/chunk-XXX/file-YYY.mp4          one video per camera key, episodes one after another
 
-Parquet is read with pyarrow and video with PyAV (``pip install -e ".[lerobot]"``). Frame ``i`` of
-an episode is the video frame at time ``from_timestamp + timestamp[i]`` in that episode's file
-(LeRobot's own rule); a frame farther than ``tolerance_s`` from every decoded frame is an error.
+Parquet is read with pyarrow and video with PyAV (``pip install -e ".[lerobot]"``); ``image``
+features (encoded images inside the parquet rows, LeRobot's ``use_videos=False``) with Pillow.
+Frame ``i`` of an episode is the video frame at time ``from_timestamp + timestamp[i]`` in that
+episode's file (LeRobot's own rule); a frame farther than ``tolerance_s`` from every decoded frame
+is an error.
 
 Feature names are mapped to observation keys by :func:`default_feature_map` (``observation.state``
 -> ``"state"``, ``observation.image`` -> ``"image"``, ``observation.images.<cam>`` -> ``"<cam>"``,
@@ -198,6 +200,26 @@ def _video_frames(root: Path, info: dict[str, Any], name: str, episodes: dict[st
     return out
 
 
+def _parquet_images(root: Path, table: Any, name: str, shape: tuple[int, int, int]) -> np.ndarray:
+    """``(N, C, H, W)`` uint8 from an ``image`` feature: encoded files (PNG ...) stored in the
+    parquet rows as ``{"bytes", "path"}`` (the bytes, or a path relative to the dataset root)."""
+    import io
+
+    from PIL import Image
+
+    height, width, channels = shape
+    out = np.empty((table.num_rows, channels, height, width), dtype=np.uint8)
+    for i, cell in enumerate(table.column(name).to_pylist()):
+        data = cell.get("bytes") if isinstance(cell, dict) else None
+        source = io.BytesIO(data) if data else root / str((cell or {}).get("path"))
+        with Image.open(source) as img:
+            image = np.asarray(img.convert("RGB" if channels == 3 else "L"))
+        if image.shape[:2] != (height, width):
+            raise ValueError(f"{name}: row {i} is an image of {image.shape[:2]}, info.json says {(height, width)}")
+        out[i] = image.reshape(height, width, channels).transpose(2, 0, 1)
+    return out
+
+
 def _hwc_shape(feature: Mapping[str, Any], name: str) -> tuple[int, int, int]:
     shape = [int(s) for s in feature["shape"]]
     names = list(feature.get("names") or [])
@@ -284,8 +306,7 @@ def load_lerobot_dataset(
         if feature["dtype"] == "video":
             observations[key] = _video_frames(root, info, name, eps, starts, timestamps, tolerance_s)
         elif feature["dtype"] == "image":
-            raise ValueError(f"feature {name!r} stores images inside parquet (dtype 'image'); this "
-                             "reader handles video features (LeRobot's default, use_videos=True)")
+            observations[key] = _parquet_images(root, table, name, _hwc_shape(feature, name))
         else:
             observations[key] = _column(table, name, feature["shape"], feature["dtype"])
     action = declared[action_key]
