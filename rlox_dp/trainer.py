@@ -146,7 +146,7 @@ class Trainer:
         # Fused AdamW: one kernel over all parameters instead of a loop of per-op kernels
         # (about 10x faster on CPU for a 250 M-parameter U-Net; see benchmarks/speed.py).
         self.optimizer = torch.optim.AdamW(
-            self.policy.parameters(), lr=self.config.lr, betas=self.config.adam_betas,
+            self.policy.optimizer_param_groups(), lr=self.config.lr, betas=self.config.adam_betas,
             eps=self.config.adam_eps, weight_decay=self.config.weight_decay,
             fused=self.device.type in ("cpu", "cuda"),
         )

@@ -283,7 +283,7 @@ def test_denoiser_overfits_fixed_mapping(name, options):
 
 
 def test_build_denoiser_registry_and_errors():
-    assert set(DENOISERS) == {"unet", "mlp"}
+    assert set(DENOISERS) == {"unet", "mlp", "transformer"}
     assert isinstance(
         build_denoiser("unet", action_dim=2, horizon=8, cond_dim=3, **TINY_UNET), ConditionalUnet1D
     )
@@ -291,7 +291,7 @@ def test_build_denoiser_registry_and_errors():
     assert isinstance(mlp, MLPDenoiser) and isinstance(mlp, Denoiser)
     assert denoiser_options("mlp") == dict(hidden_dim=256, n_layers=4, timestep_embed_dim=128)
     with pytest.raises(ValueError, match="unet.*mlp|mlp.*unet"):
-        build_denoiser("transformer", action_dim=2, horizon=8, cond_dim=3)
+        build_denoiser("lstm", action_dim=2, horizon=8, cond_dim=3)
     with pytest.raises(TypeError, match="hidden_dim"):
         build_denoiser("unet", action_dim=2, horizon=8, cond_dim=3, hidden_dim=4)
     with pytest.raises(TypeError):

@@ -311,6 +311,11 @@ class Algorithm(nn.Module, ABC):
         """Same as :meth:`compute_loss` (so wrappers such as DDP can call the module)."""
         return self.compute_loss(batch, generator)
 
+    def optimizer_param_groups(self) -> list[dict[str, Any]]:
+        """AdamW parameter groups; a group's own ``weight_decay`` overrides the config's.
+        Default: every parameter in one group."""
+        return [{"params": list(self.parameters())}]
+
     def compile_networks(self, **compile_kwargs: Any) -> None:
         """``torch.compile`` every trainable sub-network in place (state-dict keys unchanged)."""
         for module in self.children():

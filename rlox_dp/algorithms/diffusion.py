@@ -23,9 +23,17 @@ from rlox_dp.algorithms.observation import ObservationEncoder
 from rlox_dp.buffers import Batch, Normalizer
 from rlox_dp.config import ConfigError
 from rlox_dp.diffusion import NoiseSchedule, Sampler, make_sampler, make_schedule
-from rlox_dp.networks import build_denoiser
+from rlox_dp.networks import TransformerForDiffusion, build_denoiser
 
 __all__ = ["DiffusionConfig", "DiffusionPolicy"]
+
+#: optimizer fields left ``None``: (name, U-Net / MLP default, transformer default), the original
+#: repo's settings for its two denoisers (``train_diffusion_*_lowdim_pusht_workspace.yaml``).
+_OPTIMIZER_DEFAULTS: tuple[tuple[str, Any, Any], ...] = (
+    ("adam_betas", (0.95, 0.999), (0.9, 0.95)),
+    ("weight_decay", 1e-6, 0.1),
+    ("lr_warmup_steps", 500, 1000),
+)
 
 
 @dataclasses.dataclass
@@ -33,10 +41,17 @@ class DiffusionConfig(AlgorithmConfig):
     """Diffusion Policy options (names follow LeRobot's ``DiffusionConfig``; rlox names are aliases).
 
     Attributes:
-        denoiser: ``"unet"`` (1-D conditional U-Net, the paper's CNN variant) or ``"mlp"``.
+        denoiser: ``"unet"`` (1-D conditional U-Net, the paper's CNN variant, DP-C),
+            ``"transformer"`` (the paper's time-series diffusion transformer, DP-T) or ``"mlp"``.
         down_dims, kernel_size, n_groups, diffusion_step_embed_dim, use_film_scale_modulation:
             U-Net options; ``horizon`` must be divisible by ``2 ** len(down_dims)``.
         hidden_dim, n_layers: MLP denoiser options (rlox's ``hidden_dim``).
+        n_layer, n_head, n_emb, p_drop_emb, p_drop_attn, causal_attn, time_as_cond,
+            n_cond_layers: transformer options (``TransformerForDiffusion``), defaults from the
+            original's PushT low-dim config.
+        adam_betas, weight_decay, lr_warmup_steps: ``None`` picks the denoiser's defaults, the
+            original's: (0.95, 0.999), 1e-6, 500 for the U-Net and MLP; (0.9, 0.95), 0.1 (on the
+            weights of linear and attention layers only) and 1000 for the transformer.
         noise_scheduler_type: sampler used at inference, ``"DDPM"``, ``"DDIM"`` or
             ``"DPMSolver++"`` (deterministic 2nd-order multistep, ``rlox_dp.diffusion.dpm_solver``).
         num_train_timesteps: diffusion steps ``T`` (rlox: ``n_diffusion_steps``).
@@ -56,7 +71,7 @@ class DiffusionConfig(AlgorithmConfig):
             where the device has native bf16).
     """
 
-    denoiser: Literal["unet", "mlp"] = "unet"
+    denoiser: Literal["unet", "mlp", "transformer"] = "unet"
     down_dims: tuple[int, ...] = (256, 512, 1024)
     kernel_size: int = 5
     n_groups: int = 8
@@ -64,6 +79,17 @@ class DiffusionConfig(AlgorithmConfig):
     use_film_scale_modulation: bool = True
     hidden_dim: int = 256
     n_layers: int = 4
+    n_layer: int = 8
+    n_head: int = 4
+    n_emb: int = 256
+    p_drop_emb: float = 0.0
+    p_drop_attn: float = 0.01
+    causal_attn: bool = True
+    time_as_cond: bool = True
+    n_cond_layers: int = 0
+    adam_betas: tuple[float, float] | None = None  # type: ignore[assignment]
+    weight_decay: float | None = None  # type: ignore[assignment]
+    lr_warmup_steps: int | None = None  # type: ignore[assignment]
     noise_scheduler_type: Literal["DDPM", "DDIM", "DPMSolver++"] = "DDPM"
     num_train_timesteps: int = 100
     beta_schedule: Literal["squaredcos_cap_v2", "cosine", "linear"] = "squaredcos_cap_v2"
@@ -95,7 +121,13 @@ class DiffusionConfig(AlgorithmConfig):
     }
 
     def validate(self) -> None:
+        transformer = self.denoiser == "transformer"
+        for name, unet_value, transformer_value in _OPTIMIZER_DEFAULTS:
+            if getattr(self, name) is None:
+                setattr(self, name, transformer_value if transformer else unet_value)
         super().validate()
+        if transformer:
+            self._validate_transformer()
         if self.denoiser == "unet":
             factor = 2 ** len(self.down_dims)
             if self.horizon % factor != 0:
@@ -134,6 +166,27 @@ class DiffusionConfig(AlgorithmConfig):
             raise ConfigError(
                 "config field 'pretrained_backbone_weights' must be None: rlox_dp never downloads "
                 f"weights (the backbone trains from scratch), got {self.pretrained_backbone_weights!r}"
+            )
+
+    def _validate_transformer(self) -> None:
+        """The transformer fields (``denoiser="transformer"``)."""
+        for name in ["n_layer", "n_head", "n_emb"]:
+            if getattr(self, name) < 1:
+                raise ConfigError(f"config field {name!r} must be >= 1, got {getattr(self, name)}")
+        if self.n_emb % 2 or self.n_emb % self.n_head:
+            raise ConfigError(
+                f"config field 'n_emb' must be even and divisible by n_head ({self.n_head}), "
+                f"got {self.n_emb}"
+            )
+        if self.n_cond_layers < 0:
+            raise ConfigError(f"config field 'n_cond_layers' must be >= 0, got {self.n_cond_layers}")
+        for name in ["p_drop_emb", "p_drop_attn"]:
+            if not 0.0 <= getattr(self, name) < 1.0:
+                raise ConfigError(f"config field {name!r} must be in [0, 1), got {getattr(self, name)}")
+        if not self.time_as_cond:
+            raise ConfigError(
+                "config field 'time_as_cond' must be True: the policy conditions on observations, "
+                "and the original's time-as-input (encoder-only) variant takes none"
             )
 
 
@@ -178,6 +231,13 @@ class DiffusionPolicy(Algorithm):
                 diffusion_step_embed_dim=config.diffusion_step_embed_dim,
                 use_film_scale_modulation=config.use_film_scale_modulation,
             )
+        elif config.denoiser == "transformer":
+            options = dict(
+                n_obs_steps=config.n_obs_steps, n_layer=config.n_layer, n_head=config.n_head,
+                n_emb=config.n_emb, p_drop_emb=config.p_drop_emb, p_drop_attn=config.p_drop_attn,
+                causal_attn=config.causal_attn, time_as_cond=config.time_as_cond,
+                n_cond_layers=config.n_cond_layers,
+            )
         else:
             options = dict(hidden_dim=config.hidden_dim, n_layers=config.n_layers)
         self.denoiser = build_denoiser(
@@ -199,6 +259,19 @@ class DiffusionPolicy(Algorithm):
         state = self.__dict__.copy()
         state["_compiled_loops"] = {}
         return state
+
+    def optimizer_param_groups(self) -> list[dict[str, Any]]:
+        """One group, except with the transformer: its two groups (``weight_decay`` on the
+        weights of linear and attention layers, none on the rest) plus the other parameters (an
+        image encoder) at the original's obs-encoder decay, as the original's policies."""
+        if not isinstance(self.denoiser, TransformerForDiffusion):
+            return super().optimizer_param_groups()
+        groups = self.denoiser.optim_groups(self.config.weight_decay)
+        others = [p for name, p in self.named_parameters() if not name.startswith("denoiser.")]
+        if others:
+            groups.append({"params": others,
+                           "weight_decay": TransformerForDiffusion.OBS_ENCODER_WEIGHT_DECAY})
+        return groups
 
     def compile_networks(self, **compile_kwargs: Any) -> None:
         """Compile the networks in place and, for inference with few sampler steps, the whole

@@ -13,6 +13,7 @@ from typing import Any, Literal
 from rlox_dp.networks.base import Denoiser
 from rlox_dp.networks.embeddings import SinusoidalPosEmb, timestep_encoder
 from rlox_dp.networks.mlp import MLPDenoiser
+from rlox_dp.networks.transformer import TransformerForDiffusion
 from rlox_dp.networks.unet1d import ConditionalUnet1D
 from rlox_dp.networks.vision import (
     MultiImageObsEncoder,
@@ -31,6 +32,7 @@ __all__ = [
     "ResNetImageEncoder",
     "SinusoidalPosEmb",
     "SpatialSoftmax",
+    "TransformerForDiffusion",
     "build_denoiser",
     "center_crop",
     "denoiser_options",
@@ -38,7 +40,11 @@ __all__ = [
     "timestep_encoder",
 ]
 
-_REGISTRY: dict[str, type[Denoiser]] = {"unet": ConditionalUnet1D, "mlp": MLPDenoiser}
+_REGISTRY: dict[str, type[Denoiser]] = {
+    "unet": ConditionalUnet1D,
+    "mlp": MLPDenoiser,
+    "transformer": TransformerForDiffusion,
+}
 
 DENOISERS: tuple[str, ...] = tuple(_REGISTRY)
 """Names accepted by :func:`build_denoiser`."""
@@ -59,12 +65,18 @@ def denoiser_options(name: str) -> dict[str, Any]:
 
 
 def build_denoiser(
-    name: Literal["unet", "mlp"], *, action_dim: int, horizon: int, cond_dim: int, **options: Any
+    name: Literal["unet", "mlp", "transformer"],
+    *,
+    action_dim: int,
+    horizon: int,
+    cond_dim: int,
+    **options: Any,
 ) -> Denoiser:
     """Build the denoiser called ``name`` (one of :data:`DENOISERS`).
 
     Args:
-        name: ``"unet"`` (:class:`ConditionalUnet1D`) or ``"mlp"`` (:class:`MLPDenoiser`).
+        name: ``"unet"`` (:class:`ConditionalUnet1D`), ``"mlp"`` (:class:`MLPDenoiser`) or
+            ``"transformer"`` (:class:`TransformerForDiffusion`).
         action_dim: ``D_act``.
         horizon: ``H``.
         cond_dim: ``C``, size of the flat conditioning vector.
