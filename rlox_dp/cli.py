@@ -4,6 +4,9 @@
     python -m rlox_dp train diffusion --env gym_pusht/PushT-v0 --demos pusht.zarr --config obs=keypoints
     python -m rlox_dp eval runs/.../checkpoints/last.safetensors --episodes 50
     python -m rlox_dp dagger diffusion --env gym_pusht/PushT-v0 --demos pusht.zarr --dagger rounds=4 episodes=50
+
+Errors print one line, ``rlox-dp: error: ...``, and exit with code 2 (``--debug`` adds the
+traceback); Ctrl-C exits with 130 after printing what was evaluated so far.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ import json
 import logging
 import os
 import sys
+import traceback
 from collections.abc import Sequence
 from typing import Any
 
@@ -60,8 +64,10 @@ def format_table(rows: dict[str, Any], title: str = "") -> str:
 def _build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="rlox-dp", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--debug", action="store_true", help="show the full traceback of an error")
 
-    train = sub.add_parser("train", help="train (and evaluate) an algorithm on demonstrations")
+    train = sub.add_parser("train", parents=[common], help="train (and evaluate) an algorithm on demonstrations")
     train.add_argument("algorithm", help="registered algorithm: diffusion, bc, bc_chunk")
     train.add_argument("--env", required=True, help="Gymnasium env id, e.g. Pendulum-v1")
     train.add_argument("--demos", default=None,
@@ -71,15 +77,20 @@ def _build_parser() -> argparse.ArgumentParser:
     train.add_argument("--seed", type=int, default=None)
     train.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
     train.add_argument("--threads", type=int, default=None, help="torch threads for CPU work (default: chosen from the free cores and the network size)")
-    train.add_argument("--log-dir", default=None, help="TensorBoard logs and checkpoints")
-    train.add_argument("--resume", default=None, metavar="CHECKPOINT", help="continue a run from a checkpoint")
+    train.add_argument("--log-dir", default=None,
+                       help="run directory: TensorBoard logs and checkpoints (new or empty, or the resumed "
+                            "run's own; default runs/<algorithm>-<env>-<time>, beside the original when resuming)")
+    train.add_argument("--overwrite", action="store_true",
+                       help="replace the run in a non-empty --log-dir (its checkpoints and TensorBoard logs)")
+    train.add_argument("--resume", default=None, metavar="CHECKPOINT",
+                       help="continue a run from a checkpoint (in a new run directory unless --log-dir names one)")
     train.add_argument("--eval-episodes", type=int, default=None)
     train.add_argument("--video-dir", default=None, help="save videos of a few evaluation episodes here")
     train.add_argument("--cache-dir", default=None, help="expert/demo cache (default $RLOX_DP_CACHE or ~/.cache/rlox_dp)")
     train.add_argument("--no-progress", action="store_true", help="hide progress bars")
     train.add_argument("--no-preset", action="store_true", help="ignore rlox_dp.presets for this env")
 
-    ev = sub.add_parser("eval", help="evaluate a checkpoint in vectorized envs")
+    ev = sub.add_parser("eval", parents=[common], help="evaluate a checkpoint in vectorized envs")
     ev.add_argument("checkpoint")
     ev.add_argument("--episodes", type=int, default=None)
     ev.add_argument("--envs", type=int, default=None, help="parallel envs")
@@ -91,9 +102,9 @@ def _build_parser() -> argparse.ArgumentParser:
                     help="diffusion only: evaluate with another sampler, e.g. DDPM:100 or DDIM:5")
     ev.add_argument("--no-progress", action="store_true")
 
-    sub.add_parser("list", help="list registered algorithms and built-in experts")
+    sub.add_parser("list", parents=[common], help="list registered algorithms and built-in experts")
 
-    dag = sub.add_parser("dagger", help="DAgger: train, let the expert label the states the policy visits, repeat")
+    dag = sub.add_parser("dagger", parents=[common], help="DAgger: train, let the expert label the states the policy visits, repeat")
     dag.add_argument("algorithm", nargs="?", help="registered algorithm (not with --resume)")
     dag.add_argument("--env", help="Gymnasium env id with a labelling expert (not with --resume)")
     dag.add_argument("--demos", default=None, help="round-0 demonstrations (.zarr or .npz); default: built-in expert")
@@ -112,25 +123,30 @@ def _build_parser() -> argparse.ArgumentParser:
 
 def _run_train(args: argparse.Namespace) -> int:
     from rlox_dp import Trainer
+    from rlox_dp.run_directory import check_writable_dir
 
     progress = not args.no_progress
     overrides = parse_overrides(args.config)
+    if args.video_dir:
+        check_writable_dir("--video-dir", args.video_dir)
     if args.resume:
         if overrides:
             raise ValueError("--config cannot change a resumed run's config; start a new run instead")
-        trainer = Trainer.load(args.resume, demos=args.demos, device=args.device,
-                               log_dir=args.log_dir, cache_dir=args.cache_dir, progress=progress)
+        _check_resume_matches(args)
+        trainer = Trainer.load(args.resume, demos=args.demos, device=args.device, log_dir=args.log_dir,
+                               cache_dir=args.cache_dir, progress=progress, overwrite=args.overwrite)
         trainer.threads = args.threads if args.threads is not None else trainer.threads
     else:
         trainer = Trainer(args.algorithm, env=args.env, config=overrides, demos=args.demos,
                           seed=args.seed, device=args.device, log_dir=args.log_dir,
                           cache_dir=args.cache_dir, progress=progress, preset=not args.no_preset,
-                          threads=args.threads)
+                          overwrite=args.overwrite, threads=args.threads)
     logging.getLogger("rlox_dp").info(
         "training %s on %s (device %s, %d demonstration windows); logs in %s",
         trainer.algorithm_name, trainer.env_id, trainer.device, len(trainer.buffer), trainer.log_dir,
     )
     if args.eval_episodes is not None:
+        trainer.config.replace(n_eval_episodes=args.eval_episodes)  # validated like the config
         trainer.config.n_eval_episodes = args.eval_episodes
     metrics = trainer.train(args.steps)
     if args.video_dir and not metrics.get("interrupted") and trainer.dist.is_main:
@@ -143,8 +159,23 @@ def _run_train(args: argparse.Namespace) -> int:
     return 130 if metrics.get("interrupted") else 0
 
 
+def _check_resume_matches(args: argparse.Namespace) -> None:
+    """``train ALGO --env ENV [--seed S] --resume CKPT``: the run must be the checkpoint's."""
+    from rlox_dp.checkpoint import read_checkpoint_header
+
+    if not os.path.isfile(args.resume):
+        raise FileNotFoundError(f"--resume: checkpoint {args.resume!r} does not exist or is not a file")
+    meta = read_checkpoint_header(args.resume)  # cheap; Trainer.load verifies the whole file
+    for what, given, saved in (("algorithm", args.algorithm, meta.get("algorithm")),
+                               ("--env", args.env, meta.get("env")), ("--seed", args.seed, meta.get("seed"))):
+        if given is not None and given != saved:
+            raise ValueError(f"--resume: {what} {given!r} differs from the checkpoint's {saved!r} "
+                             f"({args.resume}); a resumed run keeps its algorithm, env and seed")
+
+
 def _run_eval(args: argparse.Namespace) -> int:
     from rlox_dp import Trainer
+    from rlox_dp.envs.evaluation import EvaluationInterrupted
 
     trainer = Trainer.load(args.checkpoint, device=args.device, progress=not args.no_progress)
     trainer.threads = args.threads if args.threads is not None else trainer.threads
@@ -156,11 +187,16 @@ def _run_eval(args: argparse.Namespace) -> int:
         if steps and not steps.isdigit():
             raise ValueError(f"--sampler expects KIND[:STEPS] such as DDPM:100, got {args.sampler!r}")
         trainer.eval_policy.configure_inference(kind.upper(), int(steps) if steps else None)
-    summary = trainer.evaluate(args.episodes, args.envs, seed=args.seed, video_dir=args.video_dir,
-                               n_videos=2 if args.video_dir else 0)
+    title, code = f"rlox_dp eval: {args.checkpoint}", 0
+    try:
+        summary = trainer.evaluate(args.episodes, args.envs, seed=args.seed, video_dir=args.video_dir,
+                                   n_videos=2 if args.video_dir else 0)
+    except EvaluationInterrupted as stop:  # Ctrl-C: report the episodes that finished
+        summary, code = stop.summary(), 130
+        title += f" (interrupted: {stop.n_finished} of {stop.n_requested} episodes finished)"
     rows = {"algorithm": trainer.algorithm_name, "env": trainer.env_id, "step": trainer.state.step, **summary}
-    print(format_table(rows, title=f"rlox_dp eval: {args.checkpoint}"))
-    return 0
+    print(format_table(rows, title=title))
+    return code
 
 
 def _run_dagger(args: argparse.Namespace) -> int:
@@ -195,13 +231,36 @@ def _run_list() -> int:
     return 0
 
 
+def _one_line(err: BaseException) -> str:
+    """The error as one line: its message (a KeyError's without quotes), the type name for
+    unexpected kinds, advice for allocation failures."""
+    import torch
+
+    from rlox_dp.checkpoint import CheckpointError
+    from rlox_dp.runtime import NonFiniteLossError
+
+    text = str(err.args[0]) if isinstance(err, KeyError) and err.args else str(err)
+    text = " ".join(text.split()) or type(err).__name__
+    out_of_memory = isinstance(err, (MemoryError, torch.OutOfMemoryError)) or (
+        isinstance(err, RuntimeError) and ("can't allocate" in text or "out of memory" in text))
+    if out_of_memory:
+        return (f"out of memory ({type(err).__name__}: {text[:300]}); reduce the sizes in the config "
+                "(horizon, batch_size, network widths) or the number of parallel envs")
+    expected = (ValueError, TypeError, KeyError, OSError, CheckpointError, NonFiniteLossError)
+    if isinstance(err, expected):
+        return text
+    return f"{type(err).__name__}: {text} (--debug shows the traceback)"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of ``rlox-dp``; returns the process exit code (2 for bad input)."""
+    """Entry point of ``rlox-dp``; returns the process exit code (2 for any error, 130 for Ctrl-C).
+
+    Every error is reported as one line ``rlox-dp: error: ...`` on stderr (``--debug`` prints the
+    traceback first).
+    """
     os.environ.setdefault("PYGAME_HIDE_SUPPORT_PROMPT", "1")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     args = _build_parser().parse_args(argv)
-    from rlox_dp.checkpoint import CheckpointError
-    from rlox_dp.runtime import NonFiniteLossError
 
     try:
         if args.command == "train":
@@ -211,6 +270,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "eval":
             return _run_eval(args)
         return _run_list()
-    except (ValueError, TypeError, KeyError, FileNotFoundError, FileExistsError, CheckpointError, NonFiniteLossError) as err:
-        print(f"rlox-dp: error: {err}", file=sys.stderr)
+    except KeyboardInterrupt:
+        print("rlox-dp: interrupted", file=sys.stderr)
+        return 130
+    except Exception as err:
+        if args.debug:
+            traceback.print_exc()
+        print(f"rlox-dp: error: {_one_line(err)}", file=sys.stderr)
         return 2

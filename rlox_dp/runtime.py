@@ -3,12 +3,26 @@
 from __future__ import annotations
 
 import math
+import os
 import random
+import socket
 
 import numpy as np
 import torch
 
-__all__ = ["NonFiniteLossError", "TrainState", "lr_at", "resolve_device", "seed_everything"]
+__all__ = [
+    "HOSTNAME",
+    "NonFiniteLossError",
+    "TrainState",
+    "lr_at",
+    "process_alive",
+    "process_start_time",
+    "resolve_device",
+    "seed_everything",
+]
+
+#: this machine's name, as recorded in run-directory locks and temporary file names.
+HOSTNAME = socket.gethostname()
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -31,6 +45,48 @@ def resolve_device(device: str | torch.device, local_rank: int = 0) -> torch.dev
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"device {device!r} requested but CUDA is not available; use device='auto' or 'cpu'")
     return dev
+
+
+def process_alive(pid: int) -> bool:
+    """Whether process ``pid`` runs on this machine (without signalling it).
+
+    POSIX: ``os.kill(pid, 0)`` (no signal is sent). Windows: ``OpenProcess`` and its exit code
+    (``os.kill`` would terminate the process there).
+    """
+    if pid <= 0:
+        return False
+    if os.name == "nt":  # pragma: no cover - exercised on Windows only
+        import ctypes
+
+        kernel32 = ctypes.windll.kernel32
+        handle = kernel32.OpenProcess(0x1000, False, pid)  # PROCESS_QUERY_LIMITED_INFORMATION
+        if not handle:
+            return False
+        try:
+            code = ctypes.c_ulong()
+            return bool(kernel32.GetExitCodeProcess(handle, ctypes.byref(code))) and code.value == 259
+        finally:
+            kernel32.CloseHandle(handle)
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, owned by another user
+        return True
+    return True
+
+
+def process_start_time(pid: int) -> str | None:
+    """When process ``pid`` started, in clock ticks since boot (Linux ``/proc``), else ``None``.
+
+    Together with the pid it identifies a process even after the pid is reused.
+    """
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        return fields[19]  # field 22 of /proc/<pid>/stat; fields[0] is field 3
+    except (OSError, IndexError):
+        return None
 
 
 def seed_everything(seed: int) -> None:

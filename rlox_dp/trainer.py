@@ -15,6 +15,7 @@ import logging
 import math
 import os
 import time
+import uuid
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -33,11 +34,21 @@ from rlox_dp.checkpoint import (
     save_checkpoint,
     space_from_json,
     space_to_json,
+    validate_trainer_header,
 )
 from rlox_dp.config import ConfigError
 from rlox_dp.distributed import init_distributed
 from rlox_dp.ema import EMA
 from rlox_dp.presets import preset_for
+from rlox_dp.run_directory import (
+    RunLock,
+    check_run_dir,
+    check_writable_dir,
+    claim_run_dir,
+    default_run_dir,
+    legacy_run_id,
+    write_step_checkpoint,
+)
 from rlox_dp.runtime import NonFiniteLossError, TrainState, lr_at, resolve_device, seed_everything
 from rlox_dp.threads import configure_threads, policy_flops_per_sample, restore_threads
 
@@ -47,6 +58,15 @@ logger = logging.getLogger("rlox_dp")
 
 #: config keys that configure the environment rather than the algorithm.
 ENV_CONFIG_KEYS = {"obs": "obs_mode", "obs_mode": "obs_mode"}
+
+
+def _count(name: str, value: Any, minimum: int) -> int:
+    """``value`` as an int >= ``minimum`` (not a bool, float or string), else a ValueError naming ``name``."""
+    import numpy as np
+
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
+        raise ValueError(f"{name} must be an int >= {minimum}, got {value!r}")
+    return int(value)
 
 
 class _NullWriter:
@@ -72,7 +92,9 @@ class Trainer:
             the env's built-in expert (trained once and cached).
         seed: seeds weights, sampling and data order (default 0).
         device: ``"auto"`` (CUDA when available, else CPU), ``"cpu"``, ``"cuda"``, ``"cuda:1"`` ...
-        log_dir: TensorBoard logs and checkpoints; default ``runs/<algorithm>-<env>-<time>``.
+        log_dir: the run directory: TensorBoard logs and ``checkpoints/step_<step>.safetensors``
+            (+ ``last.safetensors``); default ``runs/<algorithm>-<env>-<time>``. It must be new or
+            empty (or this run's own, when resuming) unless ``overwrite``.
         env_kwargs: passed to the env factory (e.g. ``{"obs_mode": "keypoints"}`` for PushT).
         cache_dir: where experts and collected demos are cached (default ``$RLOX_DP_CACHE`` or
             ``~/.cache/rlox_dp``).
@@ -81,6 +103,8 @@ class Trainer:
             under a dict config (your keys win); ignored when ``config`` is a dataclass.
         threads: torch threads for CPU training and evaluation (also ``config={"threads": N}``);
             None chooses from the free cores and the network size (:mod:`rlox_dp.threads`).
+        overwrite: train in ``log_dir`` even if it holds another run, whose checkpoints,
+            TensorBoard events and ``run.json`` are then removed at the start of :meth:`train`.
     """
 
     def __init__(
@@ -97,9 +121,13 @@ class Trainer:
         cache_dir: str | os.PathLike | None = None,
         progress: bool = True,
         preset: bool = True,
+        overwrite: bool = False,
         threads: int | None = None,
         _normalizer: Normalizer | None = None,
+        _resume: Mapping[str, Any] | None = None,
     ) -> None:
+        if not isinstance(env, str) or not env:
+            raise TypeError(f"env must be a Gymnasium env id string such as 'Pendulum-v1', got {env!r}")
         self.algorithm_name = algorithm
         self.use_preset = preset
         self.algorithm_class = get_algorithm_class(algorithm)
@@ -123,8 +151,19 @@ class Trainer:
             )
         self.cache_dir = Path(cache_dir) if cache_dir is not None else None
         self.progress = progress
-        stamp = time.strftime("%Y%m%d-%H%M%S")
-        self.log_dir = Path(log_dir) if log_dir is not None else Path("runs") / f"{algorithm}-{env.replace('/', '_')}-{stamp}"
+        # A run id is shared by a run and its resumptions: it decides whose directory is whose.
+        resume = dict(_resume or {})
+        self.run_id: str = resume.get("run_id") or uuid.uuid4().hex
+        self.resumed_from: str | None = resume.get("path")
+        self.overwrite = bool(overwrite)
+        if log_dir is None:  # a resumed run gets a new directory beside the original one
+            self.log_dir = default_run_dir(Path(resume["log_dir"]).parent if resume.get("log_dir") else "runs",
+                                           algorithm, env)
+        else:
+            self.log_dir = Path(log_dir)
+        if self.dist.is_main:  # only rank 0 writes the run directory
+            check_run_dir(self.log_dir, self.run_id, int(resume.get("step", 0)), overwrite=self.overwrite,
+                          check_writable=log_dir is not None)
         if env.startswith("gym_pusht/") and "obs_mode" not in self.env_kwargs:
             from rlox_dp.buffers.lerobot import has_video_features, is_lerobot_dataset
 
@@ -211,7 +250,18 @@ class Trainer:
     def _env_spaces(self) -> tuple[gym.spaces.Dict, gym.spaces.Box]:
         from rlox_dp.envs import env_spaces
 
-        return env_spaces(self.env_id, env_kwargs=self.env_kwargs)
+        try:
+            obs_space, action_space = env_spaces(self.env_id, env_kwargs=self.env_kwargs)
+        except ImportError as err:  # "module:EnvId" whose module is not installed
+            raise ValueError(f"env {self.env_id!r}: cannot import its module: {err}") from None
+        nested = [k for k, v in obs_space.spaces.items() if not isinstance(v, gym.spaces.Box)]
+        if nested:
+            raise ValueError(
+                f"env {self.env_id!r}: observation keys {nested} are not Box spaces "
+                f"({[type(obs_space[k]).__name__ for k in nested]}); rlox_dp takes a Box or a flat "
+                "Dict of Boxes (flatten nested Dicts with a gymnasium ObservationWrapper)"
+            )
+        return obs_space, action_space
 
     def _load_demonstrations(self) -> Demonstrations:
         demos = self._demos_arg
@@ -272,6 +322,33 @@ class Trainer:
                 f"demos actions have per-step shape {tuple(demos.actions.shape[1:])}, env "
                 f"{self.env_id!r} expects {tuple(self.action_space.shape)}"
             )
+        self._check_action_bounds(demos.actions)
+
+    #: fraction of demonstration action values outside the env's action Box above which the
+    #: demonstrations are refused (units or normalization mismatch); below it, a warning.
+    MAX_OUT_OF_BOUNDS_FRACTION = 0.01
+
+    def _check_action_bounds(self, actions) -> None:
+        """Warn about demonstration actions outside the action Box (the env clips what the policy
+        learns from them); refuse when more than :attr:`MAX_OUT_OF_BOUNDS_FRACTION` are."""
+        import numpy as np
+
+        if not (isinstance(actions, np.ndarray) and actions.size and actions.dtype.kind in "fiu"):
+            return  # empty or not numeric: DemonstrationBuffer's validation reports it
+        low, high = self.action_space.low, self.action_space.high
+        slack = 1e-6 * np.where(np.isfinite(high - low), high - low, 0.0) + 1e-6  # float rounding
+        outside = (actions < low - slack) | (actions > high + slack)
+        fraction = float(outside.mean())  # NaN compares False: validation reports it later
+        if fraction == 0.0:
+            return
+        dims = np.flatnonzero(outside.any(axis=0)).tolist()
+        text = (f"{fraction:.2%} of the demonstration action values lie outside the action space of env "
+                f"{self.env_id!r} (low {low.tolist()}, high {high.tolist()}; out of bounds in dimensions "
+                f"{dims}; the actions range from {actions.min(axis=0).tolist()} to {actions.max(axis=0).tolist()})")
+        if fraction > self.MAX_OUT_OF_BOUNDS_FRACTION:
+            raise ValueError(f"{text}: more than {self.MAX_OUT_OF_BOUNDS_FRACTION:.0%}, which suggests "
+                             "other units or a normalization; convert or clip the demonstrations")
+        logger.warning("%s; the env clips executed actions to its bounds", text)
 
     def load_demonstrations(self) -> Demonstrations:
         """The demonstrations given at construction (loaded, or the built-in expert's, cached)."""
@@ -374,17 +451,43 @@ class Trainer:
             metrics: ``loss`` (mean over the last ``log_every`` steps), ``step``, ``train_time_s``
             and ``steps_per_s`` (in-loop evaluations excluded; see :attr:`eval_history`), the
             evaluation summary (``eval/return_mean`` ...), ``expert/...`` when demos came from the
-            built-in expert, and ``interrupted`` (1.0 after Ctrl-C).
+            built-in expert, and ``interrupted`` (1.0 after Ctrl-C, also during the final
+            evaluation: then the summary covers the episodes finished before it).
+
+        Checkpoints go to ``<log_dir>/checkpoints/step_<step>.safetensors`` every
+        ``checkpoint_every`` steps, at the end, on Ctrl-C and before an in-loop evaluation's error
+        propagates; ``last.safetensors`` is the newest. The run directory is locked meanwhile.
         """
         if total_steps is not None and total_timesteps is not None:
             raise ValueError("give total_steps or total_timesteps, not both")
         if total_timesteps is not None:
-            if total_timesteps < 1:
-                raise ValueError(f"total_timesteps must be >= 1, got {total_timesteps}")
-            total_steps = math.ceil(total_timesteps / self.config.batch_size)
-        total = int(total_steps if total_steps is not None else self.config.total_steps)
-        if total < 1:
-            raise ValueError(f"total_steps must be >= 1, got {total}")
+            total_steps = math.ceil(_count("total_timesteps", total_timesteps, 1) / self.config.batch_size)
+        total = _count("total_steps", total_steps, 1) if total_steps is not None else self.config.total_steps
+        lock = self._enter_run_dir() if self.dist.is_main else None
+        try:
+            return self._train(total, evaluate)
+        finally:
+            if lock is not None:
+                lock.release()
+
+    def _enter_run_dir(self) -> RunLock:
+        """Lock :attr:`log_dir` and claim it for this run (see :mod:`rlox_dp.run_directory`)."""
+        lock = RunLock(self.log_dir).acquire()
+        try:
+            claim_run_dir(self.log_dir, self.run_id, self.state.step, overwrite=self.overwrite,
+                          info={"algorithm": self.algorithm_name, "env": self.env_id,
+                                "resumed_from": self.resumed_from})
+        except BaseException:
+            lock.release()
+            raise
+        self.overwrite = False  # from now on the directory is this run's
+        return lock
+
+    def _save_run_checkpoint(self) -> Path:
+        """``<log_dir>/checkpoints/step_<step>.safetensors``, ``last`` pointed at it, old ones pruned."""
+        return write_step_checkpoint(self.log_dir, self.state.step, self.save, self.config.keep_last_n)
+
+    def _train(self, total: int, evaluate: bool) -> dict[str, float]:
         buffer = self.buffer
         cfg = self.config
         self._configure_threads(cfg.batch_size // self.dist.world_size, "training")
@@ -456,11 +559,11 @@ class Trainer:
                     bar.set_postfix(loss=f"{mean_loss:.4f}", lr=f"{lr:.2e}")
                 bar.update(1)
                 if self.state.step % cfg.checkpoint_every == 0 and self.state.step < total and self.dist.is_main:
-                    self.save(self.log_dir / "checkpoints" / "last.safetensors")
+                    self._save_run_checkpoint()
                 if (cfg.eval_every and self.state.step % cfg.eval_every == 0 and self.state.step < total
                         and self.dist.is_main):
                     eval_start = time.perf_counter()
-                    self._log_eval(self.evaluate(), writer)
+                    self._log_eval(self._evaluate_in_loop(), writer)
                     eval_time += time.perf_counter() - eval_start
                     self.policy.train()
         except KeyboardInterrupt:
@@ -468,7 +571,7 @@ class Trainer:
             if self.state.step == step:  # the interrupted step never reached the optimizer
                 self.state.restore(snapshot)
             if self.dist.is_main:
-                path = self.save(self.log_dir / "checkpoints" / "last.safetensors")
+                path = self._save_run_checkpoint()
                 logger.warning("interrupted at step %d; checkpoint saved to %s", self.state.step, path)
         finally:
             bar.close()
@@ -480,9 +583,17 @@ class Trainer:
                        interrupted=float(interrupted))
         metrics.update({f"expert/{k[len('expert_'):]}": v for k, v in self.demo_info.items()})
         if not interrupted and self.dist.is_main:
-            self.save(self.log_dir / "checkpoints" / "last.safetensors")
+            self._save_run_checkpoint()
             if evaluate and cfg.n_eval_episodes > 0:
-                metrics.update(self._log_eval(self.evaluate(), writer))
+                from rlox_dp.envs.evaluation import EvaluationInterrupted
+
+                try:
+                    metrics.update(self._log_eval(self.evaluate(), writer))
+                except EvaluationInterrupted as stop:  # the trained state is saved already
+                    metrics["interrupted"] = 1.0
+                    metrics.update(stop.summary())
+                    logger.warning("final evaluation interrupted after %d of %d episodes",
+                                   stop.n_finished, stop.n_requested)
         writer.flush()
         self.dist.barrier()
         return metrics
@@ -499,6 +610,17 @@ class Trainer:
             writer.add_scalar(k, v, self.state.step)
         return summary
 
+    def _evaluate_in_loop(self) -> dict[str, float]:
+        """:meth:`evaluate` during training: if it raises (Ctrl-C is the loop's business), the
+        training state is saved before the error propagates."""
+        try:
+            return self.evaluate()
+        except Exception:
+            path = self._save_run_checkpoint()
+            logger.error("evaluation at step %d failed; the training state was saved to %s first",
+                         self.state.step, path)
+            raise
+
     def evaluate(self, n_episodes: int | None = None, n_envs: int | None = None, *,
                  seed: int | None = None, video_dir: str | os.PathLike | None = None,
                  n_videos: int = 0) -> dict[str, float]:
@@ -507,21 +629,27 @@ class Trainer:
         Returns:
             ``EvalResult.summary()``: ``eval/return_mean``, ``eval/success_rate`` (when the env
             reports success), ``eval/score_mean`` (PushT coverage score) ...
+
+        Raises:
+            rlox_dp.envs.evaluation.EvaluationInterrupted: Ctrl-C; its ``summary()`` covers the
+                episodes finished before it.
         """
         from rlox_dp.envs import evaluate_policy
 
+        n_episodes = _count("n_episodes", self.config.n_eval_episodes if n_episodes is None else n_episodes, 1)
+        n_envs = _count("n_envs", self.config.n_eval_envs if n_envs is None else n_envs, 1)
+        seed = _count("seed", self.config.eval_seed if seed is None else seed, 0)
+        n_videos = _count("n_videos", n_videos, 0)
+        if video_dir is not None and n_videos > 0:
+            check_writable_dir("video_dir", video_dir)
         policy = self.eval_policy
         was_training = policy.training
         policy.eval()
         policy.reset()
-        threads_before = self._configure_threads(
-            int(n_envs if n_envs is not None else self.config.n_eval_envs), "evaluation")
+        threads_before = self._configure_threads(n_envs, "evaluation")
         try:
             result = evaluate_policy(
-                policy, self.env_id,
-                n_episodes=int(n_episodes if n_episodes is not None else self.config.n_eval_episodes),
-                n_envs=int(n_envs if n_envs is not None else self.config.n_eval_envs),
-                seed=int(seed if seed is not None else self.config.eval_seed),
+                policy, self.env_id, n_episodes=n_episodes, n_envs=n_envs, seed=seed,
                 env_kwargs=self.env_kwargs, video_dir=None if video_dir is None else str(video_dir),
                 n_videos=n_videos, progress=self.progress,
             )
@@ -541,8 +669,18 @@ class Trainer:
 
     # -- checkpoints ----------------------------------------------------------------------------
     def save(self, path: str | os.PathLike) -> Path:
-        """Atomically write weights, EMA weights, optimizer, normalizer, RNG states, step, config."""
+        """Atomically write weights, EMA weights, optimizer, normalizer, RNG states, step, config
+        (with integrity digests) to the file ``path``; returns it.
+
+        Raises:
+            ValueError: ``path`` is empty or an existing directory.
+        """
+        if not isinstance(path, (str, os.PathLike)) or str(path) in ("", "."):
+            raise ValueError(f"save: path must name a .safetensors file, got {path!r}")
         path = Path(path)
+        if path.is_dir():
+            raise ValueError(f"save: {str(path)!r} is a directory; give a file path such as "
+                             f"{str(path / 'checkpoint.safetensors')!r}")
         tensors = {f"policy/{k}": v for k, v in self.policy.state_dict().items()}
         if self.ema is not None:
             tensors.update({f"ema/{k}": v for k, v in self.ema.model.state_dict().items()})
@@ -561,6 +699,7 @@ class Trainer:
             "demos": str(self.demos_source) if self.demos_source is not None else None,
             "demo_info": self.demo_info,
             "log_dir": str(self.log_dir),
+            "run_id": self.run_id,
             "grad_scaler": self._scaler.state_dict() if self._scaler is not None else None,
         }
         save_checkpoint(path, tensors, meta)
@@ -569,31 +708,45 @@ class Trainer:
     @classmethod
     def load(cls, path: str | os.PathLike, *, demos: Any = None, device: str | torch.device = "auto",
              log_dir: str | os.PathLike | None = None, cache_dir: str | os.PathLike | None = None,
-             progress: bool = True) -> Trainer:
+             progress: bool = True, overwrite: bool = False) -> Trainer:
         """Rebuild a trainer from a checkpoint; ``.train(total_steps)`` resumes exactly.
 
         ``demos`` defaults to the path recorded in the checkpoint (or the built-in expert's cached
         demos); it is only read when training continues. Evaluation needs no demonstrations.
+
+        ``log_dir``: where :meth:`train` writes. Default: a new run directory beside the original
+        one (``<its parent>/<algorithm>-<env>-<time>``), so resuming never replaces anything. Name
+        the original run directory to continue in place: allowed when it holds no checkpoint of a
+        higher step than this one (see :mod:`rlox_dp.run_directory`). ``overwrite``: as in
+        :class:`Trainer`, for a ``log_dir`` that holds another run.
+
+        Raises:
+            CheckpointError: the file is corrupted (integrity digests), not a trainer checkpoint,
+                or does not fit the algorithm/config/env it names.
         """
         tensors, meta = load_checkpoint(path)
+        validate_trainer_header(meta, path)
         try:
             algorithm_class = get_algorithm_class(meta["algorithm"])
             config = algorithm_class.config_class.from_dict(meta["config"])
             normalizer = Normalizer.from_spec(meta["normalizer"])
-        except (KeyError, ConfigError, ValueError) as err:
+        except (KeyError, ConfigError, ValueError, TypeError) as err:
             raise CheckpointError(f"checkpoint {str(path)!r} has an invalid or incompatible header: {err}") from None
         trainer = cls.__new__(cls)
-        trainer._init_from_checkpoint(meta, config, normalizer, demos, device, log_dir, cache_dir, progress)
+        resume = {"run_id": meta.get("run_id") or (legacy_run_id(meta["log_dir"]) if meta.get("log_dir") else None),
+                  "step": meta["step"], "log_dir": meta.get("log_dir"), "path": str(path)}
+        trainer._init_from_checkpoint(meta, config, normalizer, demos, device, log_dir, cache_dir, progress,
+                                      resume, overwrite)
         trainer._load_tensors(tensors, meta, path)
         return trainer
 
-    def _init_from_checkpoint(self, meta, config, normalizer, demos, device, log_dir, cache_dir, progress):
+    def _init_from_checkpoint(self, meta, config, normalizer, demos, device, log_dir, cache_dir, progress,
+                              resume, overwrite):
         demos = demos if demos is not None else meta.get("demos")
         self.__init__(
             meta["algorithm"], meta["env"], config=config, demos=demos, seed=meta["seed"],
-            device=device, log_dir=log_dir if log_dir is not None else meta.get("log_dir"),
-            env_kwargs=meta.get("env_kwargs"), cache_dir=cache_dir, progress=progress,
-            _normalizer=normalizer,
+            device=device, log_dir=log_dir, env_kwargs=meta.get("env_kwargs"), cache_dir=cache_dir,
+            progress=progress, overwrite=overwrite, _normalizer=normalizer, _resume=resume,
         )
         self.demo_info = dict(meta.get("demo_info") or {})
         obs_space = space_from_json(meta["observation_space"])
@@ -617,7 +770,7 @@ class Trainer:
             self.optimizer.load_state_dict(optimizer_state_from_tensors(tensors, meta["optimizer"]))
             if self._scaler is not None and meta.get("grad_scaler"):
                 self._scaler.load_state_dict(meta["grad_scaler"])
-        except (RuntimeError, KeyError, ValueError) as err:
+            self.state.load_rng_tensors(tensors)
+        except (RuntimeError, KeyError, ValueError, TypeError) as err:
             raise CheckpointError(f"checkpoint {str(path)!r} does not fit this model/config: {err}") from None
         self.state.step = int(meta["step"])
-        self.state.load_rng_tensors(tensors)

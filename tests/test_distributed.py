@@ -18,7 +18,8 @@ CONFIG = {**TINY["diffusion"], "batch_size": 16, "lr": 1e-3}
 
 def _train(tmp: str, tag: str) -> Trainer:
     trainer = Trainer("diffusion", env="Pendulum-v1", config=CONFIG, demos=pendulum_demos(), seed=0,
-                      device="cpu", log_dir=os.path.join(tmp, "run"), progress=False, preset=False)
+                      device="cpu", log_dir=os.path.join(tmp, "run" if tag.startswith("rank") else f"run-{tag}"),
+                      progress=False, preset=False)
     losses = record_losses(trainer)
     trainer.train(STEPS, evaluate=False)
     params = torch.cat([p.detach().flatten() for p in trainer.policy.parameters()])

@@ -73,13 +73,21 @@ def test_reads_store_written_without_this_library(tmp_path: Path) -> None:
 
     root = zarr.open_group(str(tmp_path / "orig.zarr"), mode="w", zarr_format=2)
     values = {"state": np.arange(12.0).reshape(6, 2), "action": np.ones((6, 2)), "agent_pos": np.zeros((6, 1))}
+    every_chunk = {"write_empty_chunks": True}
     for key, arr in values.items():
-        root.require_group("data").create_array(key, shape=arr.shape, dtype=arr.dtype)[...] = arr
+        root.require_group("data").create_array(key, shape=arr.shape, dtype=arr.dtype, config=every_chunk)[...] = arr
     root.require_group("meta").create_array("episode_ends", shape=(2,), dtype="i8")[...] = [2, 6]
     demos = load_demonstrations(tmp_path / "orig.zarr")
     assert list(demos.observations) == ["agent_pos", "state"]  # sorted: listings have no order
     np.testing.assert_array_equal(demos.observations["state"], values["state"])
     assert demos.episode_ends.tolist() == [2, 6] and demos.rewards is None and demos.metadata == {}
+    # zarr 3's default (write_empty_chunks=False) leaves the all-zero agent_pos without chunks:
+    # refused (a lost chunk looks the same), unless the caller says absent chunks are fill values
+    root["data"].create_array("agent_pos", shape=(6, 1), dtype="f8", overwrite=True)[...] = 0.0
+    with pytest.raises(ValueError, match=r"'data/agent_pos' is incomplete.*allow_missing_chunks"):
+        load_demonstrations(tmp_path / "orig.zarr")
+    lenient = load_demonstrations(tmp_path / "orig.zarr", allow_missing_chunks=True)
+    np.testing.assert_array_equal(lenient.observations["agent_pos"], values["agent_pos"])
 
 
 def test_overwrite(tmp_path: Path) -> None:

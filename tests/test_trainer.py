@@ -89,8 +89,8 @@ def test_keyboard_interrupt_saves_checkpoint(tmp_path):
 
 
 def test_same_seed_same_losses_and_eval_different_seed_differs(tmp_path):
-    def run(seed):
-        t = make("diffusion", tmp_path, seed=seed, log_every=1)
+    def run(seed):  # each run in its own directory (a used one is refused)
+        t = make("diffusion", tmp_path / str(len(list(tmp_path.iterdir()))), seed=seed, log_every=1)
         losses = record_losses(t)
         metrics = t.train(6)
         return losses, metrics["eval/return_mean"]

@@ -60,7 +60,10 @@ class AlgorithmConfig(Config):
             schedule ``decay = 1 - (1 + step / ema_inv_gamma) ** -ema_power`` clamped to
             ``[ema_min_decay, ema_max_decay]``; the EMA weights are the ones evaluated and acted with.
         total_steps: gradient steps of ``Trainer.train()``.
-        log_every, checkpoint_every, eval_every: in gradient steps (0 disables periodic eval).
+        log_every, checkpoint_every, eval_every: in gradient steps (0 disables periodic eval;
+            periodic evaluation needs ``n_eval_episodes >= 1``).
+        keep_last_n: step-numbered checkpoints kept in ``<log_dir>/checkpoints`` (older ones are
+            deleted after each save; ``last.safetensors`` is always the newest); ``None`` keeps all.
         n_eval_episodes, n_eval_envs, eval_seed: evaluation protocol (episode j uses seed
             ``eval_seed + j``).
         n_demos: episodes collected from the built-in expert when no demos are given.
@@ -97,6 +100,7 @@ class AlgorithmConfig(Config):
     total_steps: int = 5000
     log_every: int = 50
     checkpoint_every: int = 1000
+    keep_last_n: int | None = 5
     eval_every: int = 0
     n_eval_episodes: int = 20
     n_eval_envs: int = 4
@@ -127,9 +131,17 @@ class AlgorithmConfig(Config):
         for name in positive:
             if getattr(self, name) < 1:
                 raise ConfigError(f"config field {name!r} must be >= 1, got {getattr(self, name)}")
-        for name in ["drop_n_last_frames", "lr_warmup_steps", "eval_every", "n_eval_episodes"]:
+        for name in ["drop_n_last_frames", "lr_warmup_steps", "eval_every", "n_eval_episodes", "eval_seed"]:
             if getattr(self, name) < 0:
                 raise ConfigError(f"config field {name!r} must be >= 0, got {getattr(self, name)}")
+        if self.eval_every > 0 and self.n_eval_episodes < 1:
+            raise ConfigError(
+                f"config field 'n_eval_episodes' must be >= 1 when 'eval_every' > 0 (evaluation "
+                f"every {self.eval_every} steps), got {self.n_eval_episodes}; set eval_every=0 to turn "
+                "periodic evaluation off"
+            )
+        if self.keep_last_n is not None and self.keep_last_n < 1:
+            raise ConfigError(f"config field 'keep_last_n' must be >= 1 or None (keep all), got {self.keep_last_n}")
         if self.horizon < self.n_obs_steps:
             raise ConfigError(
                 f"config field 'horizon' must be >= n_obs_steps ({self.n_obs_steps}) because the "
@@ -437,8 +449,42 @@ class Algorithm(nn.Module, ABC):
             self._obs_history = self._action_queue = self._queue_pos = self._fresh = None
             return
         mask = _as_tensor(env_mask, self.device).bool()
+        if tuple(mask.shape) != tuple(self._queue_pos.shape):
+            raise ValueError(
+                f"reset: env_mask must have shape ({self._queue_pos.shape[0]},), one flag per env of "
+                f"the batch select_action is acting on, got shape {tuple(mask.shape)}"
+            )
         self._fresh |= mask
         self._queue_pos[mask] = self.config.n_action_steps
+
+    def _observation_batch(self, obs: Mapping[str, Any]) -> dict[str, torch.Tensor]:
+        """:meth:`select_action`'s input as tensors on the policy's device, checked: every key,
+        shape ``(B, *obs_shape)`` with one ``B``, finite values. Errors name the key."""
+        if not isinstance(obs, Mapping):
+            raise TypeError(f"select_action: expected a dict of observation arrays, got {type(obs).__name__}")
+        missing = [k for k in self.observation_space.spaces if k not in obs]
+        if missing:
+            raise KeyError(f"select_action: observation is missing keys {missing}; got keys {sorted(obs)}")
+        batch: dict[str, torch.Tensor] = {}
+        for key, space in self.observation_space.spaces.items():
+            value = _as_tensor(obs[key], self.device)
+            expected = tuple(space.shape)
+            if value.ndim != len(expected) + 1 or tuple(value.shape[1:]) != expected or value.shape[0] < 1:
+                hint = ("; it has no batch dimension: pass a batch of one, e.g. obs[None] / "
+                        "x[np.newaxis]") if tuple(value.shape) == expected else ""
+                raise ValueError(f"select_action: observation {key!r} must have shape (B, "
+                                 f"{', '.join(map(str, expected))}), got {tuple(value.shape)}{hint}")
+            if value.is_floating_point():
+                finite = torch.isfinite(value.reshape(value.shape[0], -1)).all(dim=1)
+                if not bool(finite.all()):
+                    rows = torch.nonzero(~finite).flatten().tolist()
+                    raise ValueError(f"select_action: observation {key!r} contains NaN or inf (batch "
+                                     f"rows {rows[:10]}); the policy would act on garbage")
+            batch[key] = value
+        sizes = {k: v.shape[0] for k, v in batch.items()}
+        if len(set(sizes.values())) > 1:
+            raise ValueError(f"select_action: observation keys disagree on the batch size B: {sizes}")
+        return batch
 
     @torch.no_grad()
     def select_action(self, obs: Mapping[str, Any]) -> np.ndarray:
@@ -447,9 +493,14 @@ class Algorithm(nn.Module, ABC):
         Keeps the last ``n_obs_steps`` observations per env (edge-replicated at an episode start,
         as in training) and a queue of ``n_action_steps`` actions, replanning an env only when its
         queue is empty (receding horizon).
+
+        Raises:
+            KeyError: an observation key is missing.
+            ValueError: a key's shape is not ``(B, *obs_shape)`` (e.g. no batch dimension), or it
+                holds NaN/inf (naming the key and the rows).
         """
         t_o, n_a = self.config.n_obs_steps, self.config.n_action_steps
-        current = {k: _as_tensor(obs[k], self.device) for k in self.observation_space.spaces}
+        current = self._observation_batch(obs)
         batch = next(iter(current.values())).shape[0]
         if self._obs_history is None or self._queue_pos.shape[0] != batch:
             self._obs_history = {

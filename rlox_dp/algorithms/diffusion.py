@@ -160,8 +160,16 @@ class DiffusionConfig(AlgorithmConfig):
             )
         if self.clip_sample_range <= 0:
             raise ConfigError(f"config field 'clip_sample_range' must be > 0, got {self.clip_sample_range}")
-        if self.ddim_eta < 0:
-            raise ConfigError(f"config field 'ddim_eta' must be >= 0, got {self.ddim_eta}")
+        if not 0.0 <= self.ddim_eta <= 1.0:
+            raise ConfigError(f"config field 'ddim_eta' must be in [0, 1] (0: deterministic DDIM, 1: "
+                              f"DDPM-like noise), got {self.ddim_eta}")
+        if self.diffusion_step_embed_dim < 4 or self.diffusion_step_embed_dim % 2:
+            raise ConfigError(f"config field 'diffusion_step_embed_dim' must be even and >= 4 (sin and "
+                              f"cos halves of the timestep embedding), got {self.diffusion_step_embed_dim}")
+        for name in ["crop_shape", "resize_shape"]:
+            if getattr(self, name) is not None and min(getattr(self, name)) < 1:
+                raise ConfigError(f"config field {name!r} must hold positive sizes or be None, got "
+                                  f"{getattr(self, name)}")
         if self.pretrained_backbone_weights is not None:
             raise ConfigError(
                 "config field 'pretrained_backbone_weights' must be None: rlox_dp never downloads "
@@ -305,8 +313,8 @@ class DiffusionPolicy(Algorithm):
             )
         return self._compiled_loops[n_steps]
 
-    def _build_sampler(self) -> Sampler:
-        config = self.config
+    def _build_sampler(self, config: DiffusionConfig | None = None) -> Sampler:
+        config = config if config is not None else self.config
         return make_sampler(
             config.noise_scheduler_type,
             self.schedule,
@@ -322,14 +330,15 @@ class DiffusionPolicy(Algorithm):
     ) -> None:
         """Switch the sampler after training, e.g. to DDIM or DPMSolver++ with 10 steps.
 
-        Validated like the config (errors name the field); ``None`` keeps the current value.
+        Validated like the config (errors name the field); ``None`` keeps the current value. All or
+        nothing: on an error the config and the sampler stay as they were.
         """
         changes = {k: v for k, v in {"noise_scheduler_type": noise_scheduler_type,
                                      "num_inference_steps": num_inference_steps,
                                      "ddim_eta": ddim_eta}.items() if v is not None}
-        self.config = self.config.replace(**changes)
-        self.sampler = self._build_sampler()
-        self._compiled_loops = {}
+        config = self.config.replace(**changes)
+        sampler = self._build_sampler(config)
+        self.config, self.sampler, self._compiled_loops = config, sampler, {}
 
     def _schedule_on(self, device: torch.device) -> NoiseSchedule:
         """The schedule's tables on ``device`` (moved once and cached: no copy per step)."""

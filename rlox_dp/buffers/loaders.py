@@ -12,6 +12,10 @@ Formats:
   ``episode_seeds``, ``metadata_json`` (a JSON string). Read with ``allow_pickle=False``.
 
 Writes are atomic: the data goes to a temporary path next to the target, then is renamed.
+
+Reads never return something other than what was written: a zarr array with missing chunks (which
+zarr would silently read as its fill value), an undecodable chunk, a damaged archive or invalid
+metadata raise a ValueError naming the store and the array.
 """
 
 from __future__ import annotations
@@ -20,7 +24,8 @@ import json
 import os
 import shutil
 import uuid
-from collections.abc import Mapping, Sequence
+import zipfile
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -36,16 +41,20 @@ _ZARR_MAJOR = int(zarr.__version__.split(".")[0])
 _CHUNK_BYTES = 4 * 2**20  # target size of one zarr chunk along the step axis
 
 
+class _PixelError(ValueError):
+    """Channels-last pixels that are not integers in 0..255 (a content error, not a read error)."""
+
+
 def _channels_last_to_uint8(key: str, arr: Any, chunk: int = 512) -> np.ndarray:
     """Read ``(N, H, W, C)`` pixels in ``0..255`` as ``(N, C, H, W)`` uint8, chunk by chunk."""
     if len(arr.shape) != 4:
-        raise ValueError(f"channels-last key {key!r} must have shape (N, H, W, C), got {tuple(arr.shape)}")
+        raise _PixelError(f"channels-last key {key!r} must have shape (N, H, W, C), got {tuple(arr.shape)}")
     n, h, w, c = arr.shape
     out = np.empty((n, c, h, w), dtype=np.uint8)
     for start in range(0, n, chunk):
         block = np.asarray(arr[start : start + chunk])
         if block.min() < 0 or block.max() > 255 or not np.array_equal(block, np.round(block)):
-            raise ValueError(f"channels-last key {key!r} must hold integer pixel values in 0..255 "
+            raise _PixelError(f"channels-last key {key!r} must hold integer pixel values in 0..255 "
                              f"(rows {start}..{start + len(block) - 1} do not)")
         out[start : start + len(block)] = block.transpose(0, 3, 1, 2)
     return out
@@ -74,49 +83,139 @@ def _read_array(key: str, arr: Any, channels_last: set[str]) -> np.ndarray:
     return _channels_last_to_uint8(key, arr) if key in channels_last else np.asarray(arr[...])
 
 
+def _read_or_raise(where: str, label: str, read: Callable[[], np.ndarray]) -> np.ndarray:
+    """``read()``; any failure to read or decode becomes a ValueError naming the store (``where``)
+    and the array ``label``."""
+    try:
+        return read()
+    except (MemoryError, _PixelError):
+        raise
+    except Exception as err:  # zarr codecs and zlib raise anything on damaged data
+        raise ValueError(f"{where}cannot read array {label!r} (damaged or truncated data): "
+                         f"{type(err).__name__}: {' '.join(str(err).split())}") from None
+
+
+def _zarr_array(group: Any, name: str, label: str, where: str, allow_missing_chunks: bool) -> Any:
+    """``group[name]`` as a complete zarr array: every chunk present (unless allowed).
+
+    zarr reads an absent chunk as the array's fill value, so a deleted or never-written chunk
+    would silently become zeros in the training data.
+    """
+    arr = group[name]
+    if not isinstance(arr, zarr.Array):
+        raise ValueError(f"{where}{label!r} is a group, not an array")
+    missing = arr.nchunks - arr.nchunks_initialized
+    if missing and not allow_missing_chunks:
+        raise ValueError(
+            f"{where}array {label!r} is incomplete: {missing} of its {arr.nchunks} chunks are missing "
+            f"(zarr would read them as the fill value {arr.fill_value!r}). Restore the chunk files; if "
+            "the store was written with write_empty_chunks=False (zarr 3's default skips chunks that "
+            "equal the fill value), rewrite it with write_empty_chunks=True or load it with "
+            "allow_missing_chunks=True"
+        )
+    return arr
+
+
+def _open_zarr(path: Path) -> Any:
+    try:
+        return zarr.open_group(str(path), mode="r")
+    except (FileNotFoundError, ValueError, KeyError, TypeError) as err:
+        raise ValueError(
+            f"{str(path)!r} is not a zarr store (no .zgroup / zarr.json group metadata): "
+            f"{type(err).__name__}: {err}. Demonstrations are a .zarr replay buffer or a .npz archive"
+        ) from None
+
+
 def _load_zarr(path: Path, obs_keys: Sequence[str] | None, action_key: str,
-               channels_last: set[str]) -> Demonstrations:
-    root = zarr.open_group(str(path), mode="r")
+               channels_last: set[str], allow_missing_chunks: bool = False) -> Demonstrations:
+    root = _open_zarr(path)
+    where = f"zarr store {str(path)!r}: "
     for name in ("data", "meta/episode_ends"):
         if name not in root:
             raise ValueError(f"zarr store {str(path)!r} has no {name!r} (replay-buffer layout "
                              "needs data/<key> arrays and meta/episode_ends)")
     data = root["data"]
+    if not isinstance(data, zarr.Group):
+        raise ValueError(f"{where}'data' must be a group of arrays, not an array")
     # Store listings come in no fixed order: use the order saved by save_demonstrations, or sorted.
     available = sorted(data.keys())
     saved_order = list(root.attrs.get("obs_keys", []))
     if sorted(saved_order + [action_key]) == available:
         available = saved_order + [action_key]
     keys = _select_obs_keys(available, obs_keys, action_key, f"zarr store {str(path)!r} data/")
-    observations = {k: _read_array(k, data[k], channels_last) for k in keys}
     meta = root["meta"]
+
+    def array(group_name: str, name: str, pixels: set[str] = frozenset()) -> np.ndarray:
+        label = f"{group_name}/{name}"
+        arr = _zarr_array(root[group_name], name, label, where, allow_missing_chunks)
+        return _read_or_raise(where, label, lambda: _read_array(name, arr, pixels))
+
+    observations = {k: array("data", k, channels_last) for k in keys}
+
+    def optional(name: str) -> np.ndarray | None:
+        return array("meta", name) if name in meta else None
+
+    metadata = root.attrs.get("metadata", {})
+    if not isinstance(metadata, dict):
+        raise ValueError(f"{where}the 'metadata' attribute must be a JSON object, got {type(metadata).__name__}")
     return Demonstrations(
         observations=observations,
-        actions=np.asarray(data[action_key][...]),
-        episode_ends=np.asarray(meta["episode_ends"][...]),
-        rewards=np.asarray(meta["reward"][...]) if "reward" in meta else None,
-        episode_seeds=np.asarray(meta["episode_seeds"][...]) if "episode_seeds" in meta else None,
-        metadata=dict(root.attrs.get("metadata", {})),
+        actions=array("data", action_key),
+        episode_ends=optional("episode_ends"),
+        rewards=optional("reward"),
+        episode_seeds=optional("episode_seeds"),
+        metadata=dict(metadata),
     )
 
 
 def _load_npz(path: Path, obs_keys: Sequence[str] | None, action_key: str,
               channels_last: set[str]) -> Demonstrations:
-    with np.load(path, allow_pickle=False) as f:
+    where = f"npz archive {str(path)!r}: "
+    if not zipfile.is_zipfile(path):
+        raise ValueError(f"{str(path)!r} is not a readable .npz archive: not a zip file (damaged, "
+                         "truncated or another format)")
+    try:
+        archive = np.load(path, allow_pickle=False)
+    except (zipfile.BadZipFile, OSError, ValueError, EOFError) as err:
+        raise ValueError(f"{str(path)!r} is not a readable .npz archive (damaged, truncated or another "
+                         f"format): {type(err).__name__}: {err}") from None
+    if not isinstance(archive, np.lib.npyio.NpzFile):
+        raise ValueError(f"{str(path)!r} holds a single .npy array, not a .npz archive of named arrays")
+    with archive as f:
         if "episode_ends" not in f.files:
             raise ValueError(f"npz archive {str(path)!r} has no 'episode_ends' array; has {f.files}")
         available = [k[len("obs/"):] for k in f.files if k.startswith("obs/")]
         if action_key in f.files:
             available.append(action_key)
         keys = _select_obs_keys(available, obs_keys, action_key, f"npz archive {str(path)!r}")
+
+        def read(name: str, key: str | None = None) -> np.ndarray | None:
+            key = key or name
+            return _read_or_raise(where, name, lambda: _read_array(key, f[name], channels_last)) if name in f.files else None
+
         return Demonstrations(
-            observations={k: _read_array(k, f[f"obs/{k}"], channels_last) for k in keys},
-            actions=f[action_key],
-            episode_ends=f["episode_ends"],
-            rewards=f["reward"] if "reward" in f.files else None,
-            episode_seeds=f["episode_seeds"] if "episode_seeds" in f.files else None,
-            metadata=json.loads(str(f["metadata_json"])) if "metadata_json" in f.files else {},
+            observations={k: read(f"obs/{k}", k) for k in keys},
+            actions=read(action_key),
+            episode_ends=read("episode_ends"),
+            rewards=read("reward"),
+            episode_seeds=read("episode_seeds"),
+            metadata=_npz_metadata(read("metadata_json"), where),
         )
+
+
+def _npz_metadata(raw: np.ndarray | None, where: str) -> dict:
+    """``metadata_json``: a 0-d string array holding a JSON object."""
+    if raw is None:
+        return {}
+    try:
+        if raw.shape != () or raw.dtype.kind not in "US":
+            raise ValueError(f"expected a 0-d string array, got shape {raw.shape} dtype {raw.dtype}")
+        metadata = json.loads(str(raw))
+    except ValueError as err:
+        raise ValueError(f"{where}'metadata_json' is not valid JSON: {err}") from None
+    if not isinstance(metadata, dict):
+        raise ValueError(f"{where}'metadata_json' must hold a JSON object, got {type(metadata).__name__}")
+    return metadata
 
 
 def load_demonstrations(
@@ -125,6 +224,7 @@ def load_demonstrations(
     obs_keys: Sequence[str] | None = None,
     action_key: str = ACTION_KEY,
     channels_last_keys: Sequence[str] = (),
+    allow_missing_chunks: bool = False,
 ) -> Demonstrations:
     """Load demonstrations from a zarr replay buffer (directory / ``.zarr``) or a ``.npz``.
 
@@ -136,9 +236,20 @@ def load_demonstrations(
         channels_last_keys: image keys stored as ``(N, H, W, C)`` pixels in 0..255 (the
             original Diffusion Policy zarr, e.g. PushT ``"img"``); they are returned as
             ``(N, C, H, W)`` uint8, converted chunk by chunk.
+        allow_missing_chunks: zarr only: read absent chunks as the array's fill value (what zarr
+            does) instead of refusing the store. Only for stores written with zarr 3's default
+            ``write_empty_chunks=False``, where an absent chunk means "all fill value"; otherwise
+            a lost chunk would silently become zeros.
 
     Returns:
         Validated :class:`Demonstrations` (observation arrays ``(N, ...)``, actions ``(N, D_act)``).
+
+    Raises:
+        FileNotFoundError: ``path`` does not exist.
+        KeyError: a requested observation key is not in the store.
+        ValueError: anything else that would not load exactly the data written (missing or
+            undecodable zarr chunks, a damaged archive, invalid metadata, inconsistent shapes,
+            NaN/inf), naming the store and the array.
     """
     path = Path(path)
     if not path.exists():
@@ -147,7 +258,7 @@ def load_demonstrations(
     if isinstance(channels_last_keys, str) or (obs_keys is not None and not channels_last <= set(obs_keys)):
         raise ValueError(f"channels_last_keys must be a list of loaded obs keys, got {channels_last_keys!r}")
     if path.is_dir() or path.suffix == ".zarr":
-        demos = _load_zarr(path, obs_keys, action_key, channels_last)
+        demos = _load_zarr(path, obs_keys, action_key, channels_last, allow_missing_chunks)
     elif path.suffix == ".npz":
         demos = _load_npz(path, obs_keys, action_key, channels_last)
     else:
@@ -172,12 +283,15 @@ def _write_zarr(demos: Demonstrations, tmp: Path) -> None:
         arr = np.ascontiguousarray(arr)
         row_bytes = max(1, arr[:1].nbytes)
         chunks = (max(1, min(len(arr), _CHUNK_BYTES // row_bytes)), *arr.shape[1:])
+        # Every chunk is written, also all-zero ones (zarr 3 skips them by default), so that the
+        # loader can tell a complete array from one with lost chunks.
         if _ZARR_MAJOR >= 3:
             out = group.create_array(name, shape=arr.shape, dtype=arr.dtype, chunks=chunks,
-                                     compressors=compressor)
+                                     compressors=compressor, config={"write_empty_chunks": True})
             out[...] = arr
         else:
-            group.create_dataset(name, data=arr, chunks=chunks, compressor=compressor)
+            group.create_dataset(name, data=arr, chunks=chunks, compressor=compressor,
+                                 write_empty_chunks=True)
 
     data, meta = root.require_group("data"), root.require_group("meta")
     for key, obs in demos.observations.items():

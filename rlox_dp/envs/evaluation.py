@@ -33,7 +33,8 @@ from gymnasium.vector import AutoresetMode
 
 from rlox_dp.envs.factory import make_vec_env
 
-__all__ = ["Episode", "EvalPolicy", "EvalResult", "RolloutResult", "evaluate_policy", "rollout"]
+__all__ = ["Episode", "EvalPolicy", "EvalResult", "EvaluationInterrupted", "RolloutResult", "evaluate_policy",
+           "rollout"]
 
 logger = logging.getLogger(__name__)
 
@@ -122,6 +123,38 @@ class EvalResult:
         out["eval/env_steps_per_s"] = float(self.env_steps / max(self.wall_time_s, 1e-9))
         out["eval/time_s"] = float(self.wall_time_s)
         return out
+
+
+class EvaluationInterrupted(KeyboardInterrupt):
+    """Ctrl-C during :func:`rollout` / :func:`evaluate_policy`, carrying what finished before it.
+
+    Attributes:
+        result: the finished episodes (a :class:`RolloutResult` from :func:`rollout`, an
+            :class:`EvalResult` from :func:`evaluate_policy`), or None when none finished. They
+            are the episodes that ended first, so short episodes are over-represented.
+        n_requested: episodes that were asked for.
+    """
+
+    def __init__(self, result: RolloutResult | EvalResult | None, n_requested: int) -> None:
+        super().__init__(f"evaluation interrupted after {self._finished(result)} of {n_requested} episodes")
+        self.result = result
+        self.n_requested = n_requested
+
+    @staticmethod
+    def _finished(result: RolloutResult | EvalResult | None) -> int:
+        if result is None:
+            return 0
+        return len(result.episodes) if isinstance(result, RolloutResult) else len(result.returns)
+
+    @property
+    def n_finished(self) -> int:
+        """Episodes finished before the interrupt."""
+        return self._finished(self.result)
+
+    def summary(self) -> dict[str, float]:
+        """``EvalResult.summary()`` of the finished episodes plus ``eval/n_requested``."""
+        out = self.result.summary() if isinstance(self.result, EvalResult) else {"eval/n_episodes": 0.0}
+        return {**out, "eval/n_requested": float(self.n_requested)}
 
 
 def _video_backend() -> str:
@@ -353,6 +386,10 @@ def rollout(
                 running[i] = None if seed is None else _RunningEpisode(seed, record)
             obs, _ = envs.reset(seed=reset_seeds, options={"reset_mask": done.copy()})
             policy.reset(done.copy())
+    except KeyboardInterrupt:
+        partial_result = RolloutResult([finished[s] for s in seeds if s in finished],
+                                        time.perf_counter() - start, env_steps)
+        raise EvaluationInterrupted(partial_result if finished else None, len(seeds)) from None
     finally:
         envs.close()
         if pbar is not None:
@@ -386,19 +423,28 @@ def evaluate_policy(
     if n_episodes < 1:
         raise ValueError(f"n_episodes: expected a positive int, got {n_episodes}")
     seeds = [int(seed) + j for j in range(int(n_episodes))]
-    result = rollout(
-        policy,
-        env_id,
-        seeds,
-        n_envs=n_envs,
-        env_kwargs=env_kwargs,
-        max_episode_steps=max_episode_steps,
-        video_dir=video_dir,
-        n_videos=n_videos,
-        asynchronous=asynchronous,
-        progress=progress,
-        progress_desc=f"eval {env_id}",
-    )
+    try:
+        result = rollout(
+            policy,
+            env_id,
+            seeds,
+            n_envs=n_envs,
+            env_kwargs=env_kwargs,
+            max_episode_steps=max_episode_steps,
+            video_dir=video_dir,
+            n_videos=n_videos,
+            asynchronous=asynchronous,
+            progress=progress,
+            progress_desc=f"eval {env_id}",
+        )
+    except EvaluationInterrupted as stop:  # the same, with per-episode arrays
+        raise EvaluationInterrupted(None if stop.result is None else _eval_result(stop.result),
+                                    stop.n_requested) from None
+    return _eval_result(result)
+
+
+def _eval_result(result: RolloutResult) -> EvalResult:
+    """Per-episode arrays of a rollout's episodes, in their order."""
     eps = result.episodes
     reported = [e.success for e in eps]
     scores = [e.score for e in eps]
