@@ -330,7 +330,11 @@ def write_step_checkpoint(run_dir: str | os.PathLike, step: int, write, keep_las
     folder = Path(run_dir) / "checkpoints"
     path = folder / f"step_{step:06d}.safetensors"
     write(path)
-    _point_last_at(path)
+    try:
+        _point_last_at(path)
+    except OSError as err:  # e.g. Windows, where another process has last.safetensors open
+        logger.warning("could not point %s at %s (%s); the step checkpoint is complete",
+                       LAST_NAME, path, err)
     for p in folder.glob(f".{LAST_NAME}.*.link.tmp"):  # a link swap interrupted by kill -9
         p.unlink(missing_ok=True)
     if keep_last_n is not None:

@@ -201,6 +201,37 @@ def test_01_resume_never_overwrites_a_newer_checkpoint(tmp_path):
         Trainer.load(copy, demos=pendulum_demos(), device="cpu", progress=False, log_dir=run.log_dir)
 
 
+def test_01_run_directory_written_before_run_ids_resumes_in_place(tmp_path, monkeypatch):
+    """A run of an older rlox_dp (no run.json, no run_id, only last.safetensors) continues in its
+    own directory (identified by the log_dir its checkpoint records), and only there."""
+    monkeypatch.chdir(tmp_path)  # relative log_dir, as the default runs/...
+    run = bc(Path("."), "old-run")
+    run.train(2, evaluate=False)
+    last = run.log_dir / "checkpoints" / "last.safetensors"
+    resave(last, last, run_id=...)
+    for p in [run.log_dir / "run.json", *run.log_dir.glob("checkpoints/step_*")]:
+        p.unlink()
+    resumed = Trainer.load(last, demos=pendulum_demos(), device="cpu", progress=False, log_dir="old-run")
+    resumed.train(4, evaluate=False)
+    assert step_of(last) == 4
+    with pytest.raises(RunDirectoryError, match="already holds another run"):
+        bc(Path("."), "old-run")
+
+
+def test_01_last_is_a_copy_where_hard_links_are_unsupported(tmp_path, monkeypatch):
+    def no_links(*args, **kwargs):
+        raise OSError("hard links not supported")
+
+    monkeypatch.setattr(os, "link", no_links)
+    run = bc(tmp_path, checkpoint_every=2)
+    run.train(4, evaluate=False)
+    folder = run.log_dir / "checkpoints"
+    assert (folder / "last.safetensors").read_bytes() == (folder / "step_000004.safetensors").read_bytes()
+    assert os.stat(folder / "last.safetensors").st_nlink == 1
+    assert sorted(p.name for p in folder.iterdir()) == [
+        "last.safetensors", "step_000002.safetensors", "step_000004.safetensors"]  # no temporaries
+
+
 # -- 2. a used run directory is refused; one live process per directory ---------------------------
 def test_02_reused_log_dir_is_refused_unless_overwrite(tmp_path, capsys):
     first = bc(tmp_path)
