@@ -47,7 +47,7 @@ BASE = dict(VARIANTS["diffusion"][1])
 MODELS: dict[str, tuple[str, dict[str, Any]]] = {
     "diffusion": ("diffusion", BASE),
     "flow": ("flow", {**BASE, "noise_scheduler_type": "Euler", "num_inference_steps": 1}),
-    "consistency": ("consistency", {"batch_size": 64, "lr": 1e-4, "lr_warmup_steps": 100}),
+    "consistency": ("consistency", {"batch_size": 64, "lr": 3e-4, "lr_warmup_steps": 100}),
 }
 #: model -> [(sampler, steps, extra configure_inference kwargs)]
 SETTINGS: dict[str, list[tuple[str, int, dict[str, float]]]] = {
@@ -94,8 +94,9 @@ def train(model: str, args: argparse.Namespace, demos: Any, log_root: Path,
     config = {**overrides, "n_demos": args.n_demos, "log_every": 100, "checkpoint_every": 10**9,
               "n_eval_episodes": 0}
     if model == "consistency":
-        config.update(teacher=str(teacher_path), total_steps=args.cd_steps,
-                      distillation_stride=args.stride, dsm_weight=args.dsm_weight)
+        config.update(teacher=str(teacher_path), total_steps=args.cd_steps)
+        config.update({k: v for k, v in (("distillation_stride", args.stride),
+                                         ("dsm_weight", args.dsm_weight)) if v is not None})
     if args.quick:
         config.update({k: v for k, v in QUICK.items() if model != "consistency" or k == "total_steps"})
     trainer = Trainer(algorithm, env=BIMODAL_ENV_ID, config=config, demos=demos, seed=args.seed,
@@ -111,8 +112,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--n-demos", type=int, default=None, help="expert episodes (default 100; 10 with --quick)")
     parser.add_argument("--seed", type=int, default=0, help="training seed")
     parser.add_argument("--cd-steps", type=int, default=1500, help="consistency distillation steps")
-    parser.add_argument("--stride", type=int, default=2, help="consistency distillation_stride")
-    parser.add_argument("--dsm-weight", type=float, default=1.0, help="consistency dsm_weight")
+    parser.add_argument("--stride", type=int, default=None,
+                        help="consistency distillation_stride (default: the config's)")
+    parser.add_argument("--dsm-weight", type=float, default=None,
+                        help="consistency dsm_weight (default: the config's)")
     parser.add_argument("--models", default="diffusion,flow,consistency",
                         help="comma-separated subset (consistency needs diffusion or --teacher)")
     parser.add_argument("--teacher", default=None, help="reuse this teacher checkpoint instead of training one")

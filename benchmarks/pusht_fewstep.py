@@ -57,7 +57,7 @@ _DP = dict(LOWDIM_VARIANTS["diffusion_small"][1])
 MODELS: dict[str, tuple[str, dict[str, Any]]] = {
     "diffusion": ("diffusion", _DP),
     "flow": ("flow", {**_DP, "noise_scheduler_type": "Euler", "num_inference_steps": 10}),
-    "consistency": ("consistency", {"batch_size": _DP["batch_size"], "lr": 1e-4,
+    "consistency": ("consistency", {"batch_size": _DP["batch_size"], "lr": 3e-4,
                                     "lr_warmup_steps": 500}),
 }
 #: model -> [(sampler, steps)]: DDPM-100 the reference; DPM-Solver++ equals DDIM at 1 and 2 steps.
