@@ -668,6 +668,11 @@ class Trainer:
         return before
 
     # -- checkpoints ----------------------------------------------------------------------------
+    def save_policy(self, path: str | os.PathLike) -> Path:
+        """The policy alone, to act with anywhere: EMA weights (when on), normalizer, config,
+        spaces and env id, without optimizer or RNG states; read it with :func:`rlox_dp.load_policy`."""
+        return self.eval_policy.save(path, env=self.env_id, env_kwargs=self.env_kwargs)
+
     def save(self, path: str | os.PathLike) -> Path:
         """Atomically write weights, EMA weights, optimizer, normalizer, RNG states, step, config
         (with integrity digests) to the file ``path``; returns it.

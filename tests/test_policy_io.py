@@ -47,6 +47,13 @@ def test_round_trip_gives_the_same_actions_for_the_same_seed(trainer, tmp_path):
     assert meta["kind"] == "policy" and all(k.startswith("policy/") for k in tensors)  # no optimizer
 
 
+def test_trainer_save_policy_records_the_env(trainer, tmp_path):
+    loaded = load_policy(trainer.save_policy(tmp_path / "policy.safetensors"))
+    assert (loaded.env_id, loaded.env_kwargs) == (trainer.env_id, trainer.env_kwargs)
+    torch.testing.assert_close(_chunk(loaded, 4), _chunk(trainer.eval_policy, 4), rtol=0, atol=0)
+    assert (tmp_path / "policy.safetensors").stat().st_size < trainer.save(tmp_path / "c.safetensors").stat().st_size
+
+
 def test_training_checkpoint_loads_as_a_policy_ema_by_default(trainer, tmp_path):
     path = trainer.save(tmp_path / "ckpt.safetensors")
     ema, raw = load_policy(path), load_policy(path, ema=False)
