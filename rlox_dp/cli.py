@@ -91,7 +91,7 @@ def _build_parser() -> argparse.ArgumentParser:
     train.add_argument("--no-preset", action="store_true", help="ignore rlox_dp.presets for this env")
 
     ev = sub.add_parser("eval", parents=[common], help="evaluate a checkpoint in vectorized envs")
-    ev.add_argument("checkpoint")
+    ev.add_argument("checkpoint", help="a training checkpoint, or a policy file (Trainer.save_policy)")
     ev.add_argument("--episodes", type=int, default=None)
     ev.add_argument("--envs", type=int, default=None, help="parallel envs")
     ev.add_argument("--seed", type=int, default=None, help="first evaluation seed")
@@ -173,30 +173,75 @@ def _check_resume_matches(args: argparse.Namespace) -> None:
                              f"({args.resume}); a resumed run keeps its algorithm, env and seed")
 
 
-def _run_eval(args: argparse.Namespace) -> int:
-    from rlox_dp import Trainer
+def _configure_sampler(policy: Any, spec: str | None, where: str) -> None:
+    """``--sampler KIND[:STEPS]`` on a diffusion policy (a no-op without ``--sampler``)."""
+    if spec is None:
+        return
+    kind, _, steps = spec.partition(":")
+    if not hasattr(policy, "configure_inference"):
+        raise ValueError(f"--sampler applies to diffusion policies; {where} holds {policy.name!r}")
+    if steps and not steps.isdigit():
+        raise ValueError(f"--sampler expects KIND[:STEPS] such as DDPM:100, got {spec!r}")
+    policy.configure_inference(kind.upper(), int(steps) if steps else None)
+
+
+def _report_evaluation(evaluate: Any, title: str, rows: dict[str, Any]) -> int:
+    """Run ``evaluate() -> summary`` and print the table; Ctrl-C reports the finished episodes."""
     from rlox_dp.envs.evaluation import EvaluationInterrupted
 
-    trainer = Trainer.load(args.checkpoint, device=args.device, progress=not args.no_progress)
-    trainer.threads = args.threads if args.threads is not None else trainer.threads
-    if args.sampler is not None:
-        kind, _, steps = args.sampler.partition(":")
-        if not hasattr(trainer.eval_policy, "configure_inference"):
-            raise ValueError(f"--sampler applies to diffusion policies; {args.checkpoint} holds "
-                             f"{trainer.algorithm_name!r}")
-        if steps and not steps.isdigit():
-            raise ValueError(f"--sampler expects KIND[:STEPS] such as DDPM:100, got {args.sampler!r}")
-        trainer.eval_policy.configure_inference(kind.upper(), int(steps) if steps else None)
-    title, code = f"rlox_dp eval: {args.checkpoint}", 0
+    code = 0
     try:
-        summary = trainer.evaluate(args.episodes, args.envs, seed=args.seed, video_dir=args.video_dir,
-                                   n_videos=2 if args.video_dir else 0)
+        summary = evaluate()
     except EvaluationInterrupted as stop:  # Ctrl-C: report the episodes that finished
         summary, code = stop.summary(), 130
         title += f" (interrupted: {stop.n_finished} of {stop.n_requested} episodes finished)"
-    rows = {"algorithm": trainer.algorithm_name, "env": trainer.env_id, "step": trainer.state.step, **summary}
-    print(format_table(rows, title=title))
+    print(format_table({**rows, **summary}, title=title))
     return code
+
+
+def _run_eval(args: argparse.Namespace) -> int:
+    from rlox_dp import Trainer
+    from rlox_dp.checkpoint import read_checkpoint_header
+    from rlox_dp.policy_io import POLICY_KIND
+
+    if read_checkpoint_header(args.checkpoint).get("kind") == POLICY_KIND:
+        return _run_eval_policy(args)
+    trainer = Trainer.load(args.checkpoint, device=args.device, progress=not args.no_progress)
+    trainer.threads = args.threads if args.threads is not None else trainer.threads
+    _configure_sampler(trainer.eval_policy, args.sampler, args.checkpoint)
+    return _report_evaluation(
+        lambda: trainer.evaluate(args.episodes, args.envs, seed=args.seed, video_dir=args.video_dir,
+                                 n_videos=2 if args.video_dir else 0),
+        f"rlox_dp eval: {args.checkpoint}",
+        {"algorithm": trainer.algorithm_name, "env": trainer.env_id, "step": trainer.state.step},
+    )
+
+
+def _run_eval_policy(args: argparse.Namespace) -> int:
+    """``rlox-dp eval`` of a policy file (``Trainer.save_policy``): the env it records, no Trainer."""
+    from rlox_dp import load_policy
+    from rlox_dp.envs import evaluate_policy
+    from rlox_dp.threads import configure_threads, policy_flops_per_sample
+
+    policy = load_policy(args.checkpoint, device=args.device)
+    if policy.env_id is None:
+        raise ValueError(f"{args.checkpoint} is a policy file without an env id; save it with "
+                         "Trainer.save_policy(path) or policy.save(path, env=...)")
+    _configure_sampler(policy, args.sampler, args.checkpoint)
+    cfg = policy.config
+    n_envs = args.envs if args.envs is not None else cfg.n_eval_envs
+    flops = policy_flops_per_sample(policy) * n_envs if policy.device.type == "cpu" else None
+    configure_threads(args.threads, policy.device, flops, "evaluation")
+    return _report_evaluation(
+        lambda: evaluate_policy(
+            policy, policy.env_id, n_episodes=args.episodes if args.episodes is not None else cfg.n_eval_episodes,
+            n_envs=n_envs, seed=args.seed if args.seed is not None else cfg.eval_seed,
+            env_kwargs=policy.env_kwargs, video_dir=args.video_dir, n_videos=2 if args.video_dir else 0,
+            progress=not args.no_progress,
+        ).summary(),
+        f"rlox_dp eval: {args.checkpoint} (policy file)",
+        {"algorithm": policy.name, "env": policy.env_id},
+    )
 
 
 def _run_dagger(args: argparse.Namespace) -> int:

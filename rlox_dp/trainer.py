@@ -39,6 +39,7 @@ from rlox_dp.checkpoint import (
 from rlox_dp.config import ConfigError
 from rlox_dp.distributed import init_distributed
 from rlox_dp.ema import EMA
+from rlox_dp.policy_io import POLICY_KIND
 from rlox_dp.presets import preset_for
 from rlox_dp.run_directory import (
     RunLock,
@@ -730,6 +731,12 @@ class Trainer:
                 or does not fit the algorithm/config/env it names.
         """
         tensors, meta = load_checkpoint(path)
+        if meta.get("kind") == POLICY_KIND:
+            raise CheckpointError(
+                f"{str(path)!r} is a policy file (weights only, no optimizer or training state): act or "
+                "evaluate with rlox_dp.load_policy(path) / rlox-dp eval; continue training from a "
+                "training checkpoint"
+            )
         validate_trainer_header(meta, path)
         try:
             algorithm_class = get_algorithm_class(meta["algorithm"])

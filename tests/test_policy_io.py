@@ -76,6 +76,17 @@ def test_loading_keeps_the_global_rng_and_checks_the_class(trainer, tmp_path):
         other.load(path)
 
 
+def test_cli_evaluates_a_policy_file_and_trainer_load_refuses_it(trainer, tmp_path, capsys):
+    from rlox_dp.cli import main
+
+    path = trainer.save_policy(tmp_path / "policy.safetensors")
+    assert main(["eval", str(path), "--episodes", "1", "--envs", "1", "--no-progress"]) == 0
+    out = capsys.readouterr().out
+    assert "(policy file)" in out and "eval/return_mean" in out and "Pendulum-v1" in out
+    with pytest.raises(CheckpointError, match="is a policy file"):
+        Trainer.load(path)
+
+
 def test_damaged_or_foreign_files_are_refused(tmp_path):
     bad = tmp_path / "bad.safetensors"
     bad.write_bytes(b"not a safetensors file")
