@@ -134,6 +134,9 @@ class DAgger:
     def __init__(self, trainer: Trainer, config: DAggerConfig | Mapping[str, Any] | None = None, *,
                  out_dir: str | os.PathLike | None = None, labeller: ExpertLabeller | None = None,
                  _state: dict[str, Any] | None = None) -> None:
+        if trainer.dist.enabled:
+            raise ValueError("DAgger runs in one process (its rollouts, labels and files are not "
+                             "split between torchrun ranks); start it without torchrun")
         self.trainer = trainer
         self.config = config if isinstance(config, DAggerConfig) else DAggerConfig.from_dict(config or {})
         cfg, policy_cfg = self.config, trainer.config
@@ -196,8 +199,23 @@ class DAgger:
             data = aggregate(self.base, self.labelled, self.state["base_source"])
             self.trainer.set_demonstrations(data)
             stats["demo_episodes"] = data.n_episodes
+            stats["label_actions_outside_range"] = self._outside_action_range()
             self._train_and_save(r, self.trainer.state.step + cfg.steps_per_round, stats)
         return self.state["history"]
+
+    def _outside_action_range(self) -> float:
+        """Fraction of labelled action values outside the min-max range the policy normalizes
+        actions with (fitted on the round-0 data); warns when there are any."""
+        normalizer = self.trainer.policy.normalizer
+        if self.labelled is None or normalizer.mode("action") != "min_max":
+            return 0.0
+        actions = torch.as_tensor(self.labelled.actions, dtype=torch.float32, device=self.trainer.device)
+        fraction = float((normalizer.normalize("action", actions).abs() > 1 + 1e-5).float().mean())
+        if fraction > 0:
+            logger.warning("DAgger: %.2f%% of the labelled action values lie outside the range of the round-0 "
+                           "actions the policy normalizes with; a policy that clips its samples to "
+                           "[-1, 1] (clip_sample) cannot reach them", 100 * fraction)
+        return fraction
 
     def _train_and_save(self, r: int, total_steps: int, stats: dict[str, Any]) -> None:
         """Train to ``total_steps``, evaluate (CPU time apart), save round ``r``."""

@@ -42,6 +42,7 @@ def test_every_algorithm_aggregates_labelled_episodes_with_provenance(algorithm,
     assert [row["beta"] for row in history[1:]] == [0.5, 0.25]
     labels = sum(row["labels"] for row in history[1:])
     assert labels > 0 and all(row["label_cpu_s"] >= 0 and row["episodes"] == 3 for row in history[1:])
+    assert all(0.0 <= row["label_actions_outside_range"] <= 1.0 for row in history[1:])
 
     stored = load_demonstrations(tmp_path / "dagger" / "labelled.zarr")
     provenance = stored.metadata["provenance"]
