@@ -111,7 +111,8 @@ class ConsistencyConfig(DiffusionConfig):
         dsm_weight: weight of the denoising term ``||f(x_t, t) - a||^2`` (0 disables it). It
             pulls one-step outputs toward the mean of the modes: on BimodalPoint-v0 (1500 steps,
             stride 10) one step succeeded in 0.54 of 50 episodes at Consistency Policy's weight 1
-            and in 0.88 at 0, hence the default 0.1 (``benchmarks/bimodal_fewstep.py``).
+            and in 0.88 at 0, hence the default 0.1 (``benchmarks/bimodal_fewstep.py --models
+            consistency --teacher CKPT --stride 10 --dsm-weight W``).
         warm_start: initialize the student with the teacher's (EMA) weights.
         init_noise_scale: std of the sampler's starting noise, in ``(0, 1]`` (module docstring).
         noise_scheduler_type: ``"Consistency"`` (multistep consistency sampling).
