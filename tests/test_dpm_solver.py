@@ -12,16 +12,19 @@ from __future__ import annotations
 
 import itertools
 import math
+import shutil
 import warnings
 
 import numpy as np
 import pytest
 import torch
+from conftest import TINY
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from test_algorithms import build
+from test_algorithms import ACT_SPACE, OBS_SPACE, build
 from test_samplers import COSINE_100, MU, SIGMA, gaussian_denoiser
 
+from rlox_dp.algorithms import get_algorithm_class
 from rlox_dp.diffusion import (
     SAMPLERS,
     DDIMSampler,
@@ -209,3 +212,28 @@ def test_factory_validation_and_policy_integration() -> None:
     policy.configure_inference("dpmsolver++", 2)  # two steps: identical to DDIM
     torch.testing.assert_close(policy.predict_action_chunk(obs, torch.Generator().manual_seed(0)),
                                ddim)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(shutil.which("cc") is None and shutil.which("gcc") is None,
+                    reason="torch.compile on CPU needs a C compiler")
+@pytest.mark.parametrize(("algorithm", "sampler", "steps"), [
+    ("diffusion", "DPMSolver++", 4), ("flow", "Heun", 3), ("consistency", "Consistency", 3)])
+def test_compiled_denoising_loop_matches_eager(algorithm: str, sampler: str, steps: int) -> None:
+    """The new samplers inside Diffusion Policy's compiled whole-loop path give the eager chunks."""
+    normalizer = build("diffusion")[1].normalizer
+    cls = get_algorithm_class(algorithm)
+    config = cls.config_class.from_dict({**TINY["diffusion"], "num_train_timesteps": 20})
+    eager = cls(config, OBS_SPACE, ACT_SPACE, normalizer)
+    compiled = cls(config, OBS_SPACE, ACT_SPACE, normalizer)
+    compiled.load_state_dict(eager.state_dict())
+    compiled.compile_networks(dynamic=False)
+    obs = {"state": torch.randn(2, 2, 3)}
+    for policy in (eager, compiled):
+        policy.eval()
+        policy.configure_inference(sampler, steps)
+    with torch.no_grad():
+        a = eager.predict_action_chunk(obs, torch.Generator().manual_seed(3))
+        b = compiled.predict_action_chunk(obs, torch.Generator().manual_seed(3))
+    assert steps in compiled._compiled_loops
+    torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
