@@ -216,6 +216,13 @@ def test_warm_start_training_and_checkpoint_round_trip(teacher_path, tmp_path) -
                                        loaded.policy.normalizer)
     with pytest.raises(RuntimeError, match="no teacher"):
         inference_only.compute_loss(trainer.buffer.sample(4))
+    # the saved student acts without its teacher's file (a warning says it cannot train)
+    config = loaded.config.replace(teacher=str(tmp_path / "gone.safetensors"))
+    with pytest.warns(UserWarning, match="can act but not train"):
+        orphan = ConsistencyPolicy(config, OBS_SPACE, ACT_SPACE, loaded.policy.normalizer)
+    orphan.load_state_dict(loaded.eval_policy.state_dict())
+    orphan.eval().configure_inference(num_inference_steps=3, init_noise_scale=0.5)
+    assert torch.equal(orphan.predict_action_chunk(obs, torch.Generator().manual_seed(4)), b)
 
 
 def test_distillation_reduces_the_consistency_loss(teacher_path, tmp_path) -> None:

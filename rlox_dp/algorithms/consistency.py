@@ -43,6 +43,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
+import warnings
 from collections.abc import Callable
 from typing import Any, ClassVar, Literal
 
@@ -99,8 +100,9 @@ class ConsistencyConfig(DiffusionConfig):
 
     Attributes:
         teacher: path of the teacher's checkpoint (a ``"diffusion"`` run's ``.safetensors``).
-            Needed to train and to build the policy; ``None`` builds an inference-only student
-            (e.g. ``config.replace(teacher=None)`` on a machine without the teacher file).
+            Needed to train: a new config whose teacher file is missing is an error. A saved
+            student (its config holds ``teacher_config``) whose teacher file is gone loads with a
+            warning and can act but not train; ``None`` builds such an inference-only student.
         teacher_config: the teacher's config, read from the checkpoint when ``None``. The
             fields of :func:`inherited_fields` (windows, normalization, network, noise schedule)
             default to the teacher's values and must equal them.
@@ -292,10 +294,15 @@ class ConsistencyPolicy(DiffusionPolicy):
     ) -> None:
         super().__init__(config, observation_space, action_space, normalizer)
         teacher = None
-        if config.teacher is not None:
+        if config.teacher is not None and os.path.isfile(config.teacher):
             teacher = load_teacher(config.teacher, observation_space, action_space, normalizer)
             if config.warm_start:
                 self.load_state_dict(teacher.state_dict())
+        elif config.teacher is not None:  # a saved student elsewhere: its weights come next
+            warnings.warn(
+                f"consistency teacher {config.teacher!r} not found: this policy can act but not "
+                "train", stacklevel=2,
+            )
         # Not a submodule: no parameters to train, nothing in the student's checkpoints.
         object.__setattr__(self, "_teacher", teacher)
         self._teacher_steps: torch.Tensor | None = None
