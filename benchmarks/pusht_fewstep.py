@@ -23,7 +23,7 @@ two in rounds, median of round medians). Writes ``<out>/<name>.json`` and ``<out
 (success vs compiled latency, the Pareto front drawn) and prints a table.
 
     python benchmarks/pusht_fewstep.py --keep runs/fewstep                 # 2 seeds: ~2 x (58 + 58 + CD) min train
-    python benchmarks/pusht_fewstep.py --keep runs/fewstep --models diffusion --seeds 1   # one part at a time
+    python benchmarks/pusht_fewstep.py --keep runs/fewstep --train-only --models diffusion --seeds 1 --first-seed 1
     python benchmarks/pusht_fewstep.py --quick --keep /tmp/fewstep          # smoke run (a minute)
 """
 
@@ -232,7 +232,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="pusht_cchi_v7_replay.zarr (default: $RLOX_DP_PUSHT_ZARR)")
     parser.add_argument("--keep", required=True, metavar="DIR", help="checkpoint directory (reused)")
     parser.add_argument("--models", default="diffusion,flow,consistency", help="comma-separated subset")
-    parser.add_argument("--seeds", type=int, default=2, help="training seeds 0..N-1")
+    parser.add_argument("--seeds", type=int, default=2, help="number of training seeds")
+    parser.add_argument("--first-seed", type=int, default=0,
+                        help="first training seed (one process per seed: --seeds 1 --first-seed S)")
     parser.add_argument("--steps", type=int, default=45_000, help="diffusion and flow gradient steps")
     parser.add_argument("--cd-steps", type=int, default=10_000, help="consistency distillation steps")
     parser.add_argument("--episodes", type=int, default=50, help="held-out evaluation episodes")
@@ -268,7 +270,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     torch.set_num_threads(args.train_threads)
     Path(args.keep).mkdir(parents=True, exist_ok=True)
     demos = load_pusht_demonstrations(args.demos, obs_mode="keypoints")
-    seeds = list(range(args.seeds))
+    seeds = list(range(args.first_seed, args.first_seed + args.seeds))
     training: dict[str, dict[int, dict[str, Any]]] = {}
     for model in args.models:  # diffusion before consistency: the teacher must exist
         for seed in seeds:
