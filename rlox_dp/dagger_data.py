@@ -130,7 +130,7 @@ def append_labelled(path: Path, episodes: list[dict[str, Any]], env_id: str, kee
     old = rounds_prefix(load_demonstrations(path), keep_round) if path.exists() else None
     if old is not None:
         new = concat([old, new], {**new.metadata, "provenance": old.metadata["provenance"] + new.metadata["provenance"]})
-    save_demonstrations(new, path, overwrite=True)
+    save_demonstrations(new, path, overwrite=True, channels_last_keys=["img"])
 
 
 def aggregate(base: Demonstrations, labelled: Demonstrations | None, base_source: str) -> Demonstrations:

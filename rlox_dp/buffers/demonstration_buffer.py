@@ -17,7 +17,7 @@ episode is one row of a flat table, so sampling is uniform over windows.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 import torch
@@ -35,8 +35,12 @@ def _is_real_numeric(a: np.ndarray) -> bool:
     return np.issubdtype(a.dtype, np.number) and not np.issubdtype(a.dtype, np.complexfloating)
 
 
-def validate_demonstrations(demos: Demonstrations) -> None:
+def validate_demonstrations(demos: Demonstrations, channels_last_keys: Sequence[str] = ()) -> None:
     """Check shapes, episode boundaries and finiteness of ``demos``; raise ValueError if wrong.
+
+    ``channels_last_keys`` names image keys deliberately stored ``(N, H, W, C)`` (the human
+    PushT dataset's ``img`` layout, written by :func:`save_demonstrations`); they skip the
+    channel-first check. Training data never does (the buffer validates without it).
 
     Checks: at least one observation key; ``actions`` is ``(N, D_act)`` real numeric;
     every observation is ``(N, ...)``, images channel-first ``(N, C, H, W)`` (a channel-last
@@ -59,7 +63,7 @@ def validate_demonstrations(demos: Demonstrations) -> None:
     for key, obs in demos.observations.items():
         if not isinstance(obs, np.ndarray) or obs.ndim < 1 or not _is_real_numeric(obs):
             raise ValueError(f"observations[{key!r}] must be a real numeric array (N, ...), got {obs!r:.80}")
-        if obs.ndim == 4:
+        if obs.ndim == 4 and key not in channels_last_keys:
             check_channels_first(obs.shape[1:], f"observations[{key!r}] (per step)")
         if obs.shape[0] != n:
             raise ValueError(

@@ -318,13 +318,17 @@ def _write_npz(demos: Demonstrations, tmp: Path) -> None:
         np.savez_compressed(f, **arrays)
 
 
-def save_demonstrations(demos: Demonstrations, path: str | os.PathLike, *, overwrite: bool = False) -> Path:
+def save_demonstrations(demos: Demonstrations, path: str | os.PathLike, *, overwrite: bool = False,
+                        channels_last_keys: Sequence[str] = ()) -> Path:
     """Write ``demos`` to ``path`` (``.zarr`` zarr-v2 replay buffer or ``.npz``), atomically.
 
     Args:
         demos: validated before writing; the metadata must be JSON-serializable.
         path: target ending in ``.zarr`` or ``.npz``.
         overwrite: replace an existing target (otherwise FileExistsError).
+        channels_last_keys: image keys to store as given in ``(N, H, W, C)`` (e.g. the human
+            PushT layout's ``img``); any other channel-last image is refused. Load them back with
+            ``load_demonstrations(..., channels_last_keys=...)``.
 
     Returns:
         The written path.
@@ -334,7 +338,7 @@ def save_demonstrations(demos: Demonstrations, path: str | os.PathLike, *, overw
         raise ValueError(f"path must end in .zarr or .npz, got {str(path)!r}")
     if ACTION_KEY in demos.observations:
         raise ValueError(f"observation key {ACTION_KEY!r} clashes with the action array")
-    validate_demonstrations(demos)
+    validate_demonstrations(demos, channels_last_keys)
     try:
         json.dumps(demos.metadata)
     except TypeError as err:

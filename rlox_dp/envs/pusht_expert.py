@@ -708,7 +708,7 @@ def generate_pusht_dataset(
         episode_seeds=np.array([seeds[i] for i in keep], dtype=np.int64),
         metadata=metadata,
     )
-    return save_demonstrations(demos, path, overwrite=True)
+    return save_demonstrations(demos, path, overwrite=True, channels_last_keys=["img"])
 
 
 def default_pusht_demonstrations(
