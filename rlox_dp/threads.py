@@ -48,6 +48,11 @@ logger = logging.getLogger("rlox_dp")
 #: 50 µs of one core at 20 GFLOP/s, several times the hand-off between threads of a parallel region.
 MIN_FLOPS_PER_THREAD = 1e6
 
+#: Seconds between two automatic choices during training: a neighbour that starts (or stops) after
+#: the first choice would otherwise leave threads spinning on a core it took (or a core idle).
+#: One check samples the load for ~0.1 s, so it costs ~1 % of the time at this interval.
+RECHECK_S = 10.0
+
 _STARTUP_THREADS = torch.get_num_threads()  # torch's count before any rlox_dp choice
 #: "ours": the count rlox_dp set last (a different current count was set by the user);
 #: "logged": kind of work -> the count last logged for it.

@@ -24,6 +24,7 @@ import gymnasium as gym
 import torch
 from tqdm.auto import tqdm
 
+from rlox_dp import threads as threads_module
 from rlox_dp.algorithms import Algorithm, AlgorithmConfig, get_algorithm_class
 from rlox_dp.buffers import DemonstrationBuffer, Demonstrations, Normalizer
 from rlox_dp.checkpoint import (
@@ -492,6 +493,7 @@ class Trainer:
         buffer = self.buffer
         cfg = self.config
         self._configure_threads(cfg.batch_size // self.dist.world_size, "training")
+        threads_checked = time.perf_counter()
         writer = self._writer_or_none() if self.dist.is_main else _NullWriter()
         self.policy.train()
         metrics: dict[str, float] = {}
@@ -558,6 +560,10 @@ class Trainer:
                     if decay is not None:
                         writer.add_scalar("train/ema_decay", decay, self.state.step)
                     bar.set_postfix(loss=f"{mean_loss:.4f}", lr=f"{lr:.2e}")
+                    if self.threads is None and time.perf_counter() - threads_checked > threads_module.RECHECK_S:
+                        # The load may have changed since the last choice (automatic mode only).
+                        self._configure_threads(cfg.batch_size // self.dist.world_size, "training")
+                        threads_checked = time.perf_counter()
                 bar.update(1)
                 if self.state.step % cfg.checkpoint_every == 0 and self.state.step < total and self.dist.is_main:
                     self._save_run_checkpoint()

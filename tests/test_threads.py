@@ -132,3 +132,21 @@ def test_flop_probe_scales_with_width_and_has_no_side_effects(tmp_path):
     th.policy_flops_per_sample(small)
     torch.testing.assert_close(torch.rand(2), expected)
     assert small.training
+
+
+def test_training_follows_a_neighbour_that_arrives_later(auto, monkeypatch, tmp_path, caplog):
+    """Chosen with an idle machine, the count drops once a neighbour takes the cores (re-checked)."""
+    loads = iter([0.0, 0.0] + [3.0] * 1000)  # idle at set-up and the first choice, then 3 busy
+    monkeypatch.setattr(th, "cpu_load", lambda: th.CpuLoad(usable_cores=4, busy=next(loads)))
+    monkeypatch.setattr(th, "MIN_FLOPS_PER_THREAD", 1.0)  # free cores decide, not network size
+    monkeypatch.setattr(th, "RECHECK_S", 0.0)
+    trainer = _trainer(tmp_path)
+    with caplog.at_level(logging.INFO, logger="rlox_dp"):
+        trainer.train(12, evaluate=False)
+    counts = [int(r.getMessage().split(": ")[1].split(" ")[0]) for r in caplog.records
+              if r.getMessage().startswith("torch threads for training")]
+    assert counts[0] == 4 and counts[-1] == 1
+    assert torch.get_num_threads() == 1
+    pinned = _trainer(tmp_path / "pinned", threads=2)  # an explicit count is never re-chosen
+    pinned.train(12, evaluate=False)
+    assert torch.get_num_threads() == 2
