@@ -27,7 +27,7 @@ DAgger run continues after its last completed round (``DAgger.resume``). Writes
     python benchmarks/dagger.py --only pusht --seeds 2 --work-dir runs/dagger_bench   # ~2 CPU-hours per seed and variant
     python benchmarks/dagger.py --only idp --seeds 2 --work-dir runs/dagger_bench
     python benchmarks/dagger.py --only pusht --seed-list 1 --work-dir runs/dagger_bench  # seed 1 in another process
-    python benchmarks/dagger.py --quick --only pusht --out /tmp/x                      # smoke run (a minute)
+    python benchmarks/dagger.py --quick --only pusht --out runs/dagger_quick                    # smoke run (a minute)
 """
 
 from __future__ import annotations

@@ -24,7 +24,7 @@ two in rounds, median of round medians). Writes ``<out>/<name>.json`` and ``<out
 
     python benchmarks/pusht_fewstep.py --keep runs/fewstep                 # 2 seeds: ~2 x (58 + 58 + CD) min train
     python benchmarks/pusht_fewstep.py --keep runs/fewstep --train-only --models diffusion --seeds 1 --first-seed 1
-    python benchmarks/pusht_fewstep.py --quick --keep /tmp/fewstep          # smoke run (a minute)
+    python benchmarks/pusht_fewstep.py --quick --keep runs/fewstep_quick        # smoke run (a minute)
 """
 
 from __future__ import annotations

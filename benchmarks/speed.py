@@ -26,7 +26,7 @@ peer, each repeat records the share of the machine's CPU used by *other* process
 median uses only "clean" repeats (< ``--quiet-thr``) when enough exist.
 
     python benchmarks/speed.py --config lowdim_small
-    python benchmarks/speed.py --config lowdim --peer-python /tmp/lerobot-venv/bin/python
+    python benchmarks/speed.py --config lowdim --peer-python "$HOME/lerobot-venv/bin/python"
 
 With ``--peer-python`` every common task is run by the peer script too, alternating ours and
 theirs task by task with the same quiet/repeat settings; its raw results go to
