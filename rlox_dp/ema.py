@@ -10,13 +10,20 @@ from torch import nn
 __all__ = ["EMA", "ema_decay"]
 
 
-def ema_decay(step: int, power: float, inv_gamma: float, min_decay: float, max_decay: float) -> float:
-    """Decay after ``step`` optimizer steps: ``1 - (1 + step / inv_gamma) ** -power``, clamped.
+def ema_decay(n_updates: int, power: float, inv_gamma: float, min_decay: float, max_decay: float) -> float:
+    """Decay of the EMA update that follows ``n_updates`` earlier updates (the original repo's
+    ``EMAModel.get_decay(optimization_step)`` with ``update_after_step=0``).
 
-    With ``power=0.75`` the EMA averages over roughly the last quarter of training early on and
-    approaches ``max_decay`` as training continues (@crowsonkb's schedule, as in the original repo).
+    The warmup counts ``k = n_updates - 1`` and uses ``1 - (1 + k / inv_gamma) ** -power``,
+    clamped to ``[min_decay, max_decay]``; while ``k <= 0`` the decay is 0, so the first two
+    updates copy the weights. With ``power=0.75``: 0, 0, 0.405, 0.561, 0.646, ... The EMA then
+    averages over roughly the last quarter of training early on and approaches ``max_decay`` as
+    training continues (@crowsonkb's schedule).
     """
-    value = 1.0 - (1.0 + step / inv_gamma) ** -power
+    k = max(0, n_updates - 1)
+    if k == 0:
+        return 0.0
+    value = 1.0 - (1.0 + k / inv_gamma) ** -power
     return max(min_decay, min(value, max_decay))
 
 
@@ -37,7 +44,10 @@ class EMA:
 
     @torch.no_grad()
     def update(self, model: nn.Module) -> float:
-        """Average ``model``'s parameters into the EMA copy; returns the decay used."""
+        """Average ``model``'s parameters into the EMA copy; returns the decay used.
+
+        :attr:`step` counts the updates made so far (it is saved in checkpoints as ``ema_step``).
+        """
         decay = ema_decay(self.step, self.power, self.inv_gamma, self.min_decay, self.max_decay)
         ema_params = [p for p in self.model.parameters()]
         params = [p.detach() for p in model.parameters()]
