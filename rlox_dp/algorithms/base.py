@@ -27,10 +27,12 @@ import torch
 from torch import nn
 
 from rlox_dp.buffers import Batch, Normalizer
-from rlox_dp.config import Config, ConfigError, did_you_mean
+from rlox_dp.config import Config, ConfigError
+from rlox_dp.registry import Registry
 
 __all__ = [
     "Algorithm",
+    "ALGORITHMS",
     "AlgorithmConfig",
     "available_algorithms",
     "get_algorithm_class",
@@ -180,19 +182,23 @@ class AlgorithmConfig(Config):
 
 
 A = TypeVar("A", bound="type[Algorithm]")
-_REGISTRY: dict[str, type[Algorithm]] = {}
+
+
+def _check_algorithm(name: str, cls: Any) -> None:
+    if not (isinstance(cls, type) and issubclass(cls, Algorithm)):
+        raise TypeError(f"@register_algorithm({name!r}) expects an Algorithm subclass, got {cls!r}")
+
+
+#: registered algorithms: name -> :class:`Algorithm` subclass (rules: :mod:`rlox_dp.registry`).
+ALGORITHMS: Registry[type[Algorithm]] = Registry("algorithm", check=_check_algorithm)
 
 
 def register_algorithm(name: str) -> Callable[[A], A]:
-    """Class decorator registering an :class:`Algorithm` subclass under ``name``."""
+    """Class decorator registering an :class:`Algorithm` subclass under ``name`` (its ``name``)."""
 
     def decorator(cls: A) -> A:
-        if name in _REGISTRY and _REGISTRY[name] is not cls:
-            raise ValueError(f"algorithm name {name!r} is already registered by {_REGISTRY[name]}")
-        if not (isinstance(cls, type) and issubclass(cls, Algorithm)):
-            raise TypeError(f"@register_algorithm({name!r}) expects an Algorithm subclass, got {cls!r}")
-        cls.name = name
-        _REGISTRY[name] = cls
+        ALGORITHMS.register(name, cls)
+        cls.name = ALGORITHMS.canonical(name)
         return cls
 
     return decorator
@@ -200,17 +206,12 @@ def register_algorithm(name: str) -> Callable[[A], A]:
 
 def available_algorithms() -> list[str]:
     """Sorted names of the registered algorithms."""
-    return sorted(_REGISTRY)
+    return sorted(ALGORITHMS.names())
 
 
 def get_algorithm_class(name: str) -> type[Algorithm]:
-    """Look ``name`` up in the registry; an unknown name raises an error listing the known ones."""
-    if not isinstance(name, str) or name not in _REGISTRY:
-        raise ValueError(
-            f"unknown algorithm {name!r}.{did_you_mean(str(name), _REGISTRY)} "
-            f"Known algorithms: {', '.join(available_algorithms())}"
-        )
-    return _REGISTRY[name]
+    """Look ``name`` up (any case); an unknown name raises a ValueError listing the known ones."""
+    return ALGORITHMS.get(name)
 
 
 def _as_tensor(x: Any, device: torch.device) -> torch.Tensor:
