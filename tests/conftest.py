@@ -1,61 +1,18 @@
-"""Shared fixtures: tiny demonstrations and tiny configs so trainer tests run in seconds."""
+"""Shared fixtures (helpers shared by the test modules live in ``helpers.py``)."""
 
 from __future__ import annotations
 
-import importlib.util
 import os
-from pathlib import Path
-from types import ModuleType
 
-import numpy as np
 import pytest
 import torch
 
 os.environ.setdefault("PYGAME_HIDE_SUPPORT_PROMPT", "1")
 
+# Re-exported for test files not yet switched to ``from helpers import ...``.
+from helpers import TINY, load_benchmark, pendulum_demos, record_losses  # noqa: E402, F401
+
 from rlox_dp.buffers import Demonstrations  # noqa: E402
-
-BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
-
-
-def load_benchmark(name: str) -> ModuleType:
-    """The script ``benchmarks/<name>.py`` imported as a module (benchmarks are not a package)."""
-    spec = importlib.util.spec_from_file_location(f"rlox_dp_bench_{name}", BENCHMARKS / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-#: tiny network / short schedule settings per algorithm (fast on 2 CPU cores).
-TINY = {
-    "diffusion": {"down_dims": [16, 32], "diffusion_step_embed_dim": 16, "n_groups": 4,
-                  "num_train_timesteps": 10, "horizon": 8, "n_obs_steps": 2, "batch_size": 32,
-                  "lr_warmup_steps": 2, "n_eval_episodes": 2, "n_eval_envs": 2, "log_every": 5},
-    "bc": {"hidden_dim": 32, "n_layers": 2, "batch_size": 32, "lr_warmup_steps": 2,
-           "n_eval_episodes": 2, "n_eval_envs": 2, "log_every": 5},
-    "bc_chunk": {"hidden_dim": 32, "n_layers": 2, "horizon": 8, "batch_size": 32, "lr_warmup_steps": 2,
-                 "n_eval_episodes": 2, "n_eval_envs": 2, "log_every": 5},
-}
-
-
-def pendulum_demos(n_episodes: int = 4, length: int = 40, seed: int = 0) -> Demonstrations:
-    """Pendulum-shaped demonstrations from a damping controller (no expert training needed)."""
-    rng = np.random.default_rng(seed)
-    obs, acts, ends = [], [], []
-    for _ in range(n_episodes):
-        theta = rng.uniform(-np.pi, np.pi)
-        omega = rng.uniform(-1, 1)
-        for _ in range(length):
-            obs.append([np.cos(theta), np.sin(theta), omega])
-            a = float(np.clip(-2.0 * omega - 1.0 * np.sin(theta), -2, 2))
-            acts.append([a])
-            omega = float(np.clip(omega + 0.05 * (3 * np.sin(theta) * 5 + 3.0 * a), -8, 8))
-            theta = theta + 0.05 * omega
-        ends.append(len(acts))
-    return Demonstrations(
-        observations={"state": np.asarray(obs, dtype=np.float32)},
-        actions=np.asarray(acts, dtype=np.float32),
-        episode_ends=np.asarray(ends, dtype=np.int64),
-    )
 
 
 @pytest.fixture
@@ -70,17 +27,3 @@ def _few_threads():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
-
-
-def record_losses(trainer) -> list[float]:
-    """Wrap ``trainer.policy.compute_loss`` so every training step appends its loss to the list."""
-    losses: list[float] = []
-    original = trainer.policy.compute_loss
-
-    def record(batch, generator=None):
-        loss, info = original(batch, generator)
-        losses.append(loss.item())
-        return loss, info
-
-    trainer.policy.compute_loss = record
-    return losses

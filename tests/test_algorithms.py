@@ -6,7 +6,7 @@ import gymnasium as gym
 import numpy as np
 import pytest
 import torch
-from conftest import TINY, pendulum_demos
+from helpers import TINY, pendulum_demos
 
 from rlox_dp import ConfigError, DemonstrationBuffer, available_algorithms, get_algorithm_class
 from rlox_dp.algorithms import Algorithm, DiffusionConfig, register_algorithm

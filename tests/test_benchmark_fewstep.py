@@ -6,7 +6,7 @@ import json
 import os
 
 import pytest
-from conftest import load_benchmark
+from helpers import load_benchmark
 
 
 def test_bimodal_quick_run_covers_every_model_and_setting(tmp_path):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
-from conftest import load_benchmark
+from helpers import load_benchmark
 
 
 @pytest.fixture(scope="module")

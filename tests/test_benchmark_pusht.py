@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import load_benchmark
+from helpers import load_benchmark
 
 ZARR = os.environ.get("RLOX_DP_PUSHT_ZARR")
 needs_zarr = pytest.mark.skipif(not ZARR or not Path(ZARR).exists(),

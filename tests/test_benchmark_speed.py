@@ -6,7 +6,7 @@ import math
 
 import pytest
 import torch
-from conftest import load_benchmark
+from helpers import load_benchmark
 
 FAST = {"threads": 1, "repeats": 3, "quick": True, "quiet_thr": 0.05, "quiet_wait": 0.0, "max_extra": 0}
 

@@ -7,7 +7,7 @@ import pickle
 
 import pytest
 import torch
-from conftest import TINY, pendulum_demos
+from helpers import TINY, pendulum_demos
 
 from rlox_dp import CheckpointError, Trainer
 from rlox_dp.checkpoint import (

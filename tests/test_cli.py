@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from conftest import pendulum_demos
+from helpers import pendulum_demos
 
 from rlox_dp.buffers import save_demonstrations
 from rlox_dp.cli import main, parse_overrides

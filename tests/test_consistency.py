@@ -14,7 +14,7 @@ import gymnasium as gym
 import numpy as np
 import pytest
 import torch
-from conftest import TINY, pendulum_demos
+from helpers import TINY, pendulum_demos
 from test_algorithms import ACT_SPACE, OBS_SPACE
 from test_flow import loss_before_and_after_training
 from test_samplers import COSINE_100, MU, SIGMA, gaussian_denoiser

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import TINY, load_benchmark
+from helpers import TINY, load_benchmark
 
 from rlox_dp import ConfigError, Demonstrations, Trainer
 from rlox_dp.buffers import load_demonstrations, save_demonstrations

@@ -8,7 +8,7 @@ import socket
 
 import torch
 import torch.multiprocessing as mp
-from conftest import TINY, pendulum_demos, record_losses
+from helpers import TINY, pendulum_demos, record_losses
 
 from rlox_dp import Trainer
 

@@ -18,7 +18,7 @@ import warnings
 import numpy as np
 import pytest
 import torch
-from conftest import TINY
+from helpers import TINY
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from test_algorithms import ACT_SPACE, OBS_SPACE, build

@@ -11,7 +11,7 @@ from dataclasses import replace
 
 import numpy as np
 import pytest
-from conftest import TINY, pendulum_demos
+from helpers import TINY, pendulum_demos
 
 from rlox_dp import ConfigError, DemonstrationBuffer, Demonstrations, Trainer
 from rlox_dp.buffers import load_demonstrations, save_demonstrations

@@ -13,7 +13,7 @@ import math
 import numpy as np
 import pytest
 import torch
-from conftest import TINY, pendulum_demos
+from helpers import TINY, pendulum_demos
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from test_algorithms import ACT_SPACE, OBS_SPACE

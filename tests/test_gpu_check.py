@@ -6,7 +6,7 @@ import json
 
 import pytest
 import torch
-from conftest import load_benchmark
+from helpers import load_benchmark
 
 
 def test_cpu_fallback_checks_losses_times_and_writes_json(tmp_path):

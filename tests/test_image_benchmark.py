@@ -6,7 +6,7 @@ import json
 import os
 
 import pytest
-from conftest import load_benchmark
+from helpers import load_benchmark
 
 ZARR = os.environ.get("RLOX_DP_PUSHT_ZARR")
 pytestmark = pytest.mark.skipif(not ZARR, reason="RLOX_DP_PUSHT_ZARR not set")

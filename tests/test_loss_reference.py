@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import TINY, pendulum_demos, record_losses
+from helpers import TINY, pendulum_demos, record_losses
 
 from rlox_dp import Trainer
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from conftest import TINY, pendulum_demos
+from helpers import TINY, pendulum_demos
 
 from rlox_dp import CheckpointError, Trainer, load_policy
 from rlox_dp.algorithms import BCPolicy, DiffusionPolicy

@@ -20,7 +20,7 @@ from pathlib import Path
 import gymnasium as gym
 import numpy as np
 import pytest
-from conftest import TINY, pendulum_demos
+from helpers import TINY, pendulum_demos
 from safetensors.torch import save as st_save
 
 from rlox_dp import CheckpointError, ConfigError, Trainer

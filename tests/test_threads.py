@@ -7,7 +7,7 @@ import logging
 
 import pytest
 import torch
-from conftest import TINY, pendulum_demos
+from helpers import TINY, pendulum_demos
 from hypothesis import given
 from hypothesis import strategies as st
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from conftest import TINY, pendulum_demos, record_losses
+from helpers import TINY, pendulum_demos, record_losses
 
 from rlox_dp import NonFiniteLossError, Trainer
 from rlox_dp.checkpoint import load_checkpoint

@@ -7,7 +7,7 @@ import time
 
 import pytest
 import torch
-from conftest import TINY, record_losses
+from helpers import TINY, record_losses
 
 from rlox_dp import Trainer
 from rlox_dp.config import ConfigError

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 import torch.multiprocessing as mp
-from conftest import TINY, pendulum_demos, record_losses
+from helpers import TINY, pendulum_demos, record_losses
 from test_algorithms import build
 from test_distributed import _free_port
 
