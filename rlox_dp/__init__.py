@@ -20,6 +20,7 @@ from rlox_dp.config import ConfigError
 from rlox_dp.policy_io import load_policy
 from rlox_dp.runtime import NonFiniteLossError
 from rlox_dp.trainer import Trainer
+from rlox_dp.window import Window
 
 __version__ = "0.1.0"
 
@@ -37,6 +38,7 @@ __all__ = [
     "NonFiniteLossError",
     "Normalizer",
     "Trainer",
+    "Window",
     "available_algorithms",
     "get_algorithm_class",
     "load_policy",

@@ -16,7 +16,7 @@ import typing
 from collections.abc import Mapping
 from typing import Any, ClassVar, Literal, TypeVar, Union, get_args, get_origin
 
-__all__ = ["Config", "ConfigError", "did_you_mean"]
+__all__ = ["Config", "ConfigError", "did_you_mean", "split_by_owner"]
 
 C = TypeVar("C", bound="Config")
 
@@ -179,3 +179,35 @@ class Config:
     def to_dict(self) -> dict[str, Any]:
         """JSON-serializable dict of all fields (tuples become lists on JSON dump)."""
         return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+
+
+def split_by_owner(values: Mapping[str, Any], owners: typing.Sequence[type[Config]]) -> list[dict[str, Any]]:
+    """Split a flat dict between configs: each key goes, under its canonical name, to the one config
+    class in ``owners`` that has it as a field or an alias (the first such class wins).
+
+    Returns:
+        one dict per class of ``owners``, in order (empty where it owns no key).
+
+    Raises:
+        ConfigError: a key no class knows (naming it, with the closest known key and the known
+            keys), or a field given twice (directly and through an alias).
+    """
+    parts: list[dict[str, Any]] = [{} for _ in owners]
+    for key, value in values.items():
+        for part, cls in zip(parts, owners, strict=True):
+            if key in cls.ALIASES or key in cls.field_names():
+                canonical = cls.ALIASES.get(key, key)
+                if canonical in part:
+                    raise ConfigError(
+                        f"config field {canonical!r} given twice (directly and through the alias {key!r})"
+                    )
+                part[canonical] = value
+                break
+        else:
+            names = sorted({n for cls in owners for n in cls.field_names()})
+            known = sorted(set(names) | {a for cls in owners for a in cls.ALIASES})
+            raise ConfigError(
+                f"unknown config key {key!r} for {' / '.join(cls.__name__ for cls in owners)}."
+                f"{did_you_mean(key, known)} Known keys: {', '.join(names)}"
+            )
+    return parts

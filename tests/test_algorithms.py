@@ -18,7 +18,7 @@ ACT_SPACE = gym.spaces.Box(-2.0, 2.0, (1,), np.float32)
 def build(name: str, **overrides):
     cls = get_algorithm_class(name)
     config = cls.config_class.from_dict({**TINY[name], **overrides})
-    buffer = DemonstrationBuffer(pendulum_demos(), config.n_obs_steps, config.horizon, config.n_action_steps)
+    buffer = DemonstrationBuffer(pendulum_demos(), config.window)
     return cls(config, OBS_SPACE, ACT_SPACE, buffer.normalizer), buffer
 
 

@@ -12,6 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from rlox_dp.buffers import DemonstrationBuffer, Demonstrations, Normalizer
+from rlox_dp.window import Window
 
 RAW = {"state": "identity", "action": "identity"}
 
@@ -56,7 +57,7 @@ def as_tuples(buf: DemonstrationBuffer) -> list[tuple]:
     ],
 )
 def test_windows_match_brute_force(lengths, to, h, ta, drop) -> None:
-    buf = DemonstrationBuffer(encoded_demos(lengths), to, h, ta, drop_n_last_frames=drop, normalization=RAW)
+    buf = DemonstrationBuffer(encoded_demos(lengths), Window(to, h, ta, drop), normalization=RAW)
     expected = brute_force(lengths, to, h, ta, drop)
     assert len(buf) == buf.num_windows == len(expected)
     assert as_tuples(buf) == expected
@@ -76,7 +77,7 @@ def test_windows_match_brute_force(lengths, to, h, ta, drop) -> None:
 def test_windows_property(lengths, to, extra, ta_frac, drop) -> None:
     h = to + extra
     ta = 1 + int(ta_frac * (h - to))
-    buf = DemonstrationBuffer(encoded_demos(lengths), to, h, ta, drop_n_last_frames=drop, normalization=RAW)
+    buf = DemonstrationBuffer(encoded_demos(lengths), Window(to, h, ta, drop), normalization=RAW)
     windows = as_tuples(buf)
     assert windows == brute_force(lengths, to, h, ta, drop)
     for obs, act, _ in windows:  # never crosses an episode boundary
@@ -86,7 +87,7 @@ def test_windows_property(lengths, to, extra, ta_frac, drop) -> None:
 
 
 def test_short_episode_padding() -> None:
-    buf = DemonstrationBuffer(encoded_demos([1]), 2, 16, 8, normalization=RAW)
+    buf = DemonstrationBuffer(encoded_demos([1]), Window(2, 16, 8), normalization=RAW)
     assert len(buf) == 1
     b = buf.window(torch.tensor([0]))
     assert b.obs["state"].tolist() == [[[0, 0], [0, 0]]]
@@ -104,7 +105,7 @@ def ids_of(batch, ids: dict[tuple, int]) -> list[int]:
 
 def test_uniform_sampling_over_windows() -> None:
     lengths = [3, 40]  # 1 short and 1 long episode: the long one must get ~all windows' share
-    buf = DemonstrationBuffer(encoded_demos(lengths), 2, 8, 4, normalization=RAW)
+    buf = DemonstrationBuffer(encoded_demos(lengths), Window(2, 8, 4), normalization=RAW)
     ids = window_ids(buf)
     gen = torch.Generator().manual_seed(0)
     n_samples = 400 * len(buf)
@@ -119,14 +120,14 @@ def test_uniform_sampling_over_windows() -> None:
 
 
 def test_sampling_is_deterministic_given_generator() -> None:
-    buf = DemonstrationBuffer(encoded_demos([10, 20]), 2, 8, 4)
+    buf = DemonstrationBuffer(encoded_demos([10, 20]), Window(2, 8, 4))
     a = buf.sample(32, torch.Generator().manual_seed(7))
     b = buf.sample(32, torch.Generator().manual_seed(7))
     assert torch.equal(a.action, b.action) and torch.equal(a.obs["state"], b.obs["state"])
 
 
 def test_shards_disjoint_and_covering() -> None:
-    buf = DemonstrationBuffer(encoded_demos([6, 11, 4]), 2, 6, 3, normalization=RAW)
+    buf = DemonstrationBuffer(encoded_demos([6, 11, 4]), Window(2, 6, 3), normalization=RAW)
     ids = window_ids(buf)
     world = 3
     assert sum(buf.shard_size(r, world) for r in range(world)) == len(buf)
@@ -149,7 +150,7 @@ def test_normalized_storage_and_images() -> None:
         rng.uniform(-5, 5, (n, 2)),
         np.array([5, 12]),
     )
-    buf = DemonstrationBuffer(demos, 2, 4, 2)
+    buf = DemonstrationBuffer(demos, Window(2, 4, 2))
     assert buf.normalizer.mode("image") == "image" and buf.normalizer.mode("agent_pos") == "min_max"
     assert buf._data["image"].dtype == torch.uint8  # 4x smaller than float32
     assert buf.obs_shapes == {"agent_pos": (2,), "image": (3, 4, 4)} and buf.action_dim == 2
@@ -164,7 +165,7 @@ def test_normalized_storage_and_images() -> None:
         torch.from_numpy(demos.observations["agent_pos"][0]).float(),
     )
     # a non-image mode keeps the key as normalized float32
-    buf2 = DemonstrationBuffer(demos, 2, 4, 2, normalization={"image": "mean_std"})
+    buf2 = DemonstrationBuffer(demos, Window(2, 4, 2), normalization={"image": "mean_std"})
     assert buf2._data["image"].dtype == torch.float32
 
 
@@ -173,7 +174,7 @@ def test_read_only_inputs_without_warnings(recwarn: pytest.WarningsRecorder) -> 
     demos.observations["image"] = np.zeros((10, 1, 2, 2), np.uint8)
     for arr in (*demos.observations.values(), demos.actions):
         arr.setflags(write=False)
-    buf = DemonstrationBuffer(demos, 2, 4, 2)
+    buf = DemonstrationBuffer(demos, Window(2, 4, 2))
     assert buf.sample(3).obs["image"].shape == (3, 2, 1, 2, 2)
     assert not [w for w in recwarn if "writable" in str(w.message)]
 
@@ -182,33 +183,38 @@ def test_given_normalizer_is_used_and_checked() -> None:
     demos = encoded_demos([5, 8])
     fitted = Normalizer.fit({"state": np.zeros((1, 2)), "action": np.ones((2, 2)) * [0, 10]},
                             {"state": "identity", "action": "min_max"})
-    buf = DemonstrationBuffer(demos, 2, 4, 2, normalizer=fitted)
+    buf = DemonstrationBuffer(demos, Window(2, 4, 2), normalizer=fitted)
     assert buf.normalizer is fitted
     expected = fitted.normalize("action", demos.actions[:1])
     torch.testing.assert_close(buf.window(torch.tensor([1])).action[0, 0], expected[0])
     wrong = Normalizer.fit({"state": np.zeros((1, 3)), "action": np.zeros((1, 2))},
                            {"state": "identity", "action": "identity"})
     with pytest.raises(ValueError, match="do not match"):
-        DemonstrationBuffer(demos, 2, 4, 2, normalizer=wrong)
+        DemonstrationBuffer(demos, Window(2, 4, 2), normalizer=wrong)
     with pytest.raises(RuntimeError, match="load_state_dict"):
-        DemonstrationBuffer(demos, 2, 4, 2, normalizer=Normalizer.from_spec(fitted.spec()))
+        DemonstrationBuffer(demos, Window(2, 4, 2), normalizer=Normalizer.from_spec(fitted.spec()))
 
 
 @pytest.mark.parametrize(
     "kwargs,match",
     [
-        (dict(n_obs_steps=0, horizon=4, n_action_steps=1), "n_obs_steps"),
-        (dict(n_obs_steps=3, horizon=2, n_action_steps=1), "horizon"),
-        (dict(n_obs_steps=2, horizon=4, n_action_steps=4), "n_action_steps"),
-        (dict(n_obs_steps=2, horizon=4, n_action_steps=0), "n_action_steps"),
-        (dict(n_obs_steps=2, horizon=4, n_action_steps=2, drop_n_last_frames=-1), "drop_n_last_frames"),
-        (dict(n_obs_steps=2, horizon=4, n_action_steps=2, normalization={"img": "image"}), "unknown keys"),
-        (dict(n_obs_steps=2, horizon=4, n_action_steps=2, normalization={"state": "zscore"}), "'state'"),
+        (dict(normalization={"img": "image"}), "unknown keys"),
+        (dict(normalization={"state": "zscore"}), "'state'"),
     ],
 )
 def test_argument_validation(kwargs, match) -> None:
     with pytest.raises(ValueError, match=match):
-        DemonstrationBuffer(encoded_demos([5]), **kwargs)
+        DemonstrationBuffer(encoded_demos([5]), Window(2, 4, 2), **kwargs)
+
+
+def test_the_buffer_cuts_the_window_it_is_given() -> None:
+    """The window is checked by ``Window`` (test_window.py); the buffer uses it as given."""
+    window = Window(n_obs_steps=2, horizon=4, n_action_steps=2, drop_n_last_frames=1)
+    buf = DemonstrationBuffer(encoded_demos([6]), window)
+    assert buf.window_spec is window
+    assert (buf.n_obs_steps, buf.horizon, buf.n_action_steps) == (2, 4, 2)
+    # starts -1 .. 6 - 4 + 1 - 1 = 2: four windows
+    assert len(buf) == 4
 
 
 def test_data_validation() -> None:
@@ -223,19 +229,19 @@ def test_data_validation() -> None:
     ]
     for demos, match in bad:
         with pytest.raises(ValueError, match=match):
-            DemonstrationBuffer(demos, 1, 2, 1)
+            DemonstrationBuffer(demos, Window(1, 2, 1))
     nan_obs = ok.observations["state"].copy()
     nan_obs[5, 1] = np.nan
     with pytest.raises(ValueError, match=r"'state'.*step 5 \(episode 1, step 2"):
-        DemonstrationBuffer(Demonstrations({"state": nan_obs}, ok.actions, ok.episode_ends), 1, 2, 1)
+        DemonstrationBuffer(Demonstrations({"state": nan_obs}, ok.actions, ok.episode_ends), Window(1, 2, 1))
     inf_act = ok.actions.copy()
     inf_act[0, 0] = np.inf
     with pytest.raises(ValueError, match=r"'action'.*step 0 \(episode 0"):
-        DemonstrationBuffer(Demonstrations(ok.observations, inf_act, ok.episode_ends), 1, 2, 1)
+        DemonstrationBuffer(Demonstrations(ok.observations, inf_act, ok.episode_ends), Window(1, 2, 1))
 
 
 def test_window_index_checks() -> None:
-    buf = DemonstrationBuffer(encoded_demos([5]), 1, 2, 1)
+    buf = DemonstrationBuffer(encoded_demos([5]), Window(1, 2, 1))
     with pytest.raises(IndexError, match=r"\[0, 4\)"):
         buf.window(torch.tensor([4]))
     with pytest.raises(ValueError, match="long"):
@@ -247,7 +253,7 @@ def test_sample_timing() -> None:
     lengths = [150] * 100
     n = sum(lengths)
     demos = Demonstrations({"state": rng.normal(size=(n, 20))}, rng.normal(size=(n, 2)), np.cumsum(lengths))
-    buf = DemonstrationBuffer(demos, 2, 16, 8)
+    buf = DemonstrationBuffer(demos, Window(2, 16, 8))
     gen = torch.Generator().manual_seed(0)
     buf.sample(256, gen)
     wall, cpu = [], []
@@ -264,9 +270,9 @@ def test_sample_timing() -> None:
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_cuda_storage() -> None:
-    buf = DemonstrationBuffer(encoded_demos([6, 9]), 2, 4, 2, device="cuda")
+    buf = DemonstrationBuffer(encoded_demos([6, 9]), Window(2, 4, 2), device="cuda")
     batch = buf.sample(8, torch.Generator(device="cuda").manual_seed(0))
     assert batch.action.is_cuda and batch.obs["state"].is_cuda and batch.action_is_pad.is_cuda
-    cpu = DemonstrationBuffer(encoded_demos([6, 9]), 2, 4, 2)
+    cpu = DemonstrationBuffer(encoded_demos([6, 9]), Window(2, 4, 2))
     idx = torch.arange(len(cpu))
     torch.testing.assert_close(buf.window(idx).action.cpu(), cpu.window(idx).action)

@@ -172,8 +172,7 @@ def test_config_inherits_the_teacher_and_rejects_mismatches(teacher_path, tmp_pa
 
 def test_spaces_and_normalizer_must_match_the_teacher(teacher_path, tmp_path) -> None:
     config = ConsistencyConfig.from_dict({"teacher": str(teacher_path)})
-    buffer = DemonstrationBuffer(pendulum_demos(), config.n_obs_steps, config.horizon,
-                                 config.n_action_steps)
+    buffer = DemonstrationBuffer(pendulum_demos(), config.window)
     other_actions = gym.spaces.Box(-1.0, 1.0, (1,), np.float32)
     with pytest.raises(ValueError, match="spaces"):
         ConsistencyPolicy(config, OBS_SPACE, other_actions, buffer.normalizer)

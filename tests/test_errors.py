@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from helpers import TINY, pendulum_demos
 
-from rlox_dp import ConfigError, DemonstrationBuffer, Demonstrations, Trainer
+from rlox_dp import ConfigError, DemonstrationBuffer, Demonstrations, Trainer, Window
 from rlox_dp.buffers import load_demonstrations, save_demonstrations
 
 
@@ -76,8 +76,8 @@ CASES = [
      ValueError, r"observation 'state'.*\(4,\).*\(3,\)"),
     ("action dims differ from env", lambda tmp: trainer(demos=replace(pendulum_demos(), actions=np.zeros((160, 2), np.float32))),
      ValueError, r"actions.*\(2,\).*\(1,\)"),
-    ("horizon not divisible", lambda tmp: trainer(horizon=12, down_dims=[16, 32, 64]), ConfigError,
-     r"'horizon' must be divisible by 2\*\*len\(down_dims\) = 8.*got 12"),
+    ("horizon not divisible", lambda tmp: trainer(horizon=10, down_dims=[16, 32, 64]), ConfigError,
+     r"'horizon' must be divisible by 2\*\*\(len\(down_dims\) - 1\) = 4.*got 10"),
     ("n_action_steps too large", lambda tmp: trainer(horizon=8, n_obs_steps=2, n_action_steps=8), ConfigError,
      r"'n_action_steps' must be in \[1, horizon - n_obs_steps \+ 1 = 7\].*got 8"),
     ("n_obs_steps < 1", lambda tmp: trainer(n_obs_steps=0), ConfigError, r"'n_obs_steps' must be >= 1, got 0"),
@@ -127,7 +127,7 @@ def test_bad_input_table_is_large_enough():
 
 def test_episodes_shorter_than_window_are_padded_not_rejected():
     d = pendulum_demos(n_episodes=3, length=3)  # shorter than horizon 8
-    buf = DemonstrationBuffer(d, n_obs_steps=2, horizon=8, n_action_steps=4)
+    buf = DemonstrationBuffer(d, Window(n_obs_steps=2, horizon=8, n_action_steps=4))
     batch = buf.window(np.arange(len(buf)))
     assert len(buf) >= 3
     assert batch.action_is_pad.any(dim=1).all()

@@ -104,8 +104,7 @@ def test_sampler_validation() -> None:
 
 def _flow_policy(**overrides) -> tuple[FlowPolicy, DemonstrationBuffer]:
     config = FlowConfig.from_dict({**FLOW_TINY, **overrides})
-    buffer = DemonstrationBuffer(pendulum_demos(), config.n_obs_steps, config.horizon,
-                                 config.n_action_steps)
+    buffer = DemonstrationBuffer(pendulum_demos(), config.window)
     return FlowPolicy(config, OBS_SPACE, ACT_SPACE, buffer.normalizer), buffer
 
 

@@ -12,6 +12,7 @@ import torch
 from rlox_dp import Trainer
 from rlox_dp.buffers import DemonstrationBuffer, Demonstrations
 from rlox_dp.presets import OBS_MODE_PRESETS, preset_for
+from rlox_dp.window import Window
 
 ZARR = os.environ.get("RLOX_DP_PUSHT_ZARR")
 PUSHT = "gym_pusht/PushT-v0"
@@ -30,7 +31,7 @@ def image_demos(n_episodes: int = 3, length: int = 20, size: int = 24) -> Demons
 def test_frames_are_held_once_as_uint8_and_windows_index_into_them():
     demos = image_demos()
     frames = demos.observations["image"]
-    buffer = DemonstrationBuffer(demos, n_obs_steps=2, horizon=8, n_action_steps=4)
+    buffer = DemonstrationBuffer(demos, Window(n_obs_steps=2, horizon=8, n_action_steps=4))
     stored = buffer.stored("image")
     assert stored.dtype == torch.uint8
     assert buffer.storage_nbytes["image"] == frames.nbytes == frames.shape[0] * 3 * 24 * 24
@@ -55,7 +56,7 @@ def test_channel_last_frames_in_data_are_refused():
                                        "image": np.moveaxis(demos.observations["image"], 1, -1).copy()},
                          actions=demos.actions, episode_ends=demos.episode_ends)
     with pytest.raises(ValueError, match=r"observations\['image'\].*channel-last.*moveaxis"):
-        DemonstrationBuffer(hwc, n_obs_steps=2, horizon=8, n_action_steps=4)
+        DemonstrationBuffer(hwc, Window(n_obs_steps=2, horizon=8, n_action_steps=4))
 
 
 def test_image_preset_is_selected_by_the_observation_mode():

@@ -29,6 +29,7 @@ from torch import nn
 from rlox_dp.buffers import Batch, Normalizer
 from rlox_dp.config import Config, ConfigError
 from rlox_dp.registry import Registry
+from rlox_dp.window import Window
 
 __all__ = [
     "Algorithm",
@@ -127,13 +128,13 @@ class AlgorithmConfig(Config):
     }
 
     def validate(self) -> None:
-        """Check ranges and the window arithmetic; fills in ``n_action_steps`` when ``None``."""
-        positive = ["n_obs_steps", "horizon", "batch_size", "total_steps", "log_every",
-                    "checkpoint_every", "n_eval_envs", "n_demos"]
+        """Check ranges and the window (:class:`Window`); fills in ``n_action_steps`` when ``None``."""
+        self.n_action_steps = self.window.n_action_steps
+        positive = ["batch_size", "total_steps", "log_every", "checkpoint_every", "n_eval_envs", "n_demos"]
         for name in positive:
             if getattr(self, name) < 1:
                 raise ConfigError(f"config field {name!r} must be >= 1, got {getattr(self, name)}")
-        for name in ["drop_n_last_frames", "lr_warmup_steps", "eval_every", "n_eval_episodes", "eval_seed"]:
+        for name in ["lr_warmup_steps", "eval_every", "n_eval_episodes", "eval_seed"]:
             if getattr(self, name) < 0:
                 raise ConfigError(f"config field {name!r} must be >= 0, got {getattr(self, name)}")
         if self.eval_every > 0 and self.n_eval_episodes < 1:
@@ -144,20 +145,6 @@ class AlgorithmConfig(Config):
             )
         if self.keep_last_n is not None and self.keep_last_n < 1:
             raise ConfigError(f"config field 'keep_last_n' must be >= 1 or None (keep all), got {self.keep_last_n}")
-        if self.horizon < self.n_obs_steps:
-            raise ConfigError(
-                f"config field 'horizon' must be >= n_obs_steps ({self.n_obs_steps}) because the "
-                f"predicted actions start at the first observation step; got {self.horizon}"
-            )
-        max_exec = self.horizon - self.n_obs_steps + 1
-        if self.n_action_steps is None:
-            self.n_action_steps = max(1, min(self.horizon // 2, max_exec))
-        if not 1 <= self.n_action_steps <= max_exec:
-            raise ConfigError(
-                f"config field 'n_action_steps' must be in [1, horizon - n_obs_steps + 1 = "
-                f"{max_exec}] (actions executed from the current step to the end of the horizon), "
-                f"got {self.n_action_steps}"
-            )
         if not self.lr > 0:
             raise ConfigError(f"config field 'lr' must be > 0, got {self.lr}")
         if not all(0.0 <= b < 1.0 for b in self.adam_betas):
@@ -179,6 +166,11 @@ class AlgorithmConfig(Config):
                 f"config fields 'ema_power' and 'ema_inv_gamma' must be > 0, got "
                 f"{self.ema_power}, {self.ema_inv_gamma}"
             )
+
+    @property
+    def window(self) -> Window:
+        """The observation/action :class:`Window` (validated: the one place that checks it)."""
+        return Window(self.n_obs_steps, self.horizon, self.n_action_steps, self.drop_n_last_frames)
 
 
 A = TypeVar("A", bound="type[Algorithm]")

@@ -24,6 +24,7 @@ from rlox_dp.buffers import Batch, Normalizer
 from rlox_dp.config import ConfigError
 from rlox_dp.diffusion import NoiseSchedule, Sampler, make_sampler, make_schedule
 from rlox_dp.networks import TransformerForDiffusion, build_denoiser
+from rlox_dp.networks.unet1d import horizon_multiple
 
 __all__ = ["DiffusionConfig", "DiffusionPolicy"]
 
@@ -44,7 +45,7 @@ class DiffusionConfig(AlgorithmConfig):
         denoiser: ``"unet"`` (1-D conditional U-Net, the paper's CNN variant, DP-C),
             ``"transformer"`` (the paper's time-series diffusion transformer, DP-T) or ``"mlp"``.
         down_dims, kernel_size, n_groups, diffusion_step_embed_dim, use_film_scale_modulation:
-            U-Net options; ``horizon`` must be divisible by ``2 ** len(down_dims)``.
+            U-Net options; ``horizon`` must be divisible by ``2 ** (len(down_dims) - 1)``.
         hidden_dim, n_layers: MLP denoiser options (rlox's ``hidden_dim``).
         n_layer, n_head, n_emb, p_drop_emb, p_drop_attn, causal_attn, time_as_cond,
             n_cond_layers: transformer options (``TransformerForDiffusion``), defaults from the
@@ -129,11 +130,12 @@ class DiffusionConfig(AlgorithmConfig):
         if transformer:
             self._validate_transformer()
         if self.denoiser == "unet":
-            factor = 2 ** len(self.down_dims)
+            factor = horizon_multiple(self.down_dims)
             if self.horizon % factor != 0:
                 raise ConfigError(
-                    f"config field 'horizon' must be divisible by 2**len(down_dims) = {factor} "
-                    f"(down_dims={self.down_dims}), got {self.horizon}"
+                    f"config field 'horizon' must be divisible by 2**(len(down_dims) - 1) = {factor} "
+                    f"(the U-Net halves it at every level but the last; down_dims={self.down_dims}), "
+                    f"got {self.horizon}"
                 )
             if any(d < 1 or d % self.n_groups for d in self.down_dims):
                 raise ConfigError(

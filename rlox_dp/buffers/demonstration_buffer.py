@@ -25,6 +25,7 @@ import torch
 from rlox_dp.buffers.demonstrations import Batch, Demonstrations
 from rlox_dp.buffers.normalizer import Normalizer, NormMode, first_nonfinite_row
 from rlox_dp.image_layout import check_channels_first
+from rlox_dp.window import Window
 
 __all__ = ["DemonstrationBuffer", "validate_demonstrations"]
 
@@ -121,11 +122,10 @@ class DemonstrationBuffer:
 
     Args:
         demos: the episodes (validated here).
-        n_obs_steps: ``To``, observations per window (>= 1).
-        horizon: ``H``, actions per window (>= n_obs_steps).
-        n_action_steps: ``Ta``, actions executed per inference (1 <= Ta <= H - To + 1); sets
-            the padding after the episode end (``Ta - 1``).
-        drop_n_last_frames: remove this many of the last starts of each episode (LeRobot).
+        window: the policy's :class:`~rlox_dp.window.Window` (``policy_config.window``):
+            ``To`` observations and ``H`` actions per window; ``Ta`` (actions executed per
+            inference) sets the padding after the episode end (``Ta - 1``); the last
+            ``drop_n_last_frames`` starts of each episode are removed (LeRobot).
         normalization: per-key :data:`NormMode` overrides. Defaults: ``"image"`` for
             observation keys with ``ndim >= 4`` (``(N, C, H, W)``), ``"min_max"`` otherwise
             (including ``"action"``).
@@ -142,24 +142,20 @@ class DemonstrationBuffer:
     def __init__(
         self,
         demos: Demonstrations,
-        n_obs_steps: int,
-        horizon: int,
-        n_action_steps: int,
+        window: Window,
+        _horizon: int | None = None,
+        _n_action_steps: int | None = None,
         *,
         drop_n_last_frames: int = 0,
         normalization: Mapping[str, NormMode] | None = None,
         normalizer: Normalizer | None = None,
         device: str | torch.device = "cpu",
     ) -> None:
-        self._n_obs_steps = _check_int("n_obs_steps", n_obs_steps, 1)
-        self._horizon = _check_int("horizon", horizon, self._n_obs_steps)
-        self._n_action_steps = _check_int("n_action_steps", n_action_steps, 1)
-        if self._n_action_steps > self._horizon - self._n_obs_steps + 1:
-            raise ValueError(
-                f"n_action_steps must be <= horizon - n_obs_steps + 1 = "
-                f"{self._horizon - self._n_obs_steps + 1}, got {n_action_steps}"
-            )
-        self._drop = _check_int("drop_n_last_frames", drop_n_last_frames, 0)
+        if not isinstance(window, Window):  # the Trainer's int form, until it hands a Window
+            window = Window(int(window), int(_horizon), int(_n_action_steps), int(drop_n_last_frames))
+        self._window = window
+        self._n_obs_steps, self._horizon = window.n_obs_steps, window.horizon
+        self._n_action_steps, self._drop = window.n_action_steps, window.drop_n_last_frames
         validate_demonstrations(demos)
         if ACTION_KEY in demos.observations:
             raise ValueError(f"observation key {ACTION_KEY!r} clashes with the action key; rename it")
@@ -245,6 +241,11 @@ class DemonstrationBuffer:
     def action_dim(self) -> int:
         """``D_act``."""
         return self._action_dim
+
+    @property
+    def window_spec(self) -> Window:
+        """The :class:`~rlox_dp.window.Window` the training windows are cut with."""
+        return self._window
 
     @property
     def n_obs_steps(self) -> int:

@@ -34,7 +34,14 @@ __all__ = [
     "Downsample1d",
     "GemmConv1d",
     "Upsample1d",
+    "horizon_multiple",
 ]
+
+
+def horizon_multiple(down_dims: tuple[int, ...]) -> int:
+    """The U-Net's horizon rule: ``H`` must be a multiple of ``2 ** (len(down_dims) - 1)`` (every
+    level but the last halves the time axis, and the up path doubles it back)."""
+    return 2 ** (len(down_dims) - 1)
 
 
 class GemmConv1d(nn.Conv1d):
@@ -234,7 +241,7 @@ class ConditionalUnet1D(Denoiser):
             )
         if _check_int("kernel_size", kernel_size, 1) % 2 == 0:
             raise ValueError(f"kernel_size must be odd (same padding), got {kernel_size}")
-        factor = 2 ** (len(down_dims) - 1)
+        factor = horizon_multiple(down_dims)
         if horizon % factor:
             raise ValueError(
                 f"horizon must be divisible by 2 ** (len(down_dims) - 1) = {factor} for "
