@@ -35,7 +35,9 @@ import numpy as np
 import torch
 
 from rlox_dp import Trainer
-from rlox_dp.envs import BIMODAL_ENV_ID, default_demonstrations, rollout
+from rlox_dp.envs import BIMODAL_ENV_ID
+from rlox_dp.evaluation import rollout
+from rlox_dp.experts import default_demonstrations
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from multimodal import DEMO_SEED, EVAL_ENVS, EVAL_SEED, VARIANTS, episode_side  # noqa: E402

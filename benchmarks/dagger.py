@@ -89,7 +89,7 @@ def _quick_idp_expert() -> Any:
     import gymnasium as gym
     from stable_baselines3 import SAC
 
-    from rlox_dp.envs import SB3Expert
+    from rlox_dp.experts import SB3Expert
 
     return SB3Expert(SAC("MlpPolicy", gym.make(IDP), seed=0, device="cpu"))
 
@@ -126,8 +126,8 @@ def run_pusht_dagger(seed: int, args: argparse.Namespace, work: Path) -> dict[st
     out_dir = work / f"pusht_dagger_{seed}"
     labeller = None
     if args.quick:
-        from rlox_dp.envs.labelling import PushTMPCLabeller
         from rlox_dp.envs.pusht_expert import PushTMPCConfig
+        from rlox_dp.experts.labelling import PushTMPCLabeller
 
         labeller = PushTMPCLabeller(pusht_config(args)["horizon"], {"obs_mode": "keypoints"},
                                     PushTMPCConfig(horizon=4, n_knots=2, n_samples=8, n_iterations=1, n_elites=2))
@@ -239,8 +239,8 @@ def run_pusht(args: argparse.Namespace, work: Path) -> dict[str, Any]:
 
 def run_idp_variant(variant: str, seed: int, args: argparse.Namespace, work: Path) -> dict[str, Any]:
     """Clean demos, DART demos or DAgger on InvertedDoublePendulum at ``args.idp_budget`` labels."""
-    from rlox_dp.envs import collect_demonstrations, get_expert
-    from rlox_dp.envs.labelling import get_labeller
+    from rlox_dp.experts import collect_demonstrations, get_expert
+    from rlox_dp.experts.labelling import get_labeller
 
     expert = _quick_idp_expert() if args.quick else get_expert(IDP, progress=args.progress)
     n_demos = args.idp_initial if variant == "dagger" else args.idp_demos

@@ -32,8 +32,10 @@ import torch
 
 from rlox_dp import Trainer
 from rlox_dp.buffers import Demonstrations
-from rlox_dp.envs import BIMODAL_ENV_ID, default_demonstrations, get_expert, rollout
+from rlox_dp.envs import BIMODAL_ENV_ID
 from rlox_dp.envs.bimodal import GOAL
+from rlox_dp.evaluation import rollout
+from rlox_dp.experts import default_demonstrations, get_expert
 
 RESULTS = Path(__file__).resolve().parent / "results"
 DEMO_SEED = 10_000  # demonstration episode seeds DEMO_SEED.. (disjoint from evaluation seeds 0..)

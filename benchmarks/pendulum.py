@@ -25,7 +25,7 @@ from pathlib import Path
 import torch
 
 from rlox_dp import Trainer
-from rlox_dp.envs import default_cache_dir
+from rlox_dp.experts import default_cache_dir
 
 RESULTS = Path(__file__).resolve().parent / "results"
 

@@ -278,7 +278,7 @@ def task_eval(cfg_name: str, steps: int, opts: dict[str, float]) -> dict[str, An
     (constant actions). Untrained weights never finish early, so this is the worst case."""
     import torch  # noqa: F401
 
-    from rlox_dp.envs import evaluate_policy
+    from rlox_dp.evaluation import evaluate_policy
 
     if CONFIGS[cfg_name]["obs"] != "keypoints":
         raise ValueError(f"--tasks eval needs a PushT keypoints config, got {cfg_name!r}")

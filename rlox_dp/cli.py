@@ -187,7 +187,7 @@ def _configure_sampler(policy: Any, spec: str | None, where: str) -> None:
 
 def _report_evaluation(evaluate: Any, title: str, rows: dict[str, Any]) -> int:
     """Run ``evaluate() -> summary`` and print the table; Ctrl-C reports the finished episodes."""
-    from rlox_dp.envs.evaluation import EvaluationInterrupted
+    from rlox_dp.evaluation import EvaluationInterrupted
 
     code = 0
     try:
@@ -220,7 +220,7 @@ def _run_eval(args: argparse.Namespace) -> int:
 def _run_eval_policy(args: argparse.Namespace) -> int:
     """``rlox-dp eval`` of a policy file (``Trainer.save_policy``): the env it records, no Trainer."""
     from rlox_dp import load_policy
-    from rlox_dp.envs import evaluate_policy
+    from rlox_dp.evaluation import evaluate_policy
     from rlox_dp.threads import configure_threads, policy_flops_per_sample
 
     policy = load_policy(args.checkpoint, device=args.device)
@@ -269,7 +269,7 @@ def _run_dagger(args: argparse.Namespace) -> int:
 
 def _run_list() -> int:
     from rlox_dp import available_algorithms
-    from rlox_dp.envs.experts import expert_env_ids
+    from rlox_dp.experts import expert_env_ids
 
     print("algorithms: " + ", ".join(available_algorithms()))
     print("built-in experts: " + ", ".join(expert_env_ids()))

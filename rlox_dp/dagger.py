@@ -9,7 +9,7 @@ Round 0 trains on the given demonstrations (``initial_steps``). Each round ``r =
 1. rolls out ``episodes`` episodes (reset seeds ``first_seed + (r-1) * episodes + j``, disjoint
    from the evaluation seeds) with a mixture of the policy and the expert: at every
    ``label_every``-th step (default: the policy's ``n_action_steps``, where it replans) the
-   simulator state is captured and labelled by the expert (:mod:`rlox_dp.envs.labelling`: its
+   simulator state is captured and labelled by the expert (:mod:`rlox_dp.experts.labelling`: its
    next ``label_horizon`` actions from that state, default the policy's ``horizon``); with
    probability ``beta_r = beta * beta_decay ** (r - 1)`` the env then executes the expert's
    label for the next ``label_every`` steps instead of the policy's actions (the policy still
@@ -58,7 +58,7 @@ from rlox_dp.dagger_data import (
     load_labelled,
 )
 from rlox_dp.envs.factory import make_env
-from rlox_dp.envs.labelling import ExpertLabeller, LabellingError, get_labeller
+from rlox_dp.experts.labelling import ExpertLabeller, LabellingError, get_labeller
 from rlox_dp.trainer import Trainer
 
 __all__ = ["DAgger", "DAggerConfig"]
@@ -127,8 +127,8 @@ class DAgger:
             built-in expert's); its env needs an expert that can label states.
         config: :class:`DAggerConfig` or a dict of its fields.
         out_dir: where rounds are saved (default ``<trainer.log_dir>/dagger``).
-        labeller: label with this :class:`~rlox_dp.envs.labelling.ExpertLabeller` (default:
-            :func:`~rlox_dp.envs.labelling.get_labeller` for the trainer's env).
+        labeller: label with this :class:`~rlox_dp.experts.labelling.ExpertLabeller` (default:
+            :func:`~rlox_dp.experts.labelling.get_labeller` for the trainer's env).
     """
 
     def __init__(self, trainer: Trainer, config: DAggerConfig | Mapping[str, Any] | None = None, *,

@@ -21,8 +21,8 @@ import numpy as np
 
 from rlox_dp.buffers import Demonstrations
 from rlox_dp.buffers.loaders import load_demonstrations, save_demonstrations
-from rlox_dp.envs.labelling import pusht_raw_state
 from rlox_dp.envs.pusht import PUSHT_ENV_ID, block_keypoints, load_pusht_demonstrations
+from rlox_dp.experts.labelling import pusht_raw_state
 
 __all__ = ["VisitedEpisode", "aggregate", "append_labelled", "concat", "episodes_to_demonstrations",
            "labelled_episodes", "load_labelled", "rounds_prefix"]

@@ -277,7 +277,7 @@ class Trainer:
                 cache_dir=self.cache_dir, progress=self.progress,
             )
         if demos is None:
-            from rlox_dp.envs.experts import default_demonstrations
+            from rlox_dp.experts import default_demonstrations
 
             demos = default_demonstrations(
                 self.env_id, n_episodes=self.config.n_demos, cache_dir=self.cache_dir,
@@ -592,7 +592,7 @@ class Trainer:
         if not interrupted and self.dist.is_main:
             self._save_run_checkpoint()
             if evaluate and cfg.n_eval_episodes > 0:
-                from rlox_dp.envs.evaluation import EvaluationInterrupted
+                from rlox_dp.evaluation import EvaluationInterrupted
 
                 try:
                     metrics.update(self._log_eval(self.evaluate(), writer))
@@ -638,10 +638,10 @@ class Trainer:
             reports success), ``eval/score_mean`` (PushT coverage score) ...
 
         Raises:
-            rlox_dp.envs.evaluation.EvaluationInterrupted: Ctrl-C; its ``summary()`` covers the
+            rlox_dp.evaluation.EvaluationInterrupted: Ctrl-C; its ``summary()`` covers the
                 episodes finished before it.
         """
-        from rlox_dp.envs import evaluate_policy
+        from rlox_dp.evaluation import evaluate_policy
 
         n_episodes = _count("n_episodes", self.config.n_eval_episodes if n_episodes is None else n_episodes, 1)
         n_envs = _count("n_envs", self.config.n_eval_envs if n_envs is None else n_envs, 1)

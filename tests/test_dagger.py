@@ -16,8 +16,9 @@ from rlox_dp import ConfigError, Demonstrations, Trainer
 from rlox_dp.buffers import load_demonstrations, save_demonstrations
 from rlox_dp.cli import main
 from rlox_dp.dagger import DAgger, DAggerConfig
-from rlox_dp.envs import BIMODAL_ENV_ID, BimodalPointExpert, collect_demonstrations
-from rlox_dp.envs.labelling import STATE_ACCESS, LabellingError, StateAccess, get_labeller
+from rlox_dp.envs import BIMODAL_ENV_ID, BimodalPointExpert
+from rlox_dp.experts import collect_demonstrations
+from rlox_dp.experts.labelling import STATE_ACCESS, LabellingError, StateAccess, get_labeller
 
 ROUNDS = {"rounds": 2, "episodes": 3, "steps_per_round": 4, "initial_steps": 4, "n_envs": 2}
 
@@ -105,9 +106,9 @@ def test_resume_between_rounds_equals_an_uninterrupted_run(bimodal_demos, tmp_pa
 def test_pusht_round_writes_the_human_dataset_layout(tmp_path):
     """PushT: labelled episodes are stored like the human zarr (data/state (N, 5)), so the PushT
     loader gives back exactly the keypoint observations the policy saw."""
-    from rlox_dp.envs.labelling import PushTMPCLabeller
     from rlox_dp.envs.pusht import load_pusht_demonstrations
     from rlox_dp.envs.pusht_expert import PushTMPCConfig
+    from rlox_dp.experts.labelling import PushTMPCLabeller
 
     rng = np.random.default_rng(0)
     fake = Demonstrations(observations={"state": rng.uniform(50, 450, (60, 20)).astype(np.float32)},

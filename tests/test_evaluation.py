@@ -1,4 +1,4 @@
-"""Tests for rlox_dp.envs.evaluation: seeding, scheduling, masks, success and score detection."""
+"""Tests for rlox_dp.evaluation: seeding, scheduling, masks, success and score detection."""
 
 from __future__ import annotations
 
@@ -8,7 +8,8 @@ import gymnasium as gym
 import numpy as np
 import pytest
 
-from rlox_dp.envs import BIMODAL_ENV_ID, EvalPolicy, evaluate_policy, rollout
+from rlox_dp.envs import BIMODAL_ENV_ID
+from rlox_dp.evaluation import EvalPolicy, evaluate_policy, rollout
 
 FAKE_ID = "rlox_dp_test/Fake-v0"
 

@@ -1,4 +1,4 @@
-"""Tests for rlox_dp.envs.experts: registry, cache, SB3 experts, demonstration collection."""
+"""Tests for rlox_dp.experts: registry, cache, SB3 experts, demonstration collection."""
 
 from __future__ import annotations
 
@@ -9,20 +9,20 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from rlox_dp.envs import (
-    BIMODAL_ENV_ID,
-    BimodalPointExpert,
+from rlox_dp.envs import BIMODAL_ENV_ID, BimodalPointExpert
+from rlox_dp.evaluation import evaluate_policy
+from rlox_dp.experts import (
     collect_demonstrations,
     default_cache_dir,
     default_demonstrations,
-    evaluate_policy,
     expert_env_ids,
     get_expert,
     register_expert,
 )
-from rlox_dp.envs import experts as experts_module
-from rlox_dp.envs.experts import (
-    DEMOS_VERSION,
+from rlox_dp.experts import demonstrations as demonstrations_module
+from rlox_dp.experts import registry as registry_module
+from rlox_dp.experts.demonstrations import DEMOS_VERSION
+from rlox_dp.experts.sb3 import (
     SB3_EXPERTS,
     SB3Expert,
     load_or_train_sb3_expert,
@@ -76,7 +76,7 @@ def test_registry(monkeypatch):
             BIMODAL_ENV_ID} <= set(ids)
     with pytest.raises(ValueError, match=r"no expert is available for 'Hopper-v5'.*demos=PATH"):
         get_expert("Hopper-v5")
-    monkeypatch.setattr(experts_module, "_EXPERTS", dict(experts_module._EXPERTS))
+    monkeypatch.setattr(registry_module, "_EXPERTS", dict(registry_module._EXPERTS))
     register_expert("Fake-v0")(lambda cache_dir, progress, seed: ZeroPolicy())
     assert isinstance(get_expert("Fake-v0"), ZeroPolicy)
     with pytest.raises(ValueError, match="already registered"):
@@ -203,7 +203,7 @@ def test_default_demonstrations_are_cached(tmp_path, monkeypatch):
     def no_expert(*args, **kwargs):
         raise AssertionError("cached demonstrations must be reused")
 
-    monkeypatch.setattr(experts_module, "get_expert", no_expert)
+    monkeypatch.setattr(demonstrations_module, "get_expert", no_expert)
     again = default_demonstrations(BIMODAL_ENV_ID, n_episodes=4, cache_dir=tmp_path)
     np.testing.assert_array_equal(again.actions, demos.actions)
     np.testing.assert_array_equal(again.observations["state"], demos.observations["state"])
@@ -212,7 +212,7 @@ def test_default_demonstrations_are_cached(tmp_path, monkeypatch):
 
 def test_default_demonstrations_with_noise_injection_have_their_own_cache(tmp_path, monkeypatch):
     clean = default_demonstrations(BIMODAL_ENV_ID, n_episodes=3, cache_dir=tmp_path, progress=False)
-    monkeypatch.setitem(experts_module.DEMO_ACTION_NOISE, BIMODAL_ENV_ID, 0.05)
+    monkeypatch.setitem(demonstrations_module.DEMO_ACTION_NOISE, BIMODAL_ENV_ID, 0.05)
     noisy = default_demonstrations(BIMODAL_ENV_ID, n_episodes=3, cache_dir=tmp_path, progress=False)
     assert (tmp_path / "demos" / f"rlox_dp_BimodalPoint-v0-{DEMOS_VERSION}-noise0.05-3-10000.npz").exists()
     assert noisy.metadata["action_noise"] == 0.05 and clean.metadata["action_noise"] == 0.0

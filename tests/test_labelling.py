@@ -1,4 +1,4 @@
-"""Expert labels (rlox_dp.envs.labelling): a label is exactly what the expert does from that state."""
+"""Expert labels (rlox_dp.experts.labelling): a label is exactly what the expert does from that state."""
 
 from __future__ import annotations
 
@@ -8,9 +8,10 @@ import gymnasium as gym
 import numpy as np
 import pytest
 
-from rlox_dp.envs import BIMODAL_ENV_ID, BimodalPointExpert, SB3Expert, make_env
-from rlox_dp.envs import experts as experts_module
-from rlox_dp.envs.labelling import (
+from rlox_dp.envs import BIMODAL_ENV_ID, BimodalPointExpert, make_env
+from rlox_dp.experts import SB3Expert
+from rlox_dp.experts import registry as registry_module
+from rlox_dp.experts.labelling import (
     STATE_ACCESS,
     LabellingError,
     PushTMPCLabeller,
@@ -73,7 +74,7 @@ def test_sb3_labels_equal_the_policy_rolled_forward(env_id):
 def test_builtin_sb3_expert_labels(env_id):
     """The built-in (trained, cached) experts label like they act; trains them if not cached."""
     labeller = get_labeller(env_id, 8)
-    expert = experts_module.get_expert(env_id)
+    expert = registry_module.get_expert(env_id)
     env = make_env(env_id)
     obs, _ = env.reset(seed=11)
     obs, *_ = env.step(env.action_space.sample())
@@ -155,14 +156,14 @@ def test_restore_then_capture_round_trips(env_id):
 
 
 def test_every_builtin_expert_env_can_be_labelled():
-    assert set(experts_module.expert_env_ids()) | {"gym_pusht/PushT-v0"} == set(STATE_ACCESS)
+    assert set(registry_module.expert_env_ids()) | {"gym_pusht/PushT-v0"} == set(STATE_ACCESS)
 
 
 def test_clear_errors(monkeypatch):
     with pytest.raises(LabellingError, match=r"'Hopper-v5' has no expert that can label"):
         get_labeller("Hopper-v5", 4)
-    monkeypatch.setattr(experts_module, "_EXPERTS", dict(experts_module._EXPERTS))
-    experts_module.register_expert("Acrobot-v1")(lambda cache_dir, progress, seed: None)
+    monkeypatch.setattr(registry_module, "_EXPERTS", dict(registry_module._EXPERTS))
+    registry_module.register_expert("Acrobot-v1")(lambda cache_dir, progress, seed: None)
     with pytest.raises(LabellingError, match=r"cannot restore a simulator state.*register_state_access"):
         get_labeller("Acrobot-v1", 4)
     with pytest.raises(ValueError, match=r"horizon: expected an int >= 1, got 0"):

@@ -14,9 +14,9 @@ from stable_baselines3.common.vec_env import DummyVecEnv
 
 from rlox_dp import Trainer
 from rlox_dp.buffers import Demonstrations
-from rlox_dp.envs import evaluate_policy, make_env
-from rlox_dp.envs.evaluation import rollout
+from rlox_dp.envs import make_env
 from rlox_dp.envs.pusht import PUSHT_ENV_ID, pusht_observations
+from rlox_dp.evaluation import evaluate_policy, rollout
 
 
 def _pendulum_policy(tmp_path):

@@ -11,7 +11,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from rlox_dp.envs.evaluation import EvalPolicy, rollout
 from rlox_dp.envs.pusht import (
     OBS_MODES,
     PUSHT_ENV_ID,
@@ -33,6 +32,7 @@ from rlox_dp.envs.pusht_expert import (
     generate_pusht_dataset,
     solve_episode,
 )
+from rlox_dp.evaluation import EvalPolicy, rollout
 
 EASY_SEED = 10003  # solved in 43 steps (benchmarks/results/pusht_expert.json)
 

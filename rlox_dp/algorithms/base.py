@@ -217,7 +217,7 @@ class Algorithm(nn.Module, ABC):
 
     Subclasses implement :meth:`compute_loss` and :meth:`predict_normalized_actions`; this class
     handles normalization, action-space clipping and the receding-horizon queues of
-    :meth:`select_action`, which satisfies :class:`rlox_dp.envs.evaluation.EvalPolicy`.
+    :meth:`select_action`, which satisfies :class:`rlox_dp.evaluation.EvalPolicy`.
     """
 
     name: ClassVar[str] = ""

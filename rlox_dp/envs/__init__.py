@@ -1,4 +1,4 @@
-"""Environments, evaluation, experts and demonstration collection.
+"""Environments: the factory (state dicts, vector envs), PushT and the bimodal benchmark env.
 
 Importing this package registers ``"rlox_dp/BimodalPoint-v0"`` with Gymnasium.
 """
@@ -16,23 +16,6 @@ if BIMODAL_ENV_ID not in gym.registry:
         max_episode_steps=100,
     )
 
-from rlox_dp.envs.evaluation import (  # noqa: E402  (after registration)
-    Episode,
-    EvalPolicy,
-    EvalResult,
-    RolloutResult,
-    evaluate_policy,
-    rollout,
-)
-from rlox_dp.envs.experts import (  # noqa: E402
-    SB3Expert,
-    collect_demonstrations,
-    default_cache_dir,
-    default_demonstrations,
-    expert_env_ids,
-    get_expert,
-    register_expert,
-)
 from rlox_dp.envs.factory import STATE_KEY, env_spaces, make_env, make_vec_env  # noqa: E402
 
 __all__ = [
@@ -40,20 +23,7 @@ __all__ = [
     "STATE_KEY",
     "BimodalPointEnv",
     "BimodalPointExpert",
-    "Episode",
-    "EvalPolicy",
-    "EvalResult",
-    "RolloutResult",
-    "SB3Expert",
-    "collect_demonstrations",
-    "default_cache_dir",
-    "default_demonstrations",
     "env_spaces",
-    "evaluate_policy",
-    "expert_env_ids",
-    "get_expert",
     "make_env",
     "make_vec_env",
-    "register_expert",
-    "rollout",
 ]

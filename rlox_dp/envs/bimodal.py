@@ -162,10 +162,10 @@ class BimodalPointEnv(gym.Env):
 class BimodalPointExpert:
     """Scripted expert for :class:`BimodalPointEnv`, one side (left or right) per episode.
 
-    Implements :class:`rlox_dp.envs.evaluation.EvalPolicy`. Each env's side is drawn with
+    Implements :class:`rlox_dp.evaluation.EvalPolicy`. Each env's side is drawn with
     probability 1/2 from ``rng`` when its episode starts (after :meth:`reset` for that env), unless
     ``mode`` fixes it or ties it to the start (``"nearest"``: the side of the start's x, as DAgger's
-    labels from a visited state use, :mod:`rlox_dp.envs.labelling`). Below the split point W1 the expert heads for W1 (slowing down on the last
+    labels from a visited state use, :mod:`rlox_dp.experts.labelling`). Below the split point W1 the expert heads for W1 (slowing down on the last
     step to land on it exactly); above it, for its side's waypoint W2; once the straight segment
     to the goal clears the obstacle by ``visibility_margin`` (in L1 distance), for the goal.
 

@@ -524,7 +524,7 @@ def _block_pose_from_keypoints(kps: np.ndarray) -> np.ndarray:
 
 
 class PushTMPCExpert:
-    """The MPC planner as an :class:`~rlox_dp.envs.evaluation.EvalPolicy` for PushT env batches.
+    """The MPC planner as an :class:`~rlox_dp.evaluation.EvalPolicy` for PushT env batches.
 
     The envs must come from :func:`~rlox_dp.envs.pusht.make_pusht_env` (``gym_pusht/PushT-v0``
     with gym-pusht's default physics and ``obs_mode`` ``"state"`` or ``"keypoints"``, e.g.
@@ -725,11 +725,11 @@ def default_pusht_demonstrations(
     only, see :func:`generate_pusht_dataset`); ``obs_mode="image"`` regenerates it with images
     when the cached store has none. Loaded with
     :func:`~rlox_dp.envs.pusht.load_pusht_demonstrations` (``cache_dir`` defaults to
-    :func:`~rlox_dp.envs.experts.default_cache_dir`).
+    :func:`~rlox_dp.experts.cache.default_cache_dir`).
     """
     import zarr
 
-    from rlox_dp.envs.experts import default_cache_dir
+    from rlox_dp.experts.cache import default_cache_dir
 
     if obs_mode not in ("state", "keypoints", "image"):
         raise ValueError(f"obs_mode: expected 'state', 'keypoints' or 'image', got {obs_mode!r}")

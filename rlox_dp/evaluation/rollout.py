@@ -10,19 +10,16 @@ seed has been handed out, finished sub-envs keep running filler episodes (reset 
 also announced through ``policy.reset``) whose steps are neither counted nor recorded, until the
 last real episode ends; ``policy.reset(None)`` is called once at the start.
 
-Videos (``video_dir`` with ``n_videos > 0``): the first ``n_videos`` episodes are rendered with
-``render_mode="rgb_array"`` and written as ``episode_<j>_seed_<seed>.mp4`` with OpenCV (a
-dependency of gym-pusht). Without OpenCV the frames are saved instead as
-``episode_<j>_seed_<seed>.npz`` (key ``frames``, ``(T, H, W, 3)`` uint8) and this is logged once.
+Videos (``video_dir`` with ``n_videos > 0``, :mod:`rlox_dp.evaluation.video`): the first
+``n_videos`` episodes are written as ``episode_<j>_seed_<seed>.mp4`` (``.npz`` frames without
+OpenCV, logged once).
 """
 
 from __future__ import annotations
 
-import importlib.util
 import logging
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
@@ -32,16 +29,19 @@ import numpy as np
 from gymnasium.vector import AutoresetMode
 
 from rlox_dp.envs.factory import make_vec_env
+from rlox_dp.evaluation.results import (
+    Episode,
+    EpisodeTracker,
+    EvalResult,
+    EvaluationInterrupted,
+    RolloutResult,
+    eval_result,
+)
+from rlox_dp.evaluation.video import VideoRecorder, video_backend
 
-__all__ = ["Episode", "EvalPolicy", "EvalResult", "EvaluationInterrupted", "RolloutResult", "evaluate_policy",
-           "rollout"]
+__all__ = ["EvalPolicy", "evaluate_policy", "rollout"]
 
 logger = logging.getLogger(__name__)
-
-SUCCESS_KEYS = ("is_success", "success")
-"""Info keys read as per-step success flags, in order of preference."""
-PUSHT_SUCCESS_COVERAGE = 0.95
-"""Score of a step with ``info["coverage"]``: ``clip(coverage / 0.95, 0, 1)`` (Chi et al. 2023)."""
 
 
 @runtime_checkable
@@ -54,209 +54,6 @@ class EvalPolicy(Protocol):
 
     def select_action(self, obs: dict[str, np.ndarray]) -> np.ndarray:
         """Map the observation batch ``key -> (n_envs, *obs_shape)`` to actions ``(n_envs, D_act)``."""
-
-
-@dataclass
-class Episode:
-    """One finished episode.
-
-    Attributes:
-        seed: the reset seed.
-        episode_return: undiscounted sum of rewards.
-        length: number of steps T.
-        success: True if any step's info reported success (``"is_success"`` or ``"success"``),
-            None if the env never reported it.
-        score: max over steps of ``clip(info["coverage"] / 0.95, 0, 1)``, None without coverage.
-        observations: when recorded, key -> ``(T, *obs_shape)``, the observation before each action.
-        actions: when recorded, ``(T, D_act)`` actions as sent to the env.
-        rewards: when recorded, ``(T,)`` float64 rewards.
-    """
-
-    seed: int
-    episode_return: float
-    length: int
-    success: bool | None
-    score: float | None
-    observations: dict[str, np.ndarray] | None = None
-    actions: np.ndarray | None = None
-    rewards: np.ndarray | None = None
-
-
-@dataclass
-class RolloutResult:
-    """Episodes in the order of the ``seeds`` given to :func:`rollout`, with timing."""
-
-    episodes: list[Episode]
-    wall_time_s: float
-    env_steps: int
-
-
-@dataclass
-class EvalResult:
-    """Per-episode evaluation results, all arrays of shape ``(E,)`` ordered by seed.
-
-    ``successes`` is None when the env never reported success; when some episodes reported it
-    and others did not, the silent ones count as failures. ``scores`` is None unless the env
-    reports ``info["coverage"]`` (PushT): then it is the Diffusion Policy paper's score.
-    """
-
-    returns: np.ndarray
-    lengths: np.ndarray
-    successes: np.ndarray | None
-    scores: np.ndarray | None
-    seeds: np.ndarray
-    wall_time_s: float
-    env_steps: int
-
-    def summary(self) -> dict[str, float]:
-        """Scalar metrics under stable ``"eval/..."`` names."""
-        out = {
-            "eval/return_mean": float(np.mean(self.returns)),
-            "eval/return_std": float(np.std(self.returns)),
-            "eval/length_mean": float(np.mean(self.lengths)),
-        }
-        if self.successes is not None:
-            out["eval/success_rate"] = float(np.mean(self.successes))
-        if self.scores is not None:
-            out["eval/score_mean"] = float(np.mean(self.scores))
-        out["eval/n_episodes"] = float(len(self.returns))
-        out["eval/env_steps_per_s"] = float(self.env_steps / max(self.wall_time_s, 1e-9))
-        out["eval/time_s"] = float(self.wall_time_s)
-        return out
-
-
-class EvaluationInterrupted(KeyboardInterrupt):
-    """Ctrl-C during :func:`rollout` / :func:`evaluate_policy`, carrying what finished before it.
-
-    Attributes:
-        result: the finished episodes (a :class:`RolloutResult` from :func:`rollout`, an
-            :class:`EvalResult` from :func:`evaluate_policy`), or None when none finished. They
-            are the episodes that ended first, so short episodes are over-represented.
-        n_requested: episodes that were asked for.
-    """
-
-    def __init__(self, result: RolloutResult | EvalResult | None, n_requested: int) -> None:
-        super().__init__(f"evaluation interrupted after {self._finished(result)} of {n_requested} episodes")
-        self.result = result
-        self.n_requested = n_requested
-
-    @staticmethod
-    def _finished(result: RolloutResult | EvalResult | None) -> int:
-        if result is None:
-            return 0
-        return len(result.episodes) if isinstance(result, RolloutResult) else len(result.returns)
-
-    @property
-    def n_finished(self) -> int:
-        """Episodes finished before the interrupt."""
-        return self._finished(self.result)
-
-    def summary(self) -> dict[str, float]:
-        """``EvalResult.summary()`` of the finished episodes plus ``eval/n_requested``."""
-        out = self.result.summary() if isinstance(self.result, EvalResult) else {"eval/n_episodes": 0.0}
-        return {**out, "eval/n_requested": float(self.n_requested)}
-
-
-def _video_backend() -> str:
-    """``"mp4"`` when OpenCV can write videos here, else ``"npz"``."""
-    return "mp4" if importlib.util.find_spec("cv2") is not None else "npz"
-
-
-def write_video(path: Path, frames: Sequence[np.ndarray], fps: float, backend: str) -> Path:
-    """Write ``frames`` (each ``(H, W, 3)`` uint8 RGB) to ``path`` + ``.mp4`` or ``.npz``."""
-    array = np.stack([np.asarray(f, dtype=np.uint8) for f in frames])
-    if backend == "mp4":
-        import cv2
-
-        out = path.with_suffix(".mp4")
-        height, width = array.shape[1:3]
-        writer = cv2.VideoWriter(str(out), cv2.VideoWriter_fourcc(*"mp4v"), fps, (width, height))
-        try:
-            for frame in array:
-                writer.write(np.ascontiguousarray(frame[..., ::-1]))  # RGB -> BGR
-        finally:
-            writer.release()
-        return out
-    out = path.with_suffix(".npz")
-    np.savez_compressed(out, frames=array)
-    return out
-
-
-class _VideoRecorder(gym.Wrapper):
-    """Records the episodes whose reset seed is in ``names`` (seed -> file stem) to ``video_dir``."""
-
-    def __init__(self, env: gym.Env, video_dir: str, names: Mapping[int, str], backend: str):
-        super().__init__(env)
-        self._video_dir = Path(video_dir)
-        self._names = dict(names)
-        self._backend = backend
-        self._fps = float(env.metadata.get("render_fps") or 30)
-        self._frames: list[np.ndarray] | None = None
-        self._stem: str | None = None
-
-    def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None):
-        obs, info = self.env.reset(seed=seed, options=options)
-        self._stem = self._names.get(seed) if seed is not None else None
-        self._frames = [self.env.render()] if self._stem is not None else None
-        return obs, info
-
-    def step(self, action):
-        obs, reward, terminated, truncated, info = self.env.step(action)
-        if self._frames is not None:
-            self._frames.append(self.env.render())
-            if terminated or truncated:
-                write_video(self._video_dir / self._stem, self._frames, self._fps, self._backend)
-                self._frames = None
-        return obs, reward, terminated, truncated, info
-
-
-def _info_value(infos: Mapping[str, Any], key: str, i: int) -> Any | None:
-    """Value of ``key`` for sub-env ``i`` in a vector env's info dict, None if absent."""
-    mask = infos.get(f"_{key}")
-    if key not in infos or (mask is not None and not mask[i]):
-        return None
-    return infos[key][i]
-
-
-class _RunningEpisode:
-    """Return, length, outcome and (if ``record``) trajectory of the episode of one sub-env."""
-
-    def __init__(self, seed: int, record: bool) -> None:
-        self.seed, self.record = seed, record
-        self.episode_return, self.length = 0.0, 0
-        self.success: bool | None = None
-        self.score: float | None = None
-        self.obs: dict[str, list[np.ndarray]] = {}
-        self.actions: list[np.ndarray] = []
-        self.rewards: list[float] = []
-
-    def add(self, obs: Mapping[str, np.ndarray], action: np.ndarray, reward: float,
-            infos: Mapping[str, Any], i: int) -> None:
-        """Add the step of sub-env ``i``: batched ``obs`` before ``action`` ``(n_envs, D_act)``."""
-        self.episode_return += reward
-        self.length += 1
-        for key in SUCCESS_KEYS:  # success if any step reports it
-            value = _info_value(infos, key, i)
-            if value is not None:
-                self.success = bool(self.success) or bool(value)
-                break
-        coverage = _info_value(infos, "coverage", i)
-        if coverage is not None:  # score: max over steps
-            step_score = float(np.clip(float(coverage) / PUSHT_SUCCESS_COVERAGE, 0.0, 1.0))
-            self.score = step_score if self.score is None else max(self.score, step_score)
-        if self.record:
-            for key, value in obs.items():
-                self.obs.setdefault(key, []).append(np.array(value[i]))
-            self.actions.append(action[i].copy())
-            self.rewards.append(reward)
-
-    def finish(self) -> Episode:
-        episode = Episode(self.seed, self.episode_return, self.length, self.success, self.score)
-        if self.record:
-            episode.observations = {k: np.stack(v) for k, v in self.obs.items()}
-            episode.actions = np.stack(self.actions)
-            episode.rewards = np.asarray(self.rewards, dtype=np.float64)
-        return episode
 
 
 def rollout(
@@ -314,12 +111,12 @@ def rollout(
 
     wrapper = None
     if n_videos > 0:
-        backend = _video_backend()
+        backend = video_backend()
         if backend == "npz":
             logger.warning("OpenCV (cv2) is not installed: saving video frames as .npz files")
         Path(video_dir).mkdir(parents=True, exist_ok=True)
         names = {s: f"episode_{j:03d}_seed_{s}" for j, s in enumerate(seeds[:n_videos])}
-        wrapper = partial(_VideoRecorder, video_dir=video_dir, names=names, backend=backend)
+        wrapper = partial(VideoRecorder, video_dir=video_dir, names=names, backend=backend)
     envs = make_vec_env(
         env_id,
         n_envs,
@@ -340,7 +137,7 @@ def rollout(
         half_range = (space.high - space.low) / 2.0
     pending = iter(seeds[n_envs:])
     # the episode each sub-env is running; None while it runs an uncounted filler episode
-    running: list[_RunningEpisode | None] = [_RunningEpisode(s, record) for s in seeds[:n_envs]]
+    running: list[EpisodeTracker | None] = [EpisodeTracker(s, record) for s in seeds[:n_envs]]
     finished: dict[int, Episode] = {}
     env_steps = 0
     pbar = None
@@ -383,7 +180,7 @@ def rollout(
             reset_seeds: list[int | None] = [None] * n_envs
             for i in np.flatnonzero(done):
                 seed = reset_seeds[i] = next(pending, None)
-                running[i] = None if seed is None else _RunningEpisode(seed, record)
+                running[i] = None if seed is None else EpisodeTracker(seed, record)
             obs, _ = envs.reset(seed=reset_seeds, options={"reset_mask": done.copy()})
             policy.reset(done.copy())
     except KeyboardInterrupt:
@@ -438,26 +235,6 @@ def evaluate_policy(
             progress_desc=f"eval {env_id}",
         )
     except EvaluationInterrupted as stop:  # the same, with per-episode arrays
-        raise EvaluationInterrupted(None if stop.result is None else _eval_result(stop.result),
+        raise EvaluationInterrupted(None if stop.result is None else eval_result(stop.result),
                                     stop.n_requested) from None
-    return _eval_result(result)
-
-
-def _eval_result(result: RolloutResult) -> EvalResult:
-    """Per-episode arrays of a rollout's episodes, in their order."""
-    eps = result.episodes
-    reported = [e.success for e in eps]
-    scores = [e.score for e in eps]
-    return EvalResult(
-        returns=np.array([e.episode_return for e in eps], dtype=np.float64),
-        lengths=np.array([e.length for e in eps], dtype=np.int64),
-        successes=None
-        if all(s is None for s in reported)
-        else np.array([bool(s) for s in reported], dtype=bool),
-        scores=None
-        if all(s is None for s in scores)
-        else np.array([0.0 if s is None else s for s in scores], dtype=np.float64),
-        seeds=np.array([e.seed for e in eps], dtype=np.int64),
-        wall_time_s=result.wall_time_s,
-        env_steps=result.env_steps,
-    )
+    return eval_result(result)

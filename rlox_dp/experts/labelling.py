@@ -44,8 +44,9 @@ import gymnasium as gym
 import numpy as np
 
 from rlox_dp.envs.bimodal import BIMODAL_ENV_ID, BimodalPointExpert
-from rlox_dp.envs.evaluation import EvalPolicy
 from rlox_dp.envs.factory import STATE_KEY, make_env
+from rlox_dp.evaluation import EvalPolicy
+from rlox_dp.experts.registry import expert_env_ids, get_expert
 
 __all__ = [
     "STATE_ACCESS",
@@ -241,7 +242,7 @@ class ExpertLabeller(ABC):
 
 
 class RolloutLabeller(ExpertLabeller):
-    """Labels by rolling an :class:`~rlox_dp.envs.evaluation.EvalPolicy` expert forward.
+    """Labels by rolling an :class:`~rlox_dp.evaluation.EvalPolicy` expert forward.
 
     Args:
         make_expert: ``seed -> expert``, called once per :meth:`label` call (a deterministic
@@ -333,12 +334,10 @@ class PushTMPCLabeller(ExpertLabeller):
 
 
 def _no_access_message(env_id: str) -> str:
-    from rlox_dp.envs.experts import expert_env_ids
-
     if env_id in expert_env_ids():
         return (f"env {env_id!r}: its expert cannot label visited states, because rlox_dp cannot "
                 "restore a simulator state of this env; register one with "
-                "rlox_dp.envs.labelling.register_state_access")
+                "rlox_dp.experts.labelling.register_state_access")
     return (f"env {env_id!r} has no expert that can label states (DAgger needs one); labelling "
             f"experts exist for {sorted(STATE_ACCESS)}")
 
@@ -352,7 +351,7 @@ def get_labeller(env_id: str, horizon: int, *, env_kwargs: Mapping[str, Any] | N
         env_id, env_kwargs: the env.
         horizon: actions per label.
         expert: label with this policy instead of the built-in expert (not for PushT).
-        cache_dir, progress, expert_seed: for :func:`~rlox_dp.envs.experts.get_expert` (SB3
+        cache_dir, progress, expert_seed: for :func:`~rlox_dp.experts.registry.get_expert` (SB3
             experts are trained on first use and cached).
         mpc_config: PushT planner settings.
 
@@ -372,8 +371,6 @@ def get_labeller(env_id: str, horizon: int, *, env_kwargs: Mapping[str, Any] | N
         return RolloutLabeller(env_id, lambda seed: BimodalPointExpert(seed, mode="nearest"),
                                horizon, env_kwargs)
     if expert is None:
-        from rlox_dp.envs.experts import get_expert
-
         expert = get_expert(env_id, cache_dir=cache_dir, progress=progress, seed=expert_seed)
     fixed = expert
     return RolloutLabeller(env_id, lambda seed: fixed, horizon, env_kwargs)

@@ -1,13 +1,4 @@
-"""Expert policies and demonstration collection.
-
-Experts come from a registry keyed by env id (:func:`register_expert`). Built in:
-
-* ``Pendulum-v1``: SAC (rl-zoo hyperparameters), trained on first use.
-* ``MountainCarContinuous-v0``: SAC with gSDE exploration (rl-zoo hyperparameters), trained on
-  first use.
-* ``InvertedDoublePendulum-v5`` (MuJoCo; ``pip install "rlox_dp[mujoco]"``, no system packages):
-  SAC, trained on first use (about 15k steps, 4 minutes on one CPU core).
-* ``rlox_dp/BimodalPoint-v0``: the scripted two-mode :class:`~rlox_dp.envs.bimodal.BimodalPointExpert`.
+"""Stable-Baselines3 experts: specs, training to a target return, the on-disk cache.
 
 Trained experts are Stable-Baselines3 zips cached at
 ``<cache_dir>/experts/<env>-<algo>-<version>-seed<seed>.zip`` (the seed is part of the name so
@@ -15,9 +6,6 @@ that different training seeds never share a file) and reused on later calls. Tra
 in chunks until the mean return over :data:`VALIDATION_EPISODES` validation episodes (seeds
 from :data:`VALIDATION_SEED`, disjoint from the evaluation seeds 0..999 and the demonstration
 seeds from 10,000) reaches the spec's target.
-
-Demonstrations from :func:`default_demonstrations` are cached at
-``<cache_dir>/demos/<env>-<n_episodes>-<seed>.npz``.
 """
 
 from __future__ import annotations
@@ -27,96 +15,34 @@ import logging
 import os
 import time
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from functools import partial
 from pathlib import Path
 from typing import Any, Literal
 
 import gymnasium as gym
 import numpy as np
 
-from rlox_dp.buffers.demonstrations import Demonstrations
-from rlox_dp.buffers.loaders import (
-    demonstrations_from_episodes,
-    load_demonstrations,
-    save_demonstrations,
-)
-from rlox_dp.envs.bimodal import BIMODAL_ENV_ID, BimodalPointExpert
-from rlox_dp.envs.evaluation import EvalPolicy, evaluate_policy, rollout
 from rlox_dp.envs.factory import STATE_KEY
+from rlox_dp.evaluation import evaluate_policy
+from rlox_dp.experts.cache import safe_name
 
 __all__ = [
     "SB3_EXPERTS",
     "SB3Expert",
     "SB3ExpertSpec",
-    "collect_demonstrations",
-    "default_cache_dir",
-    "default_demonstrations",
-    "expert_env_ids",
-    "get_expert",
     "load_or_train_sb3_expert",
-    "register_expert",
+    "sb3_expert_path",
 ]
 
 logger = logging.getLogger(__name__)
 
-ExpertFactory = Callable[[Path, bool, int], EvalPolicy]
-"""``(cache_dir, progress, seed) -> policy``."""
-
 VALIDATION_SEED = 100_000
 VALIDATION_EPISODES = 20
 
-_EXPERTS: dict[str, ExpertFactory] = {}
-
-
-def register_expert(env_id: str) -> Callable[[ExpertFactory], ExpertFactory]:
-    """Decorator registering ``factory(cache_dir, progress, seed) -> EvalPolicy`` for ``env_id``."""
-
-    def decorator(factory: ExpertFactory) -> ExpertFactory:
-        if env_id in _EXPERTS:
-            raise ValueError(f"env_id: an expert is already registered for {env_id!r}")
-        _EXPERTS[env_id] = factory
-        return factory
-
-    return decorator
-
-
-def expert_env_ids() -> list[str]:
-    """Env ids that have a registered expert, sorted."""
-    return sorted(_EXPERTS)
-
-
-def default_cache_dir() -> Path:
-    """``$RLOX_DP_CACHE`` if set, else ``$XDG_CACHE_HOME/rlox_dp`` (default ``~/.cache/rlox_dp``)."""
-    if os.environ.get("RLOX_DP_CACHE"):
-        return Path(os.environ["RLOX_DP_CACHE"]).expanduser()
-    xdg = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(xdg).expanduser() / "rlox_dp"
-
-
-def get_expert(
-    env_id: str, *, cache_dir: str | os.PathLike | None = None, progress: bool = True, seed: int = 0
-) -> EvalPolicy:
-    """Return the expert for ``env_id`` (training and caching it first if needed).
-
-    Args:
-        env_id: an id from :func:`expert_env_ids`.
-        cache_dir: where trained experts live (default :func:`default_cache_dir`).
-        progress: show a progress bar while training.
-        seed: training seed (SB3 experts) or mode-draw seed (scripted experts).
-    """
-    if env_id not in _EXPERTS:
-        raise ValueError(
-            f"env: no expert is available for {env_id!r}; experts exist for {expert_env_ids()}. "
-            "For other envs pass your own demonstrations (demos=PATH)."
-        )
-    cache = Path(cache_dir) if cache_dir is not None else default_cache_dir()
-    return _EXPERTS[env_id](cache, progress, int(seed))
-
 
 class SB3Expert:
-    """A Stable-Baselines3 model as an :class:`~rlox_dp.envs.evaluation.EvalPolicy`.
+    """A Stable-Baselines3 model as an :class:`~rlox_dp.evaluation.EvalPolicy`.
 
     Acts deterministically on ``obs["state"]`` ``(n_envs, D_obs)`` -> ``(n_envs, D_act)``.
     """
@@ -179,7 +105,7 @@ SB3_EXPERTS: dict[str, SB3ExpertSpec] = {
         env_id="Pendulum-v1",
         algo="sac",
         version="v1",
-        total_timesteps=6_000,  # measured: validation return -178 after 6k steps (seed 0)
+        total_timesteps=6_000,
         target_return=-190.0,  # margin over the -200 "solved" level on unseen seeds
         extra_timesteps=2_000,
         max_timesteps=20_000,
@@ -190,7 +116,7 @@ SB3_EXPERTS: dict[str, SB3ExpertSpec] = {
         env_id="MountainCarContinuous-v0",
         algo="sac",
         version="v1",
-        total_timesteps=25_000,  # measured: validation return 92.5 after 25k steps (seed 0)
+        total_timesteps=25_000,
         target_return=91.0,  # margin over the 90 "solved" level on unseen seeds
         extra_timesteps=5_000,
         max_timesteps=50_000,
@@ -209,14 +135,13 @@ SB3_EXPERTS: dict[str, SB3ExpertSpec] = {
         },
     ),
     # MuJoCo (pip `mujoco` wheels bundle the simulator: no system packages). SB3's SAC defaults
-    # with 1,000 random warm-up steps; measured (seed 0): validation return 1,764 after 10k steps,
-    # 9,359.8 (the maximum, every episode balanced for 1,000 steps) after 15k.
+    # with 1,000 random warm-up steps.
     "InvertedDoublePendulum-v5": SB3ExpertSpec(
         env_id="InvertedDoublePendulum-v5",
         algo="sac",
         version="v1",
         total_timesteps=15_000,
-        target_return=9_000.0,  # ~96 % of the maximum: balanced through all 1,000 steps
+        target_return=9_000.0,  # ~96 % of the maximum (9,360): balanced through all 1,000 steps
         extra_timesteps=5_000,
         max_timesteps=50_000,
         hyperparams={"learning_starts": 1_000},
@@ -224,14 +149,9 @@ SB3_EXPERTS: dict[str, SB3ExpertSpec] = {
     ),
 }
 
-
-def _safe_name(env_id: str) -> str:
-    return env_id.replace("/", "_").replace(":", "_")
-
-
 def sb3_expert_path(spec: SB3ExpertSpec, cache_dir: Path, seed: int) -> Path:
     """``<cache_dir>/experts/<env>-<algo>-<version>-seed<seed>.zip``."""
-    name = f"{_safe_name(spec.env_id)}-{spec.algo}-{spec.version}-seed{seed}.zip"
+    name = f"{safe_name(spec.env_id)}-{spec.algo}-{spec.version}-seed{seed}.zip"
     return Path(cache_dir) / "experts" / name
 
 
@@ -316,141 +236,3 @@ def load_or_train_sb3_expert(
     finally:
         tmp.unlink(missing_ok=True)
     return expert
-
-
-def _sb3_factory(spec: SB3ExpertSpec, cache_dir: Path, progress: bool, seed: int) -> EvalPolicy:
-    return load_or_train_sb3_expert(spec, cache_dir=cache_dir, progress=progress, seed=seed)
-
-
-for _env_id, _spec in SB3_EXPERTS.items():
-    register_expert(_env_id)(partial(_sb3_factory, _spec))
-
-
-@register_expert(BIMODAL_ENV_ID)
-def _bimodal_expert(cache_dir: Path, progress: bool, seed: int) -> EvalPolicy:
-    return BimodalPointExpert(np.random.default_rng(seed))
-
-
-def collect_demonstrations(
-    env_id: str,
-    policy: EvalPolicy,
-    *,
-    n_episodes: int,
-    seed: int = 0,
-    n_envs: int = 4,
-    only_successful: bool = False,
-    env_kwargs: Mapping[str, Any] | None = None,
-    progress: bool = False,
-    action_noise: float = 0.0,
-) -> Demonstrations:
-    """Roll out ``policy`` for episodes with seeds ``seed .. seed + n_episodes - 1``.
-
-    Args:
-        env_id, env_kwargs: the env (see :func:`~rlox_dp.envs.factory.make_env`).
-        policy: the demonstrator; see :class:`~rlox_dp.envs.evaluation.EvalPolicy`.
-        n_episodes: episodes to run.
-        seed: first reset seed.
-        n_envs: parallel envs (a stochastic policy, such as the bimodal expert, draws its random
-            numbers in env order, so its demos depend on ``n_envs`` as well as ``seed``).
-        only_successful: keep only the episodes whose env reported success; raises if the env
-            never reports success or no episode succeeded.
-        progress: tqdm bar over episodes.
-        action_noise: noise injection (DART): the env executes the policy's action plus Gaussian
-            noise of this std (fraction of the half action range), the clean action is recorded;
-            see :func:`~rlox_dp.envs.evaluation.rollout`. Demonstrations of a deterministic expert
-            otherwise cover only its own narrow state distribution, and a cloned policy that drifts
-            off it never saw how to come back (InvertedDoublePendulum-v5 needs this).
-
-    Returns:
-        :class:`Demonstrations` with observations ``key -> (N, ...)``, actions ``(N, D_act)``,
-        rewards ``(N,)`` float32, ``episode_seeds`` ``(E,)`` and metadata ``env_id``,
-        ``episode_returns``, ``return_mean``, ``success_rate`` (None without success reports),
-        ``n_attempted`` and ``dropped_seeds``.
-    """
-    if n_episodes < 1:
-        raise ValueError(f"n_episodes: expected a positive int, got {n_episodes}")
-    seeds = [int(seed) + j for j in range(int(n_episodes))]
-    result = rollout(
-        policy, env_id, seeds, n_envs=n_envs, env_kwargs=env_kwargs, record=True,
-        progress=progress, progress_desc=f"demos {env_id}", action_noise=action_noise,
-        noise_seed=int(seed),
-    )
-    episodes = result.episodes
-    successes = [e.success for e in episodes]
-    reported = any(s is not None for s in successes)
-    if only_successful:
-        if not reported:
-            raise ValueError(
-                f"only_successful: {env_id!r} never reported success (info['is_success'] or "
-                "info['success']), so episodes cannot be filtered"
-            )
-        episodes = [e for e in episodes if e.success]
-        if not episodes:
-            raise RuntimeError(
-                f"only_successful: none of the {n_episodes} episodes on {env_id!r} "
-                f"(seeds {seeds[0]}..{seeds[-1]}) succeeded"
-            )
-    demos = demonstrations_from_episodes(
-        [
-            {"obs": e.observations, "action": e.actions, "reward": e.rewards.astype(np.float32),
-             "seed": e.seed}
-            for e in episodes
-        ]
-    )
-    kept = {e.seed for e in episodes}
-    returns = [e.episode_return for e in episodes]
-    demos.metadata = {
-        "source": "rollout",
-        "env_id": env_id,
-        "env_kwargs": dict(env_kwargs or {}),
-        "episode_returns": returns,
-        "return_mean": float(np.mean(returns)),
-        "success_rate": float(np.mean([bool(s) for s in successes])) if reported else None,
-        "n_attempted": int(n_episodes),
-        "dropped_seeds": [s for s in seeds if s not in kept],
-        "action_noise": float(action_noise),
-    }
-    return demos
-
-
-#: part of cached demo file names: bump when an env or expert changes so stale demos are not reused.
-DEMOS_VERSION = "v2"
-
-#: noise injection (std as a fraction of the half action range) of :func:`default_demonstrations`
-#: per env; see ``collect_demonstrations(action_noise=...)``. Measured on
-#: InvertedDoublePendulum-v5 (50 demos, 10 eval episodes): with clean demos BC falls after 135 steps
-#: (return 1,255) and Diffusion Policy after ~40; with 0.1 the expert still scores 9,177 and BC
-#: balances all 1,000 steps (9,360); 0.3 and 0.5 make the expert itself fall.
-DEMO_ACTION_NOISE: dict[str, float] = {"InvertedDoublePendulum-v5": 0.1}
-
-
-def default_demonstrations(
-    env_id: str,
-    *,
-    n_episodes: int = 50,
-    seed: int = 10_000,
-    cache_dir: str | os.PathLike | None = None,
-    progress: bool = True,
-) -> Demonstrations:
-    """Expert demonstrations for ``env_id``: loaded from the cache or collected and cached.
-
-    The expert is :func:`get_expert` with seed 0; episodes use reset seeds
-    ``seed .. seed + n_episodes - 1`` (default from 10,000: disjoint from evaluation seeds).
-    ``metadata["expert_return_mean"]`` is the mean return of the collected episodes (with the
-    env's :data:`DEMO_ACTION_NOISE`, if any, injected).
-    """
-    cache = Path(cache_dir) if cache_dir is not None else default_cache_dir()
-    noise = DEMO_ACTION_NOISE.get(env_id, 0.0)
-    noise_tag = f"-noise{noise:g}" if noise > 0 else ""
-    path = (cache / "demos"
-            / f"{_safe_name(env_id)}-{DEMOS_VERSION}{noise_tag}-{int(n_episodes)}-{int(seed)}.npz")
-    if path.exists():
-        return load_demonstrations(path)
-    expert = get_expert(env_id, cache_dir=cache, progress=progress, seed=0)
-    demos = collect_demonstrations(
-        env_id, expert, n_episodes=n_episodes, seed=seed, progress=progress, action_noise=noise
-    )
-    demos.metadata["source"] = "expert"
-    demos.metadata["expert_return_mean"] = demos.metadata["return_mean"]
-    save_demonstrations(demos, path, overwrite=True)
-    return demos
