@@ -38,6 +38,7 @@ import json
 import os
 import platform
 import shutil
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -49,6 +50,9 @@ from rlox_dp import Trainer
 from rlox_dp.dagger import DAgger
 from rlox_dp.envs.pusht import PUSHT_ENV_ID
 from rlox_dp.presets import preset_for
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from plotting import pyplot  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
 IDP = "InvertedDoublePendulum-v5"
@@ -184,10 +188,7 @@ def summarize(runs: list[dict[str, Any]]) -> dict[str, Any]:
 
 def plot(path: Path, runs: list[dict[str, Any]], episodes: int) -> None:
     """Score and success per DAgger round against cumulative CPU time; human-only as stars."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
     for ax, key, label in ((axes[0], "eval/score_mean", "score"), (axes[1], "eval/success_rate", "success rate")):
@@ -211,6 +212,7 @@ def plot(path: Path, runs: list[dict[str, Any]], episodes: int) -> None:
 
 
 def run_pusht(args: argparse.Namespace, work: Path) -> dict[str, Any]:
+    pyplot()  # fail now, not after training, if matplotlib (the bench extra) is missing
     runs = []
     for seed in args.seed_list or range(args.seeds):
         dagger = _cached(work, f"pusht_dagger_{seed}", lambda s=seed: run_pusht_dagger(s, args, work))

@@ -21,6 +21,7 @@ import argparse
 import json
 import platform
 import statistics
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -36,6 +37,9 @@ from rlox_dp.envs import BIMODAL_ENV_ID
 from rlox_dp.envs.bimodal import GOAL
 from rlox_dp.evaluation import rollout
 from rlox_dp.experts import default_demonstrations, get_expert
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from plotting import pyplot  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
 DEMO_SEED = 10_000  # demonstration episode seeds DEMO_SEED.. (disjoint from evaluation seeds 0..)
@@ -150,10 +154,7 @@ def record_rollouts(trainer: Trainer, n_episodes: int) -> list[dict[str, Any]]:
 
 def plot(path: Path, demos: Demonstrations, panels: list[tuple[str, list[dict[str, Any]]]]) -> None:
     """Demonstrations (coloured by side), then one panel per ``(title, rollouts)`` by outcome."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
     from matplotlib.lines import Line2D
     from matplotlib.patches import Circle, Polygon
 
@@ -236,6 +237,7 @@ def print_table(result: dict[str, Any]) -> None:
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     """Run the benchmark; returns the JSON-able result that is also written to ``--out``."""
     args = parse_args(argv)
+    pyplot()  # fail now, not after training, if matplotlib (the bench extra) is missing
     torch.set_num_threads(args.threads)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

@@ -27,6 +27,7 @@ import math
 import os
 import platform
 import statistics
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -38,6 +39,9 @@ import torch
 from rlox_dp import Trainer
 from rlox_dp.envs.pusht import PUSHT_ENV_ID, load_pusht_demonstrations
 from rlox_dp.presets import preset_for
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from plotting import pyplot  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
 EVAL_ENVS = 10
@@ -288,10 +292,7 @@ def summarize(rows: list[dict[str, Any]], variants: list[str]) -> dict[str, Any]
 
 def plot(path: Path, result: dict[str, Any]) -> None:
     """Left: score and success (95 % intervals, seeds as dots); right: learning curves if any."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     summary, runs = result["summary"], result["runs"]
     has_curves = any(len(r["curve"]) > 1 for r in runs)
@@ -461,6 +462,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     its learning curves; ``--resume`` continues it.
     """
     args = parse_args(argv)
+    pyplot()  # fail now, not after training, if matplotlib (the bench extra) is missing
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     if args.merge:

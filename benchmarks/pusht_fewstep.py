@@ -47,6 +47,7 @@ from rlox_dp import Trainer
 from rlox_dp.envs.pusht import PUSHT_ENV_ID, load_pusht_demonstrations
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from plotting import pyplot  # noqa: E402
 from pusht import LOWDIM_VARIANTS, mean_interval, wilson_interval  # noqa: E402
 from pusht_fastest import chunk_latency, observation_window  # noqa: E402
 
@@ -189,10 +190,7 @@ def pareto_plot(path: Path, pooled: list[dict[str, Any]]) -> None:
     as a step line."""
     kind = "compiled" if all(p["compiled_ms"] is not None for p in pooled) else "eager"
     pooled = [{**p, "latency_ms": p[f"{kind}_ms"]} for p in pooled]
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     colors = {"diffusion": "tab:blue", "flow": "tab:green", "consistency": "tab:red"}
     markers = {"DDPM": "s", "DDIM": "o", "DPMSolver++": "D", "Euler": "o", "Heun": "^",
@@ -267,6 +265,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     """Train what is missing, evaluate, write the JSON and the plot; returns the result."""
     args = parse_args(argv)
+    pyplot()  # fail now, not after training, if matplotlib (the bench extra) is missing
     torch.set_num_threads(args.train_threads)
     Path(args.keep).mkdir(parents=True, exist_ok=True)
     demos = load_pusht_demonstrations(args.demos, obs_mode="keypoints")
