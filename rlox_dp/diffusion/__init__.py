@@ -5,19 +5,23 @@ from __future__ import annotations
 from rlox_dp.diffusion.consistency_sampler import ConsistencySampler
 from rlox_dp.diffusion.dpm_solver import DPMSolverMultistepSampler
 from rlox_dp.diffusion.samplers import (
+    SAMPLER_REGISTRY,
     SAMPLERS,
     DDIMSampler,
     DDPMSampler,
     Sampler,
     StepCoefficients,
     StepOutput,
+    available_samplers,
     make_sampler,
 )
 from rlox_dp.diffusion.schedules import (
     PRIOR_MISMATCH_THRESHOLD,
+    SCHEDULE_REGISTRY,
     SCHEDULES,
     NoiseSchedule,
     PriorMismatchWarning,
+    available_schedules,
     make_schedule,
 )
 
@@ -25,7 +29,9 @@ __all__ = [
     "ConsistencySampler",
     "PRIOR_MISMATCH_THRESHOLD",
     "SAMPLERS",
+    "SAMPLER_REGISTRY",
     "SCHEDULES",
+    "SCHEDULE_REGISTRY",
     "DDIMSampler",
     "DDPMSampler",
     "DPMSolverMultistepSampler",
@@ -34,6 +40,8 @@ __all__ = [
     "Sampler",
     "StepCoefficients",
     "StepOutput",
+    "available_samplers",
+    "available_schedules",
     "make_sampler",
     "make_schedule",
 ]

@@ -24,7 +24,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-from rlox_dp.diffusion.samplers import PredictionType, Sampler
+from rlox_dp.diffusion.samplers import SAMPLER_REGISTRY, PredictionType, Sampler
 from rlox_dp.diffusion.schedules import NoiseSchedule
 
 __all__ = ["ConsistencySampler"]
@@ -75,3 +75,6 @@ class ConsistencySampler(Sampler):
         if init_noise is None and self.init_noise_scale != 1.0:
             x = x * self.init_noise_scale
         return x, noises
+
+
+SAMPLER_REGISTRY.register("consistency", ConsistencySampler)

@@ -34,6 +34,7 @@ import torch
 from torch import Tensor
 
 from rlox_dp.diffusion.samplers import (
+    SAMPLER_REGISTRY,
     DDIMSampler,
     PredictionType,
     Sampler,
@@ -175,3 +176,6 @@ class DPMSolverMultistepSampler(Sampler):
             _check_output(out, x)
             x, prev_pred_x0 = self.apply_multistep(out, x, c, prev_pred_x0)
         return x
+
+
+SAMPLER_REGISTRY.register("dpmsolver++", DPMSolverMultistepSampler)

@@ -33,20 +33,24 @@ import torch
 from torch import Tensor
 
 from rlox_dp.diffusion.schedules import NoiseSchedule
+from rlox_dp.registry import Registry
 
 __all__ = [
     "SAMPLERS",
+    "SAMPLER_REGISTRY",
     "DDIMSampler",
     "DDPMSampler",
     "Sampler",
     "StepCoefficients",
     "StepOutput",
+    "available_samplers",
     "draw_start_noise",
     "make_sampler",
 ]
 
 SAMPLERS: tuple[str, ...] = ("ddpm", "ddim", "dpmsolver++")
-"""Names accepted by :func:`make_sampler` (case-insensitive)."""
+"""The samplers a diffusion policy chooses with ``noise_scheduler_type`` (any case);
+:func:`make_sampler` builds any of :func:`available_samplers`."""
 
 PredictionType = Literal["epsilon", "sample"]
 _PREDICTION_TYPES: tuple[str, ...] = ("epsilon", "sample")
@@ -497,11 +501,16 @@ class DDIMSampler(Sampler):
         return coef_x0, coef_xt, var.sqrt()
 
 
-def _sampler_classes() -> dict[str, type[Sampler]]:
-    """:data:`SAMPLERS` -> class (DPM-Solver++ lives in its own module, which imports this one)."""
-    from rlox_dp.diffusion.dpm_solver import DPMSolverMultistepSampler
+#: sampler name -> :class:`Sampler` subclass built by :func:`make_sampler` as ``cls(schedule,
+#: **kwargs)``; DPM-Solver++ and consistency sampling register themselves in their own modules.
+SAMPLER_REGISTRY: Registry[type[Sampler]] = Registry("sampler")
+SAMPLER_REGISTRY.register("ddpm", DDPMSampler)
+SAMPLER_REGISTRY.register("ddim", DDIMSampler)
 
-    return {"ddpm": DDPMSampler, "ddim": DDIMSampler, "dpmsolver++": DPMSolverMultistepSampler}
+
+def available_samplers() -> list[str]:
+    """Names accepted by :func:`make_sampler`, in registration order."""
+    return SAMPLER_REGISTRY.names()
 
 
 def make_sampler(name: str, schedule: NoiseSchedule, **kwargs: object) -> Sampler:
@@ -509,15 +518,11 @@ def make_sampler(name: str, schedule: NoiseSchedule, **kwargs: object) -> Sample
     ``"DPMSolver++"``).
 
     Args:
-        name: one of :data:`SAMPLERS`, any case.
+        name: one of :func:`available_samplers`, any case.
         schedule: the training noise schedule.
         **kwargs: forwarded to the sampler (``prediction_type``, ``clip_sample``,
             ``clip_sample_range``; ``eta`` for DDIM; ``solver_order`` for DPM-Solver++).
     """
     if not isinstance(name, str):
-        raise TypeError(f"name must be a str, one of {SAMPLERS}; got {type(name).__name__}")
-    key = name.lower()
-    classes = _sampler_classes()
-    if key not in classes:
-        raise ValueError(f"name must be one of {SAMPLERS} (case-insensitive); got {name!r}")
-    return classes[key](schedule, **kwargs)
+        raise TypeError(f"name must be a str, one of {available_samplers()}; got {type(name).__name__}")
+    return SAMPLER_REGISTRY.get(name)(schedule, **kwargs)

@@ -19,22 +19,23 @@ from __future__ import annotations
 
 import math
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import torch
 from torch import Tensor
 
+from rlox_dp.registry import Registry
+
 __all__ = [
     "PRIOR_MISMATCH_THRESHOLD",
     "SCHEDULES",
+    "SCHEDULE_REGISTRY",
     "NoiseSchedule",
     "PriorMismatchWarning",
+    "available_schedules",
     "make_schedule",
 ]
-
-SCHEDULES: tuple[str, ...] = ("linear", "cosine", "squaredcos_cap_v2")
-"""Names accepted by :func:`make_schedule`."""
 
 PRIOR_MISMATCH_THRESHOLD: float = 1e-2
 """Largest ``alphas_cumprod[-1]`` accepted without a :class:`PriorMismatchWarning`.
@@ -299,6 +300,42 @@ class NoiseSchedule:
         return self._posterior_variance.to(t.device)[t]
 
 
+BetasFn = Callable[[int, float, float], Tensor]
+"""``(num_train_timesteps T, beta_start, beta_end) -> (T,) float64 betas``; arguments checked."""
+
+_DEFAULT_BETA_RANGE = (1e-4, 2e-2)
+
+
+def _linear_betas(num_train_timesteps: int, beta_start: float, beta_end: float) -> Tensor:
+    """``(T,)`` float64 betas evenly spaced from ``beta_start`` to ``beta_end`` (Ho et al. 2020)."""
+    return torch.linspace(beta_start, beta_end, num_train_timesteps, dtype=torch.float64)
+
+
+def _cosine_schedule_betas(num_train_timesteps: int, beta_start: float, beta_end: float) -> Tensor:
+    """:func:`_cosine_betas`; refuses a beta range other than the defaults instead of ignoring it."""
+    if (beta_start, beta_end) != _DEFAULT_BETA_RANGE:
+        raise ValueError(
+            f"beta_start/beta_end only apply to the 'linear' schedule; got beta_start="
+            f"{beta_start}, beta_end={beta_end} with a cosine schedule (leave them at 1e-4 / 2e-2)"
+        )
+    return _cosine_betas(num_train_timesteps)
+
+
+#: schedule name -> :data:`BetasFn`, built into a :class:`NoiseSchedule` by :func:`make_schedule`.
+SCHEDULE_REGISTRY: Registry[BetasFn] = Registry("noise schedule")
+SCHEDULE_REGISTRY.register("linear", _linear_betas)
+SCHEDULE_REGISTRY.register("cosine", _cosine_schedule_betas)
+SCHEDULE_REGISTRY.register("squaredcos_cap_v2", _cosine_schedule_betas)
+
+SCHEDULES: tuple[str, ...] = tuple(SCHEDULE_REGISTRY.names())
+"""The built-in schedules (:func:`available_schedules` also lists ones registered later)."""
+
+
+def available_schedules() -> list[str]:
+    """Names accepted by :func:`make_schedule` (any case), in registration order."""
+    return SCHEDULE_REGISTRY.names()
+
+
 def make_schedule(
     name: str,
     num_train_timesteps: int,
@@ -320,8 +357,10 @@ def make_schedule(
     ``beta_start`` and ``beta_end`` only shape the linear schedule; the cosine schedules reject
     values other than the defaults instead of ignoring them.
 
+    Other schedules: ``SCHEDULE_REGISTRY.register(name, betas_fn)`` with a :data:`BetasFn`.
+
     Args:
-        name: one of :data:`SCHEDULES`.
+        name: one of :func:`available_schedules` (any case).
         num_train_timesteps: T >= 1.
         beta_start: first beta of the linear schedule, ``0 < beta_start <= beta_end``.
         beta_end: last beta of the linear schedule, ``beta_end < 1``.
@@ -332,8 +371,7 @@ def make_schedule(
     Warns:
         PriorMismatchWarning: see :data:`PRIOR_MISMATCH_THRESHOLD`.
     """
-    if name not in SCHEDULES:
-        raise ValueError(f"name must be one of {SCHEDULES}; got {name!r}")
+    betas_fn = SCHEDULE_REGISTRY.get(name)
     if isinstance(num_train_timesteps, bool) or not isinstance(
         num_train_timesteps, (int, np.integer)
     ):
@@ -350,16 +388,7 @@ def make_schedule(
         raise ValueError(
             f"beta_start must be <= beta_end; got beta_start={beta_start}, beta_end={beta_end}"
         )
-    T = int(num_train_timesteps)
-    if name == "linear":
-        betas = torch.linspace(beta_start, beta_end, T, dtype=torch.float64)
-    else:
-        if (beta_start, beta_end) != (1e-4, 2e-2):
-            raise ValueError(
-                f"beta_start/beta_end only apply to the 'linear' schedule; got beta_start="
-                f"{beta_start}, beta_end={beta_end} with {name!r} (leave them at 1e-4 / 2e-2)"
-            )
-        betas = _cosine_betas(T)
+    betas = betas_fn(int(num_train_timesteps), beta_start, beta_end)
     schedule = object.__new__(NoiseSchedule)
     schedule._build(betas)
     schedule._warn_if_prior_mismatch(stacklevel=3)  # attribute the warning to our caller
