@@ -38,6 +38,7 @@ from rlox_dp.checkpoint import (
     validate_trainer_header,
 )
 from rlox_dp.config import ConfigError
+from rlox_dp.demo_sources import check_demonstrations, load_demonstrations_for
 from rlox_dp.distributed import init_distributed
 from rlox_dp.ema import EMA
 from rlox_dp.policy_io import POLICY_KIND
@@ -266,91 +267,16 @@ class Trainer:
         return obs_space, action_space
 
     def _load_demonstrations(self) -> Demonstrations:
-        demos = self._demos_arg
-        if isinstance(demos, Demonstrations):
-            return demos
-        if demos is None and self.env_id.startswith("gym_pusht/"):
-            from rlox_dp.envs.pusht_expert import default_pusht_demonstrations
-
-            return default_pusht_demonstrations(
-                self.env_kwargs.get("obs_mode", "keypoints"), n_episodes=self.config.n_demos,
-                cache_dir=self.cache_dir, progress=self.progress,
-            )
-        if demos is None:
-            from rlox_dp.experts import default_demonstrations
-
-            demos = default_demonstrations(
-                self.env_id, n_episodes=self.config.n_demos, cache_dir=self.cache_dir,
-                progress=self.progress,
-            )
-            self.demo_info = {
-                k: float(v) for k, v in demos.metadata.items()
-                if k.startswith("expert_") and isinstance(v, (int, float))
-            }
-            return demos
-        if isinstance(demos, (str, os.PathLike)):
-            from rlox_dp.buffers.lerobot import is_lerobot_dataset, load_lerobot_dataset
-
-            if is_lerobot_dataset(demos):
-                return load_lerobot_dataset(demos, obs_keys=list(self.observation_space.spaces))
-            if self.env_id.startswith("gym_pusht/"):
-                from rlox_dp.envs.pusht import load_pusht_demonstrations
-
-                return load_pusht_demonstrations(demos, obs_mode=self.env_kwargs.get("obs_mode", "keypoints"))
-            from rlox_dp.buffers.loaders import load_demonstrations
-
-            return load_demonstrations(demos, obs_keys=list(self.observation_space.spaces))
-        raise TypeError(
-            "demos must be a path (.zarr/.npz, a LeRobot dataset folder), Demonstrations, "
-            f"DemonstrationBuffer or None, got {type(demos).__name__}"
+        demos, info = load_demonstrations_for(
+            self.env_id, self._demos_arg, list(self.observation_space.spaces), self.env_kwargs.get("obs_mode"),
+            self.config.n_demos, self.cache_dir, self.progress,
         )
+        if info:  # the built-in expert's numbers, reported in the metrics
+            self.demo_info = info
+        return demos
 
     def _check_demos(self, demos: Demonstrations) -> None:
-        obs_keys = set(self.observation_space.spaces)
-        if set(demos.observations) != obs_keys:
-            raise ValueError(
-                f"demos observation keys {sorted(demos.observations)} do not match env {self.env_id!r} "
-                f"observation keys {sorted(obs_keys)}"
-            )
-        for key, space in self.observation_space.spaces.items():
-            got = tuple(demos.observations[key].shape[1:])
-            if got != tuple(space.shape):
-                raise ValueError(
-                    f"demos observation {key!r} has per-step shape {got}, env {self.env_id!r} "
-                    f"expects {tuple(space.shape)}"
-                )
-        if tuple(demos.actions.shape[1:]) != tuple(self.action_space.shape):
-            raise ValueError(
-                f"demos actions have per-step shape {tuple(demos.actions.shape[1:])}, env "
-                f"{self.env_id!r} expects {tuple(self.action_space.shape)}"
-            )
-        self._check_action_bounds(demos.actions)
-
-    #: fraction of demonstration action values outside the env's action Box above which the
-    #: demonstrations are refused (units or normalization mismatch); below it, a warning.
-    MAX_OUT_OF_BOUNDS_FRACTION = 0.01
-
-    def _check_action_bounds(self, actions) -> None:
-        """Warn about demonstration actions outside the action Box (the env clips what the policy
-        learns from them); refuse when more than :attr:`MAX_OUT_OF_BOUNDS_FRACTION` are."""
-        import numpy as np
-
-        if not (isinstance(actions, np.ndarray) and actions.size and actions.dtype.kind in "fiu"):
-            return  # empty or not numeric: DemonstrationBuffer's validation reports it
-        low, high = self.action_space.low, self.action_space.high
-        slack = 1e-6 * np.where(np.isfinite(high - low), high - low, 0.0) + 1e-6  # float rounding
-        outside = (actions < low - slack) | (actions > high + slack)
-        fraction = float(outside.mean())  # NaN compares False: validation reports it later
-        if fraction == 0.0:
-            return
-        dims = np.flatnonzero(outside.any(axis=0)).tolist()
-        text = (f"{fraction:.2%} of the demonstration action values lie outside the action space of env "
-                f"{self.env_id!r} (low {low.tolist()}, high {high.tolist()}; out of bounds in dimensions "
-                f"{dims}; the actions range from {actions.min(axis=0).tolist()} to {actions.max(axis=0).tolist()})")
-        if fraction > self.MAX_OUT_OF_BOUNDS_FRACTION:
-            raise ValueError(f"{text}: more than {self.MAX_OUT_OF_BOUNDS_FRACTION:.0%}, which suggests "
-                             "other units or a normalization; convert or clip the demonstrations")
-        logger.warning("%s; the env clips executed actions to its bounds", text)
+        check_demonstrations(demos, self.observation_space, self.action_space, self.env_id)
 
     def load_demonstrations(self) -> Demonstrations:
         """The demonstrations given at construction (loaded, or the built-in expert's, cached)."""
