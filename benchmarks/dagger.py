@@ -130,8 +130,8 @@ def run_pusht_dagger(seed: int, args: argparse.Namespace, work: Path) -> dict[st
     out_dir = work / f"pusht_dagger_{seed}"
     labeller = None
     if args.quick:
-        from rlox_dp.envs.pusht_expert import PushTMPCConfig
         from rlox_dp.experts.labelling import PushTMPCLabeller
+        from rlox_dp.experts.pusht import PushTMPCConfig
 
         labeller = PushTMPCLabeller(pusht_config(args)["horizon"], {"obs_mode": "keypoints"},
                                     PushTMPCConfig(horizon=4, n_knots=2, n_samples=8, n_iterations=1, n_elites=2))

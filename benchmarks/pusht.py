@@ -39,6 +39,7 @@ import torch
 from rlox_dp import Trainer
 from rlox_dp.envs.pusht import PUSHT_ENV_ID, load_pusht_demonstrations
 from rlox_dp.presets import preset_for
+from rlox_dp.training import Callback
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from plotting import pyplot  # noqa: E402
@@ -169,16 +170,15 @@ def wilson_interval(successes: int, n: int, z: float = 1.96) -> dict[str, float]
     return {"mean": p, "low": max(0.0, centre - half), "high": min(1.0, centre + half), "n": n}
 
 
-class _CurveTrainer(Trainer):
-    """A :class:`Trainer` that hands every logged evaluation to ``on_eval`` (set after building)."""
+class _CurveCallback(Callback):
+    """Hands every evaluation logged during training to ``on_eval(trainer, summary)``."""
 
-    on_eval: Any = None
+    def __init__(self, on_eval: Any) -> None:
+        self.on_eval = on_eval
 
-    def _log_eval(self, summary: dict[str, float], writer: Any) -> dict[str, float]:
-        summary = super()._log_eval(summary, writer)
-        if self.on_eval is not None:
-            self.on_eval(self, summary)
-        return summary
+    def on_evaluation(self, trainer: Trainer, summary: dict[str, float]) -> None:
+        """Pass the summary on."""
+        self.on_eval(trainer, summary)
 
 
 def measure_data_time(buffer: Any, batch_size: int, n_batches: int = 20) -> float:
@@ -204,13 +204,11 @@ def train_and_evaluate(variant: str, seed: int, args: argparse.Namespace, log_ro
     run_dir = log_root / f"{variant}-{seed}"
     last = run_dir / "checkpoints" / "last.safetensors"
     if args.resume and last.exists():
-        trainer = _CurveTrainer.load(last, demos=demos, device=args.device, log_dir=run_dir,
-                                     progress=args.progress)
+        trainer = Trainer.load(last, demos=demos, device=args.device, log_dir=run_dir, progress=args.progress)
         print(f"  resuming {variant} seed {seed} at step {trainer.state.step}", flush=True)
     else:
-        trainer = _CurveTrainer(algorithm, env=PUSHT_ENV_ID, config=config, demos=demos, seed=seed,
-                                device=args.device, log_dir=run_dir, progress=args.progress,
-                                preset=False)
+        trainer = Trainer(algorithm, env=PUSHT_ENV_ID, config=config, demos=demos, seed=seed,
+                          device=args.device, log_dir=run_dir, progress=args.progress, preset=False)
     earlier_curve = [c for c in (previous or {}).get("curve", []) if c["step"] <= trainer.state.step]
     earlier_time = float((previous or {}).get("train_time_s", 0.0)) if earlier_curve else 0.0
     data_time = measure_data_time(trainer.buffer, trainer.config.batch_size)
@@ -242,14 +240,13 @@ def train_and_evaluate(variant: str, seed: int, args: argparse.Namespace, log_ro
             in_loop_eval = sum(e["eval/time_s"] for e in tr.eval_history)
             on_progress(row(earlier_time + time.perf_counter() - start_time - in_loop_eval, False))
 
-    trainer.on_eval = on_eval
     # One training run (the cosine learning-rate schedule spans all steps); with --eval-every the
     # trainer also evaluates on the held-out seeds every N steps (excluded from train_time_s).
-    metrics = trainer.train(args.steps, evaluate=False)
+    metrics = trainer.train(args.steps, evaluate=False, callbacks=[_CurveCallback(on_eval)])
     train_time = earlier_time + metrics["train_time_s"]
-    trainer._log_eval(trainer.evaluate(args.episodes, min(EVAL_ENVS, args.episodes), seed=args.eval_seed),
-                      trainer._writer_or_none())
-    summary = trainer.eval_history[-1]
+    summary = trainer.log_evaluation(trainer.evaluate(args.episodes, min(EVAL_ENVS, args.episodes),
+                                                      seed=args.eval_seed))
+    on_eval(trainer, summary)
     if args.keep_checkpoints:
         Path(args.keep_checkpoints).mkdir(parents=True, exist_ok=True)
         trainer.save(Path(args.keep_checkpoints) / f"{variant}-{seed}.safetensors")

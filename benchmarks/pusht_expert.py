@@ -1,7 +1,7 @@
 """PushT MPC expert: success rate, time per episode on one core and action smoothness.
 
 Solves the PushT episodes reset with seeds ``--seed .. --seed + n - 1`` (default from 10,000,
-the demonstration seeds) with :func:`rlox_dp.envs.pusht_expert.solve_episode` in this one
+the demonstration seeds) with :func:`rlox_dp.experts.pusht.solve_episode` in this one
 process (Python, numpy and pymunk; no torch), and measures:
 
 - success rate (coverage > 0.95 within ``--max-steps`` steps; target >= 90 %),
@@ -27,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
-from rlox_dp.envs.pusht_expert import PushTMPCConfig, solve_episode
+from rlox_dp.experts.pusht import PushTMPCConfig, solve_episode
 
 RESULTS = Path(__file__).resolve().parent / "results"
 TARGETS = {

@@ -18,8 +18,8 @@ Tasks (each in its own subprocess, so the peak RSS of ``resource.getrusage`` is 
 ``train_bs8`` / ``train_bs64`` (zero_grad + compute_loss + backward + AdamW step on one fixed
 batch, as the peer, but with the fused AdamW our Trainer uses; the peer's default foreach AdamW is
 timed as well; data sampling from a :class:`DemonstrationBuffer`, gradient clipping, the
-EMA update and a whole Trainer-like step are timed separately), ``infer_ddpm100``,
-``infer_ddim10``, ``infer_ddim<K>`` (one action chunk for one observation window, batch 1, via
+EMA update and the Trainer's own step, ``sample_batch`` + ``TrainStep``, are timed separately),
+``infer_ddpm100``, ``infer_ddim10``, ``infer_ddim<K>`` (one action chunk for one observation window, batch 1, via
 ``predict_action_chunk``), ``eval`` (``evaluate_policy`` on PushT keypoints, 10 envs, plus the
 env alone). Timings: ``time.perf_counter``, warm-up first, then the median of repeats. Like the
 peer, each repeat records the share of the machine's CPU used by *other* processes and the
@@ -182,10 +182,12 @@ def count_params(policy) -> dict[str, int]:
 # ---------------------------------------------------------------------------------- tasks
 def task_train(cfg_name: str, batch_size: int, opts: dict[str, float]) -> dict[str, Any]:
     """Training step at ``batch_size``: the peer's step (fwd + bwd + AdamW on a fixed batch), plus
-    buffer sampling, clip_grad_norm_, the EMA update and a whole Trainer-like step."""
+    buffer sampling, clip_grad_norm_, the EMA update and the Trainer's step (``TrainStep``)."""
     import torch
 
+    from rlox_dp.distributed import DistributedContext
     from rlox_dp.ema import EMA
+    from rlox_dp.training.train_step import TrainStep, sample_batch
 
     policy, buffer = build(cfg_name)
     policy.train()
@@ -218,19 +220,19 @@ def task_train(cfg_name: str, batch_size: int, opts: dict[str, float]) -> dict[s
     ema = EMA(policy)
     out["ema_update"] = timeit(lambda: ema.update(policy), 1, 5, few)
 
-    def trainer_step() -> None:  # what Trainer.train does per gradient step
-        b = buffer.sample(batch_size, generator=data_gen)
-        loss, _ = policy.compute_loss(b, gen)
-        if not torch.isfinite(loss):
-            raise FloatingPointError("non-finite loss")
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(policy.parameters(), 10.0)
-        opt.step()
-        ema.update(policy)
+    # What Trainer.train runs per gradient step, with the config's defaults (its own optimizer,
+    # EMA, warmup + cosine LR, clipping): sample_batch + TrainStep.
+    train_step = TrainStep(policy, policy.config, device=torch.device("cpu"))
+    n_steps = {"n": 0}
+
+    def trainer_step() -> None:
+        b, global_batch = sample_batch(buffer, batch_size, data_gen, torch.device("cpu"), DistributedContext())
+        train_step(b, step=n_steps["n"], total_steps=10**6, generator=gen, global_batch=global_batch)
+        n_steps["n"] += 1
 
     out["trainer_step"] = timeit(trainer_step, 1, max(3, reps // 2), few)
     out["trainer_steps_per_s"] = 1.0 / out["trainer_step"]["median_s"]
+    train_step.check_finite()
     opt = torch.optim.AdamW(policy.parameters(), lr=1e-4, betas=(0.95, 0.999), eps=1e-8,
                             weight_decay=1e-6)  # the peer's optimizer: the default (foreach) AdamW
     out["step_foreach_adamw"] = timeit(step, 1, max(3, reps // 2), opts)

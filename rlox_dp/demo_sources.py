@@ -66,7 +66,7 @@ def load_demonstrations_for(
         return demos, {}
     pusht = env_id.startswith("gym_pusht/")
     if demos is None and pusht:
-        from rlox_dp.envs.pusht_expert import default_pusht_demonstrations
+        from rlox_dp.experts.pusht import default_pusht_demonstrations
 
         return default_pusht_demonstrations(obs_mode or "keypoints", n_episodes=n_demos, cache_dir=cache_dir,
                                             progress=progress), {}

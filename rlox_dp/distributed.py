@@ -12,11 +12,25 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import torch
 import torch.distributed as dist
 
-__all__ = ["DistributedContext", "init_distributed"]
+__all__ = ["DistributedContext", "GlobalBatch", "init_distributed"]
+
+
+class GlobalBatch(NamedTuple):
+    """Where this process's batch sits in the data-parallel global batch.
+
+    An algorithm's ``compute_loss(batch, generator, global_batch=...)`` draws its per-sample
+    randomness (noise, timesteps) for all ``size`` windows and keeps rows
+    ``offset : offset + B``, so N ranks reproduce one process. ``None`` instead of a
+    ``GlobalBatch``: the batch is the whole global batch.
+    """
+
+    size: int
+    offset: int
 
 
 @dataclass(frozen=True)
@@ -41,6 +55,13 @@ class DistributedContext:
         """This rank's contiguous part of a global batch of ``global_batch`` samples."""
         per_rank = global_batch // self.world_size
         return slice(self.rank * per_rank, (self.rank + 1) * per_rank)
+
+    def global_batch(self, size: int) -> GlobalBatch | None:
+        """This rank's :class:`GlobalBatch` in a global batch of ``size`` samples (``None`` when
+        not distributed: the local batch is the global one)."""
+        if not self.enabled:
+            return None
+        return GlobalBatch(size, self.local_slice(size).start)
 
     def all_reduce_sum(self, value: torch.Tensor) -> torch.Tensor:
         """Sum of ``value`` over ranks (a copy; identity when not distributed)."""

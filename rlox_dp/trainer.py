@@ -10,38 +10,24 @@ writes atomic checkpoints, and evaluates the EMA policy in vectorized Gymnasium 
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import os
 import time
 import uuid
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import gymnasium as gym
 import torch
-from tqdm.auto import tqdm
 
-from rlox_dp import threads as threads_module
 from rlox_dp.algorithms import Algorithm, AlgorithmConfig, get_algorithm_class
 from rlox_dp.buffers import DemonstrationBuffer, Demonstrations, Normalizer
-from rlox_dp.checkpoint import (
-    CheckpointError,
-    load_checkpoint,
-    optimizer_state_from_tensors,
-    optimizer_state_to_tensors,
-    save_checkpoint,
-    space_from_json,
-    space_to_json,
-    validate_trainer_header,
-)
 from rlox_dp.config import ConfigError
 from rlox_dp.demo_sources import check_demonstrations, load_demonstrations_for
 from rlox_dp.distributed import init_distributed
 from rlox_dp.ema import EMA
-from rlox_dp.policy_io import POLICY_KIND
 from rlox_dp.presets import preset_for
 from rlox_dp.run_directory import (
     RunLock,
@@ -49,11 +35,21 @@ from rlox_dp.run_directory import (
     check_writable_dir,
     claim_run_dir,
     default_run_dir,
-    legacy_run_id,
     write_step_checkpoint,
 )
-from rlox_dp.runtime import NonFiniteLossError, TrainState, lr_at, resolve_device, seed_everything
+from rlox_dp.runtime import NonFiniteLossError, TrainState, resolve_device, seed_everything
 from rlox_dp.threads import configure_threads, policy_flops_per_sample, restore_threads
+from rlox_dp.training.callbacks import (
+    Callback,
+    CallbackList,
+    CheckpointCallback,
+    EvalCallback,
+    LoggingCallback,
+    NullWriter,
+    tensorboard_writer,
+)
+from rlox_dp.training.run_checkpoint import read_run, restore_run, save_run
+from rlox_dp.training.train_step import TrainStep, sample_batch
 
 __all__ = ["NonFiniteLossError", "Trainer"]
 
@@ -70,16 +66,6 @@ def _count(name: str, value: Any, minimum: int) -> int:
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
         raise ValueError(f"{name} must be an int >= {minimum}, got {value!r}")
     return int(value)
-
-
-class _NullWriter:
-    """Stands in for the TensorBoard writer on ranks other than 0."""
-
-    def add_scalar(self, *args: Any, **kwargs: Any) -> None:
-        pass
-
-    def flush(self) -> None:
-        pass
 
 
 class Trainer:
@@ -185,28 +171,11 @@ class Trainer:
             self.config, self.observation_space, self.action_space, _normalizer
         ).to(self.device)
         self._flops_per_sample = policy_flops_per_sample(self.policy) if self.device.type == "cpu" else None
-        # Fused AdamW: one kernel over all parameters instead of a loop of per-op kernels
-        # (about 10x faster on CPU for a 250 M-parameter U-Net; see benchmarks/speed.py).
-        self.optimizer = torch.optim.AdamW(
-            self.policy.optimizer_param_groups(), lr=self.config.lr, betas=self.config.adam_betas,
-            eps=self.config.adam_eps, weight_decay=self.config.weight_decay,
-            fused=self.device.type in ("cpu", "cuda"),
-        )
-        self.ema = (
-            EMA(self.policy, power=self.config.ema_power, inv_gamma=self.config.ema_inv_gamma,
-                min_decay=self.config.ema_min_decay, max_decay=self.config.ema_max_decay)
-            if self.config.use_ema else None
-        )
         self.state = TrainState(self.seed, self.device)
-        self._train_step = self._make_train_step()
-        self._ddp = None
-        if self.dist.enabled:
-            from torch.nn.parallel import DistributedDataParallel
-
-            self._ddp = DistributedDataParallel(
-                self.policy, device_ids=[self.device.index] if self.device.type == "cuda" else None
-            )
+        #: the gradient step: optimizer, LR schedule, mixed precision, clipping, EMA, DDP wrapper.
+        self.train_step = TrainStep(self.policy, self.config, device=self.device, dist=self.dist)
         self._writer = None
+        self._callbacks = CallbackList([])  # those of the running train() call
         #: ``{"step": ..., "eval/...": ...}`` for every evaluation logged by :meth:`train`
         #: (every ``eval_every`` steps and at the end), oldest first.
         self.eval_history: list[dict[str, float]] = []
@@ -321,43 +290,29 @@ class Trainer:
                 )
         return self._buffer
 
-    def _make_train_step(self):
-        cfg = self.config
-        if cfg.compile_model:
-            # Networks compiled in place (state-dict keys unchanged); the loss code stays eager.
-            self.policy.compile_networks(mode=cfg.compile_mode)
-            if self.ema is not None:
-                self.ema.model.compile_networks(mode=cfg.compile_mode)
-        if cfg.mixed_precision == "fp16" and self.device.type != "cuda":
-            raise ValueError(
-                f"config field 'mixed_precision': 'fp16' needs a CUDA device, got device {self.device}; "
-                "use 'bf16' on CPU"
-            )
-        autocast_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(cfg.mixed_precision)
-        self._scaler = torch.amp.GradScaler("cuda") if cfg.mixed_precision == "fp16" else None
-
-        def step(batch):
-            model = self._ddp if self._ddp is not None else self.policy
-            with torch.autocast(self.device.type, dtype=autocast_dtype or torch.float32,
-                                enabled=autocast_dtype is not None):
-                loss, info = model(batch, self.state.model_generator)
-            return loss.float(), info
-
-        return step
-
     # -- training -------------------------------------------------------------------------------
     @property
     def eval_policy(self) -> Algorithm:
         """The policy evaluated and saved for acting: the EMA weights when EMA is on."""
         return self.ema.model if self.ema is not None else self.policy
 
-    def _writer_or_none(self):
-        if self._writer is None:
-            from torch.utils.tensorboard import SummaryWriter
+    @property
+    def optimizer(self) -> torch.optim.Optimizer:
+        """The AdamW optimizer (owned by :attr:`train_step`)."""
+        return self.train_step.optimizer
 
-            self.log_dir.mkdir(parents=True, exist_ok=True)
-            self._writer = SummaryWriter(str(self.log_dir))
-            self._writer.add_text("config", "```\n" + json.dumps(self.describe(), indent=2, default=str) + "\n```")
+    @property
+    def ema(self) -> EMA | None:
+        """The EMA of the weights (owned by :attr:`train_step`; ``None`` when off)."""
+        return self.train_step.ema
+
+    @property
+    def writer(self) -> Any:
+        """The run's TensorBoard writer (created on first use; a stand-in on ranks other than 0)."""
+        if not self.dist.is_main:
+            return NullWriter()
+        if self._writer is None:
+            self._writer = tensorboard_writer(self.log_dir, self.describe())
         return self._writer
 
     def describe(self) -> dict[str, Any]:
@@ -366,14 +321,27 @@ class Trainer:
                 "seed": self.seed, "device": str(self.device), "config": self.config.to_dict()}
 
     def train(self, total_steps: int | None = None, *, total_timesteps: int | None = None,
-              evaluate: bool = True) -> dict[str, float]:
+              evaluate: bool = True, callbacks: Sequence[Callback] = ()) -> dict[str, float]:
         """Train until ``total_steps`` gradient steps in all (resumed runs continue counting).
+
+        Each step samples a batch of windows, runs :attr:`train_step` on it, then the callbacks:
+        logging, checkpoints and in-loop evaluation (:mod:`rlox_dp.training.callbacks`), then yours.
 
         Args:
             total_steps: gradient steps (default ``config.total_steps``).
             total_timesteps: rlox-compatible alternative: the number of training windows
                 (demonstration samples) to draw; gradient steps = ceil(total_timesteps / batch_size).
             evaluate: evaluate the EMA policy at the end (``config.n_eval_episodes`` episodes).
+            callbacks: your :class:`~rlox_dp.training.Callback` objects, run after the built-in
+                ones; one whose ``on_step`` returns ``False`` stops training (then checkpoint and
+                final evaluation as at the end)::
+
+                    class Every100(Callback):
+                        def on_step(self, trainer, result):
+                            if trainer.state.step % 100 == 0:
+                                print(trainer.state.step, result.loss.item())
+
+                    trainer.train(1000, callbacks=[Every100()])
 
         Returns:
             metrics: ``loss`` (mean over the last ``log_every`` steps), ``step``, ``train_time_s``
@@ -385,6 +353,11 @@ class Trainer:
         Checkpoints go to ``<log_dir>/checkpoints/step_<step>.safetensors`` every
         ``checkpoint_every`` steps, at the end, on Ctrl-C and before an in-loop evaluation's error
         propagates; ``last.safetensors`` is the newest. The run directory is locked meanwhile.
+
+        Raises:
+            NonFiniteLossError: a step's loss or gradients were not finite (checked every
+                ``log_every`` steps, before checkpoints and evaluations, and at the end; the
+                error names the first such step, whose update was skipped).
         """
         if total_steps is not None and total_timesteps is not None:
             raise ValueError("give total_steps or total_timesteps, not both")
@@ -393,7 +366,7 @@ class Trainer:
         total = _count("total_steps", total_steps, 1) if total_steps is not None else self.config.total_steps
         lock = self._enter_run_dir() if self.dist.is_main else None
         try:
-            return self._train(total, evaluate)
+            return self._train(total, evaluate, callbacks)
         finally:
             if lock is not None:
                 lock.release()
@@ -415,144 +388,62 @@ class Trainer:
         """``<log_dir>/checkpoints/step_<step>.safetensors``, ``last`` pointed at it, old ones pruned."""
         return write_step_checkpoint(self.log_dir, self.state.step, self.save, self.config.keep_last_n)
 
-    def _train(self, total: int, evaluate: bool) -> dict[str, float]:
-        buffer = self.buffer
-        cfg = self.config
-        self._configure_threads(cfg.batch_size // self.dist.world_size, "training")
-        threads_checked = time.perf_counter()
-        writer = self._writer_or_none() if self.dist.is_main else _NullWriter()
+    def _train(self, total: int, evaluate: bool, callbacks: Sequence[Callback]) -> dict[str, float]:
+        buffer, cfg, batch_size = self.buffer, self.config, self.config.batch_size
+        self._configure_threads(batch_size // self.dist.world_size, "training")
+        recheck = None if self.threads is not None else (
+            lambda: self._configure_threads(batch_size // self.dist.world_size, "training"))
+        self._callbacks = CallbackList([
+            LoggingCallback(log_every=cfg.log_every, writer=self.writer, progress=self.progress,
+                            description=f"{self.algorithm_name} {self.env_id}", recheck_threads=recheck),
+            CheckpointCallback(every=cfg.checkpoint_every, save=self._save_run_checkpoint),
+            EvalCallback(every=cfg.eval_every, final=evaluate and cfg.n_eval_episodes > 0, evaluate=self.evaluate,
+                         save=self._save_run_checkpoint),
+            *callbacks,
+        ])
         self.policy.train()
-        metrics: dict[str, float] = {}
-        recent: list[torch.Tensor] = []
-        t0 = time.perf_counter()
-        start = self.state.step
-        bar = tqdm(total=total, initial=start, desc=f"{self.algorithm_name} {self.env_id}",
-                   disable=not (self.progress and self.dist.is_main), dynamic_ncols=True, leave=False)
-        interrupted = False
-        eval_time = 0.0  # in-loop evaluations, excluded from the training time
-        snapshot, step = self.state.snapshot(), self.state.step
+        t0, start, interrupted = time.perf_counter(), self.state.step, False
         try:
-            while self.state.step < total:
-                step = self.state.step
-                snapshot = self.state.snapshot()  # so Ctrl-C mid-step resumes exactly
-                lr = lr_at(step, cfg.lr, cfg.lr_warmup_steps, total, cfg.lr_scheduler)
-                for group in self.optimizer.param_groups:
-                    group["lr"] = lr
-                # The same global batch of windows on every rank; each trains on its own slice.
-                # Indices are drawn on the training device whatever buffer_device is, so a host
-                # buffer trains on exactly the same windows as a device buffer.
-                indices = torch.randint(len(buffer), (cfg.batch_size,), device=self.device,
-                                        generator=self.state.data_generator).to(buffer.device)
-                part = self.dist.local_slice(cfg.batch_size)
-                batch = buffer.window(indices[part])
-                if batch.action.device != self.device:  # buffer_device="cpu": pinned, async copy
-                    if self.device.type == "cuda":
-                        batch = batch.pin_memory()
-                    batch = batch.to(self.device, non_blocking=True)
-                self.policy.global_batch = (cfg.batch_size, part.start) if self.dist.enabled else None
-                loss, info = self._train_step(batch)
-                if not torch.isfinite(self.dist.all_reduce_sum(loss)):
-                    raise NonFiniteLossError(
-                        f"non-finite training loss ({loss.item()}) at step {step}; stopped without "
-                        f"updating the weights. The last good checkpoint in {self.log_dir} is kept. "
-                        "Lower the learning rate or check the demonstrations."
-                    )
-                self.optimizer.zero_grad(set_to_none=True)
-                if self._scaler is not None:  # fp16: scaled loss; steps with inf/NaN grads skipped
-                    self._scaler.scale(loss).backward()
-                    self._scaler.unscale_(self.optimizer)
-                else:
-                    loss.backward()
-                grad_norm = (torch.nn.utils.clip_grad_norm_(self.policy.parameters(), cfg.grad_clip_norm)
-                             if cfg.grad_clip_norm is not None else None)
-                if self._scaler is not None:
-                    self._scaler.step(self.optimizer)
-                    self._scaler.update()
-                else:
-                    self.optimizer.step()
-                decay = self.ema.update(self.policy) if self.ema is not None else None
-                self.state.step += 1
-                recent.append(loss.detach())
-                if self.state.step % cfg.log_every == 0 or self.state.step == total:
-                    mean_loss = self._global_mean(recent)
-                    recent.clear()
-                    metrics["loss"] = mean_loss
-                    writer.add_scalar("train/loss", mean_loss, self.state.step)
-                    writer.add_scalar("train/lr", lr, self.state.step)
-                    for k, v in info.items():
-                        writer.add_scalar(f"train/{k}", float(v), self.state.step)
-                    if grad_norm is not None:
-                        writer.add_scalar("train/grad_norm", float(grad_norm), self.state.step)
-                    if decay is not None:
-                        writer.add_scalar("train/ema_decay", decay, self.state.step)
-                    bar.set_postfix(loss=f"{mean_loss:.4f}", lr=f"{lr:.2e}")
-                    if self.threads is None and time.perf_counter() - threads_checked > threads_module.RECHECK_S:
-                        # The load may have changed since the last choice (automatic mode only).
-                        self._configure_threads(cfg.batch_size // self.dist.world_size, "training")
-                        threads_checked = time.perf_counter()
-                bar.update(1)
-                if self.state.step % cfg.checkpoint_every == 0 and self.state.step < total and self.dist.is_main:
-                    self._save_run_checkpoint()
-                if (cfg.eval_every and self.state.step % cfg.eval_every == 0 and self.state.step < total
-                        and self.dist.is_main):
-                    eval_start = time.perf_counter()
-                    self._log_eval(self._evaluate_in_loop(), writer)
-                    eval_time += time.perf_counter() - eval_start
-                    self.policy.train()
-        except KeyboardInterrupt:
-            interrupted = True
-            if self.state.step == step:  # the interrupted step never reached the optimizer
-                self.state.restore(snapshot)
-            if self.dist.is_main:
-                path = self._save_run_checkpoint()
-                logger.warning("interrupted at step %d; checkpoint saved to %s", self.state.step, path)
+            self._callbacks.on_train_start(self, total)
+            step, snapshot = self.state.step, self.state.snapshot()
+            try:
+                while self.state.step < total:
+                    step, snapshot = self.state.step, self.state.snapshot()  # Ctrl-C mid-step resumes exactly
+                    batch, global_batch = sample_batch(buffer, batch_size, self.state.data_generator,
+                                                       self.device, self.dist)
+                    result = self.train_step(batch, step=step, total_steps=total,
+                                             generator=self.state.model_generator, global_batch=global_batch)
+                    self.state.step += 1
+                    if not self._callbacks.on_step(self, result):
+                        break
+            except KeyboardInterrupt:
+                interrupted = True
+                if self.state.step == step:  # the interrupted step never reached the optimizer
+                    self.state.restore(snapshot)
+            self.train_step.check_finite()
+            elapsed = time.perf_counter() - t0 - self._callbacks.excluded_time_s
+            metrics = {"step": float(self.state.step), "train_time_s": elapsed,
+                       "steps_per_s": (self.state.step - start) / max(elapsed, 1e-9),
+                       "interrupted": float(interrupted),
+                       **{f"expert/{k[len('expert_'):]}": v for k, v in self.demo_info.items()}}
+            self._callbacks.on_train_end(self, metrics)  # loss, last checkpoint, final evaluation
         finally:
-            bar.close()
-        elapsed = time.perf_counter() - t0 - eval_time
-        if recent:
-            metrics["loss"] = self._global_mean(recent)
-        metrics.update(step=float(self.state.step), train_time_s=elapsed,
-                       steps_per_s=(self.state.step - start) / max(elapsed, 1e-9),
-                       interrupted=float(interrupted))
-        metrics.update({f"expert/{k[len('expert_'):]}": v for k, v in self.demo_info.items()})
-        if not interrupted and self.dist.is_main:
-            self._save_run_checkpoint()
-            if evaluate and cfg.n_eval_episodes > 0:
-                from rlox_dp.evaluation import EvaluationInterrupted
-
-                try:
-                    metrics.update(self._log_eval(self.evaluate(), writer))
-                except EvaluationInterrupted as stop:  # the trained state is saved already
-                    metrics["interrupted"] = 1.0
-                    metrics.update(stop.summary())
-                    logger.warning("final evaluation interrupted after %d of %d episodes",
-                                   stop.n_finished, stop.n_requested)
-        writer.flush()
+            self._callbacks.close()
+            self._callbacks = CallbackList([])
+        self.writer.flush()
         self.dist.barrier()
-        return metrics
+        return {"loss": metrics.pop("loss"), **metrics} if "loss" in metrics else metrics
 
-    def _global_mean(self, losses: list[torch.Tensor]) -> float:
-        """Mean of the recent per-step losses over steps and ranks (the global batch's loss)."""
-        return self.dist.all_reduce_sum(torch.stack(losses).mean()).item() / self.dist.world_size
-
-    def _log_eval(self, summary: dict[str, float], writer) -> dict[str, float]:
+    def log_evaluation(self, summary: dict[str, float]) -> dict[str, float]:
+        """Record an evaluation ``summary`` at the current step: :attr:`eval_history`, the log,
+        TensorBoard (rank 0) and the running callbacks' ``on_evaluation``; returns it."""
         self.eval_history.append({"step": float(self.state.step), **summary})
         logger.info("step %d: %s", self.state.step,
                     ", ".join(f"{k[5:]} {v:.4g}" for k, v in summary.items() if k.startswith("eval/")))
         for k, v in summary.items():
-            writer.add_scalar(k, v, self.state.step)
+            self.writer.add_scalar(k, v, self.state.step)
+        self._callbacks.on_evaluation(self, summary)
         return summary
-
-    def _evaluate_in_loop(self) -> dict[str, float]:
-        """:meth:`evaluate` during training: if it raises (Ctrl-C is the loop's business), the
-        training state is saved before the error propagates."""
-        try:
-            return self.evaluate()
-        except Exception:
-            path = self._save_run_checkpoint()
-            logger.error("evaluation at step %d failed; the training state was saved to %s first",
-                         self.state.step, path)
-            raise
 
     def evaluate(self, n_episodes: int | None = None, n_envs: int | None = None, *,
                  seed: int | None = None, video_dir: str | os.PathLike | None = None,
@@ -613,35 +504,7 @@ class Trainer:
         Raises:
             ValueError: ``path`` is empty or an existing directory.
         """
-        if not isinstance(path, (str, os.PathLike)) or str(path) in ("", "."):
-            raise ValueError(f"save: path must name a .safetensors file, got {path!r}")
-        path = Path(path)
-        if path.is_dir():
-            raise ValueError(f"save: {str(path)!r} is a directory; give a file path such as "
-                             f"{str(path / 'checkpoint.safetensors')!r}")
-        tensors = {f"policy/{k}": v for k, v in self.policy.state_dict().items()}
-        if self.ema is not None:
-            tensors.update({f"ema/{k}": v for k, v in self.ema.model.state_dict().items()})
-        opt_tensors, opt_meta = optimizer_state_to_tensors(self.optimizer.state_dict())
-        tensors.update(opt_tensors)
-        tensors.update(self.state.rng_tensors())
-        meta = {
-            **self.describe(),
-            "config": self.config.to_dict(),
-            "step": self.state.step,
-            "ema_step": self.ema.step if self.ema is not None else None,
-            "optimizer": opt_meta,
-            "normalizer": self.policy.normalizer.spec(),
-            "observation_space": space_to_json(self.observation_space),
-            "action_space": space_to_json(self.action_space),
-            "demos": str(self.demos_source) if self.demos_source is not None else None,
-            "demo_info": self.demo_info,
-            "log_dir": str(self.log_dir),
-            "run_id": self.run_id,
-            "grad_scaler": self._scaler.state_dict() if self._scaler is not None else None,
-        }
-        save_checkpoint(path, tensors, meta)
-        return path
+        return save_run(self, path)
 
     @classmethod
     def load(cls, path: str | os.PathLike, *, demos: Any = None, device: str | torch.device = "auto",
@@ -662,59 +525,13 @@ class Trainer:
             CheckpointError: the file is corrupted (integrity digests), not a trainer checkpoint,
                 or does not fit the algorithm/config/env it names.
         """
-        tensors, meta = load_checkpoint(path)
-        if meta.get("kind") == POLICY_KIND:
-            raise CheckpointError(
-                f"{str(path)!r} is a policy file (weights only, no optimizer or training state): act or "
-                "evaluate with rlox_dp.load_policy(path) / rlox-dp eval; continue training from a "
-                "training checkpoint"
-            )
-        validate_trainer_header(meta, path)
-        try:
-            algorithm_class = get_algorithm_class(meta["algorithm"])
-            config = algorithm_class.config_class.from_dict(meta["config"])
-            normalizer = Normalizer.from_spec(meta["normalizer"])
-        except (KeyError, ConfigError, ValueError, TypeError) as err:
-            raise CheckpointError(f"checkpoint {str(path)!r} has an invalid or incompatible header: {err}") from None
-        trainer = cls.__new__(cls)
-        resume = {"run_id": meta.get("run_id") or (legacy_run_id(meta["log_dir"]) if meta.get("log_dir") else None),
-                  "step": meta["step"], "log_dir": meta.get("log_dir"), "path": str(path)}
-        trainer._init_from_checkpoint(meta, config, normalizer, demos, device, log_dir, cache_dir, progress,
-                                      resume, overwrite)
-        trainer._load_tensors(tensors, meta, path)
-        return trainer
-
-    def _init_from_checkpoint(self, meta, config, normalizer, demos, device, log_dir, cache_dir, progress,
-                              resume, overwrite):
-        demos = demos if demos is not None else meta.get("demos")
-        self.__init__(
-            meta["algorithm"], meta["env"], config=config, demos=demos, seed=meta["seed"],
-            device=device, log_dir=log_dir, env_kwargs=meta.get("env_kwargs"), cache_dir=cache_dir,
-            progress=progress, overwrite=overwrite, _normalizer=normalizer, _resume=resume,
+        run = read_run(path)
+        meta = run.meta
+        trainer = cls(
+            meta["algorithm"], meta["env"], config=run.config,
+            demos=demos if demos is not None else meta.get("demos"), seed=meta["seed"], device=device,
+            log_dir=log_dir, env_kwargs=meta.get("env_kwargs"), cache_dir=cache_dir, progress=progress,
+            overwrite=overwrite, _normalizer=run.normalizer, _resume=run.resume,
         )
-        self.demo_info = dict(meta.get("demo_info") or {})
-        obs_space = space_from_json(meta["observation_space"])
-        act_space = space_from_json(meta["action_space"])
-        if obs_space != self.observation_space or act_space != self.action_space:
-            raise CheckpointError(
-                f"checkpoint spaces {obs_space}, {act_space} differ from env {self.env_id!r}'s "
-                f"{self.observation_space}, {self.action_space}"
-            )
-
-    def _load_tensors(self, tensors: dict[str, torch.Tensor], meta: dict[str, Any], path) -> None:
-        def part(prefix: str) -> dict[str, torch.Tensor]:
-            return {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
-
-        try:
-            self.policy.load_state_dict(part("policy/"))
-            if self.ema is not None:
-                ema_state = part("ema/")
-                self.ema.model.load_state_dict(ema_state if ema_state else part("policy/"))
-                self.ema.step = int(meta.get("ema_step") or meta["step"])
-            self.optimizer.load_state_dict(optimizer_state_from_tensors(tensors, meta["optimizer"]))
-            if self._scaler is not None and meta.get("grad_scaler"):
-                self._scaler.load_state_dict(meta["grad_scaler"])
-            self.state.load_rng_tensors(tensors)
-        except (RuntimeError, KeyError, ValueError, TypeError) as err:
-            raise CheckpointError(f"checkpoint {str(path)!r} does not fit this model/config: {err}") from None
-        self.state.step = int(meta["step"])
+        restore_run(trainer, run)
+        return trainer

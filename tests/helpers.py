@@ -64,8 +64,8 @@ def record_losses(trainer) -> list[float]:
     losses: list[float] = []
     original = trainer.policy.compute_loss
 
-    def record(batch, generator=None):
-        loss, info = original(batch, generator)
+    def record(batch, generator=None, **kwargs):
+        loss, info = original(batch, generator, **kwargs)
         losses.append(loss.item())
         return loss, info
 

@@ -107,8 +107,8 @@ def test_pusht_round_writes_the_human_dataset_layout(tmp_path):
     """PushT: labelled episodes are stored like the human zarr (data/state (N, 5)), so the PushT
     loader gives back exactly the keypoint observations the policy saw."""
     from rlox_dp.envs.pusht import load_pusht_demonstrations
-    from rlox_dp.envs.pusht_expert import PushTMPCConfig
     from rlox_dp.experts.labelling import PushTMPCLabeller
+    from rlox_dp.experts.pusht import PushTMPCConfig
 
     rng = np.random.default_rng(0)
     fake = Demonstrations(observations={"state": rng.uniform(50, 450, (60, 20)).astype(np.float32)},

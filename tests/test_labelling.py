@@ -107,7 +107,8 @@ def test_pusht_labels_equal_the_planner_from_the_exact_state():
     sample seed) driving the original env from that state, keypoints included. (The agent moves
     away from the block: a state does not carry pymunk's contact caches, see the module docstring.)"""
     from rlox_dp.envs.pusht import _pusht_core
-    from rlox_dp.envs.pusht_expert import PushTMPCConfig, _EpisodePlanner, _sim_state
+    from rlox_dp.experts.pusht.model import sim_state
+    from rlox_dp.experts.pusht.planner import EpisodePlanner, PushTMPCConfig
 
     config = PushTMPCConfig(horizon=4, n_knots=2, n_samples=8, n_iterations=1, n_elites=2)
     labeller = PushTMPCLabeller(5, {"obs_mode": "keypoints"}, config)
@@ -121,13 +122,13 @@ def test_pusht_labels_equal_the_planner_from_the_exact_state():
     assert np.linalg.norm(state[2:4]) > 0  # the agent moves: its velocity is part of the state
     chunk = labeller.label(state[None], seed=9)[0]
 
-    planner = _EpisodePlanner(labeller.expert.model, labeller.expert.geometry, config,
+    planner = EpisodePlanner(labeller.expert.model, labeller.expert.geometry, config,
                               np.random.default_rng([9, 0]), np.array(core.agent.position))
     actions, observations, states = [], [], []
     for _ in range(5):
         observations.append(obs)
         states.append(labeller.capture(env))
-        actions.append(planner.act(_sim_state(core)))
+        actions.append(planner.act(sim_state(core)))
         obs, *_ = env.step(actions[-1])
     assert_label_is_expert(chunk, np.stack(actions), {"state": np.stack([o["state"] for o in observations])},
                            np.stack(states))

@@ -22,17 +22,16 @@ from rlox_dp.envs.pusht import (
     pusht_observations,
     set_pusht_state,
 )
-from rlox_dp.envs.pusht_expert import (
+from rlox_dp.evaluation import EvalPolicy, rollout
+from rlox_dp.experts.pusht import (
     PushTMPCConfig,
     PushTMPCExpert,
-    _block_pose_from_keypoints,
-    _PushTModel,
-    _sim_state,
     default_pusht_demonstrations,
     generate_pusht_dataset,
     solve_episode,
 )
-from rlox_dp.evaluation import EvalPolicy, rollout
+from rlox_dp.experts.pusht.geometry import block_pose_from_keypoints
+from rlox_dp.experts.pusht.model import PushTModel, sim_state
 
 EASY_SEED = 10003  # solved in 43 steps (benchmarks/results/pusht_expert.json)
 
@@ -49,7 +48,7 @@ def test_model_reproduces_env_steps_exactly() -> None:
     core = _pusht_core(env)
     start = np.array([150.0, 150.0, 250.0, 260.0, 1.0])
     set_pusht_state(env, start)
-    model = _PushTModel(core)
+    model = PushTModel(core)
     rng = np.random.default_rng(0)
     # paths 0-3 run through the block and push it around, paths 4-7 stay away from it
     targets = np.concatenate(
@@ -58,7 +57,7 @@ def test_model_reproduces_env_steps_exactly() -> None:
             np.linspace(start[:2], [60.0, 60.0], 15)[None] + rng.normal(0, 3, (4, 15, 2)),
         ]
     )
-    out = model.simulate(_sim_state(core), targets)
+    out = model.simulate(sim_state(core), targets)
     for i in (0, 3, 5):
         set_pusht_state(env, start)
         for t in range(15):
@@ -106,7 +105,7 @@ def test_deterministic_given_seeds() -> None:
 def test_keypoint_pose_fit_inverts_block_keypoints() -> None:
     rng = np.random.default_rng(0)
     poses = np.column_stack([rng.uniform(50, 450, (20, 2)), rng.uniform(-np.pi, np.pi, 20)])
-    fitted = _block_pose_from_keypoints(block_keypoints(poses))
+    fitted = block_pose_from_keypoints(block_keypoints(poses))
     np.testing.assert_allclose(fitted[:, :2], poses[:, :2], atol=1e-9)
     np.testing.assert_allclose(np.cos(fitted[:, 2] - poses[:, 2]), 1.0, atol=1e-12)
 
@@ -193,7 +192,7 @@ def test_default_demonstrations_are_cached(tmp_path: Path, monkeypatch: pytest.M
     def fail(*args: object, **kwargs: object) -> None:
         raise AssertionError("the cached dataset should be reused")
 
-    monkeypatch.setattr("rlox_dp.envs.pusht_expert.generate_pusht_dataset", fail)
+    monkeypatch.setattr("rlox_dp.experts.pusht.dataset.generate_pusht_dataset", fail)
     again = default_pusht_demonstrations(
         "keypoints", n_episodes=1, seed=EASY_SEED, cache_dir=tmp_path, progress=False
     )

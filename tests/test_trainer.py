@@ -109,8 +109,8 @@ def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
     before = ckpt.read_bytes()
     orig = trainer.policy.compute_loss
 
-    def nan_loss(batch, generator=None):
-        loss, info = orig(batch, generator)
+    def nan_loss(batch, generator=None, **kwargs):
+        loss, info = orig(batch, generator, **kwargs)
         return loss * float("nan"), info
 
     trainer.policy.compute_loss = nan_loss

@@ -73,7 +73,7 @@ def test_cuda_host_buffer_pinned_and_fp16(tmp_path, demos):
     assert math.isfinite(metrics["loss"])
     path = trainer.save(tmp_path / "ckpt.safetensors")
     resumed = Trainer.load(path, demos=demos, device="cuda", progress=False)
-    assert resumed._scaler.get_scale() == trainer._scaler.get_scale()
+    assert resumed.train_step.scaler.get_scale() == trainer.train_step.scaler.get_scale()
 
 
 def test_eval_history_records_periodic_evaluations(tmp_path, demos):

@@ -28,12 +28,13 @@ from torch import nn
 
 from rlox_dp.buffers import Batch, Normalizer
 from rlox_dp.config import Config, ConfigError
+from rlox_dp.distributed import GlobalBatch
 from rlox_dp.registry import Registry
 from rlox_dp.window import Window
 
 __all__ = [
-    "Algorithm",
     "ALGORITHMS",
+    "Algorithm",
     "AlgorithmConfig",
     "available_algorithms",
     "get_algorithm_class",
@@ -273,10 +274,6 @@ class Algorithm(nn.Module, ABC):
         self.action_dim = int(action_space.shape[0])
         self.register_buffer("action_low", torch.as_tensor(action_space.low, dtype=torch.float32))
         self.register_buffer("action_high", torch.as_tensor(action_space.high, dtype=torch.float32))
-        #: ``(global_batch_size, offset)`` when this process trains on a slice of a larger
-        #: data-parallel batch; algorithms draw per-sample randomness for the global batch and
-        #: keep their slice, so N ranks reproduce one process. ``None``: the batch is global.
-        self.global_batch: tuple[int, int] | None = None
         self._obs_history: dict[str, torch.Tensor] | None = None
         self._action_queue: torch.Tensor | None = None
         self._queue_pos: torch.Tensor | None = None
@@ -285,9 +282,13 @@ class Algorithm(nn.Module, ABC):
     # -- what subclasses implement ----------------------------------------------------------------
     @abstractmethod
     def compute_loss(
-        self, batch: Batch, generator: torch.Generator | None = None
+        self, batch: Batch, generator: torch.Generator | None = None, *, global_batch: GlobalBatch | None = None
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """Training loss of a normalized batch (``Batch.action`` is ``(B, H, D_act)``).
+
+        ``global_batch``: under data parallelism, where these ``B`` windows sit in the global
+        batch; per-sample randomness (noise, timesteps) is drawn for the whole global batch and
+        sliced, so N ranks reproduce one process. ``None``: the batch is the global batch.
 
         Returns:
             ``(loss, info)``: scalar loss tensor (with grad) and detached scalar diagnostics
@@ -311,10 +312,10 @@ class Algorithm(nn.Module, ABC):
         return self.predict_normalized_actions(obs, generator)
 
     def forward(
-        self, batch: Batch, generator: torch.Generator | None = None
+        self, batch: Batch, generator: torch.Generator | None = None, *, global_batch: GlobalBatch | None = None
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """Same as :meth:`compute_loss` (so wrappers such as DDP can call the module)."""
-        return self.compute_loss(batch, generator)
+        return self.compute_loss(batch, generator, global_batch=global_batch)
 
     def optimizer_param_groups(self) -> list[dict[str, Any]]:
         """AdamW parameter groups; a group's own ``weight_decay`` overrides the config's.

@@ -17,6 +17,7 @@ from rlox_dp.algorithms.base import Algorithm, AlgorithmConfig, register_algorit
 from rlox_dp.algorithms.observation import ObservationEncoder
 from rlox_dp.buffers import Batch, Normalizer
 from rlox_dp.config import ConfigError
+from rlox_dp.distributed import GlobalBatch
 
 __all__ = ["BCChunkConfig", "BCChunkPolicy", "BCConfig", "BCPolicy", "masked_mse"]
 
@@ -141,7 +142,7 @@ class BCPolicy(_BCBase):
         return 1
 
     def compute_loss(
-        self, batch: Batch, generator: torch.Generator | None = None
+        self, batch: Batch, generator: torch.Generator | None = None, *, global_batch: GlobalBatch | None = None
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """MSE between the predicted and demonstrated action at step ``T_o - 1`` of the window."""
         t = self.config.n_obs_steps - 1
@@ -166,7 +167,7 @@ class BCChunkPolicy(_BCBase):
         return self.config.horizon
 
     def compute_loss(
-        self, batch: Batch, generator: torch.Generator | None = None
+        self, batch: Batch, generator: torch.Generator | None = None, *, global_batch: GlobalBatch | None = None
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """Masked MSE over the ``(B, H, D_act)`` chunk."""
         pred = self._predict(batch.obs, generator)

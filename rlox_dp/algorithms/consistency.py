@@ -60,6 +60,7 @@ from rlox_dp.config import ConfigError
 from rlox_dp.diffusion import DDIMSampler, NoiseSchedule
 from rlox_dp.diffusion.consistency_sampler import ConsistencySampler
 from rlox_dp.diffusion.samplers import PredictionType
+from rlox_dp.distributed import GlobalBatch
 
 __all__ = ["ConsistencyConfig", "ConsistencyPolicy", "load_teacher", "teacher_ode_step",
            "teacher_step_table"]
@@ -344,7 +345,7 @@ class ConsistencyPolicy(DiffusionPolicy):
         return self._teacher_steps
 
     def compute_loss(
-        self, batch: Batch, generator: torch.Generator | None = None
+        self, batch: Batch, generator: torch.Generator | None = None, *, global_batch: GlobalBatch | None = None
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """Consistency + denoising loss of a normalized batch (module docstring)."""
         if self._teacher is None:
@@ -353,7 +354,7 @@ class ConsistencyPolicy(DiffusionPolicy):
         actions = batch.action
         teacher = self._teacher.to(actions.device)
         cond = self.obs_encoder(batch.obs, generator)
-        noise, u = global_batch_draws(self, actions, generator)
+        noise, u = global_batch_draws(actions, generator, global_batch)
         T, stride = self.config.num_train_timesteps, self.config.distillation_stride
         t = (u * T).long().clamp(max=T - 1)
         s = t - stride

@@ -23,6 +23,7 @@ from rlox_dp.algorithms.observation import ObservationEncoder
 from rlox_dp.buffers import Batch, Normalizer
 from rlox_dp.config import ConfigError
 from rlox_dp.diffusion import NoiseSchedule, Sampler, make_sampler, make_schedule
+from rlox_dp.distributed import GlobalBatch
 from rlox_dp.networks import TransformerForDiffusion, build_denoiser
 from rlox_dp.networks.unet1d import horizon_multiple
 
@@ -349,13 +350,13 @@ class DiffusionPolicy(Algorithm):
         return self.schedule
 
     def compute_loss(
-        self, batch: Batch, generator: torch.Generator | None = None
+        self, batch: Batch, generator: torch.Generator | None = None, *, global_batch: GlobalBatch | None = None
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """Denoising loss of a normalized batch: actions ``(B, H, D_act)``, padded actions masked."""
         actions = batch.action
         cond = self.obs_encoder(batch.obs, generator)
         b = actions.shape[0]
-        total, start = self.global_batch or (b, 0)
+        total, start = global_batch or (b, 0)
         noise = torch.randn((total, *actions.shape[1:]), generator=generator, device=actions.device,
                             dtype=actions.dtype)[start : start + b]
         t = torch.randint(0, self.config.num_train_timesteps, (total,), generator=generator,

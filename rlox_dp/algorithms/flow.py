@@ -25,23 +25,24 @@ from typing import ClassVar, Literal
 
 import torch
 
-from rlox_dp.algorithms.base import Algorithm, AlgorithmConfig, register_algorithm
+from rlox_dp.algorithms.base import AlgorithmConfig, register_algorithm
 from rlox_dp.algorithms.bc import masked_mse
 from rlox_dp.algorithms.diffusion import DiffusionConfig, DiffusionPolicy
 from rlox_dp.buffers import Batch
 from rlox_dp.diffusion.flow_samplers import FlowSampler
+from rlox_dp.distributed import GlobalBatch
 
 __all__ = ["FlowConfig", "FlowPolicy", "global_batch_draws"]
 
 
 def global_batch_draws(
-    policy: Algorithm, actions: torch.Tensor, generator: torch.Generator | None
+    actions: torch.Tensor, generator: torch.Generator | None, global_batch: GlobalBatch | None
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """``(eps, u)`` for this process's windows: ``N(0, I)`` noise like ``actions`` ``(B, H, D_act)``
-    and ``U(0, 1)`` draws ``(B,)``, both drawn for the whole global batch
-    (:attr:`Algorithm.global_batch`) and sliced, so data-parallel ranks reproduce one process."""
+    and ``U(0, 1)`` draws ``(B,)``, both drawn for the whole ``global_batch`` (``None``: ``actions``
+    are the global batch) and sliced, so data-parallel ranks reproduce one process."""
     b = actions.shape[0]
-    total, start = policy.global_batch or (b, 0)
+    total, start = global_batch or (b, 0)
     like = {"generator": generator, "device": actions.device, "dtype": actions.dtype}
     noise = torch.randn((total, *actions.shape[1:]), **like)
     u = torch.rand((total,), **like)
@@ -79,12 +80,12 @@ class FlowPolicy(DiffusionPolicy):
         return FlowSampler(config.num_train_timesteps, config.noise_scheduler_type)
 
     def compute_loss(
-        self, batch: Batch, generator: torch.Generator | None = None
+        self, batch: Batch, generator: torch.Generator | None = None, *, global_batch: GlobalBatch | None = None
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """Velocity regression of a normalized batch (actions ``(B, H, D_act)``, padding masked)."""
         actions = batch.action
         cond = self.obs_encoder(batch.obs, generator)
-        noise, t = global_batch_draws(self, actions, generator)
+        noise, t = global_batch_draws(actions, generator, global_batch)
         t_ = t.view(-1, *([1] * (actions.ndim - 1)))
         noisy = (1.0 - t_) * actions + t_ * noise
         pred = self.denoiser(noisy, t * self.config.num_train_timesteps, cond)

@@ -129,13 +129,13 @@ def _bimodal_restore(env: gym.Env, state: np.ndarray) -> None:
 
 def _pusht_capture(env: gym.Env) -> np.ndarray:
     from rlox_dp.envs.pusht import _pusht_core
-    from rlox_dp.envs.pusht_expert import _sim_state
+    from rlox_dp.experts.pusht.model import sim_state
 
-    sim = _sim_state(_pusht_core(env))
+    sim = sim_state(_pusht_core(env))
     return np.concatenate([np.ravel(sim[k]) for k in _PUSHT_STATE_KEYS]).astype(np.float64)
 
 
-#: order of :func:`~rlox_dp.envs.pusht_expert._sim_state`'s entries in a PushT state vector
+#: order of :func:`~rlox_dp.experts.pusht.model.sim_state`'s entries in a PushT state vector
 #: ``(10,)``: agent x, y, vx, vy, block x, y, vx, vy, angle (radians, not wrapped), angular velocity.
 _PUSHT_STATE_KEYS = ("agent_pos", "agent_vel", "block_pos", "block_vel", "block_angle", "block_angvel")
 
@@ -301,30 +301,31 @@ class PushTMPCLabeller(ExpertLabeller):
     Args:
         horizon: actions per label.
         env_kwargs: PushT env options (``obs_mode``: ``"state"``, ``"keypoints"`` or ``"image"``).
-        config: planner settings (:class:`~rlox_dp.envs.pusht_expert.PushTMPCConfig`).
+        config: planner settings (:class:`~rlox_dp.experts.pusht.PushTMPCConfig`).
     """
 
     def __init__(self, horizon: int, env_kwargs: Mapping[str, Any] | None = None,
                  config: Any = None) -> None:
         from rlox_dp.envs.pusht import PUSHT_ENV_ID
-        from rlox_dp.envs.pusht_expert import PushTMPCExpert
+        from rlox_dp.experts.pusht import PushTMPCExpert
 
         super().__init__(PUSHT_ENV_ID, horizon, env_kwargs)
         self.expert = PushTMPCExpert("state", config)  # its model and geometry; obs unused
 
     def label(self, states: np.ndarray, seed: int = 0) -> list[ExpertChunk]:
         from rlox_dp.envs.pusht import _pusht_core
-        from rlox_dp.envs.pusht_expert import _EpisodePlanner, _sim_state
+        from rlox_dp.experts.pusht.model import sim_state
+        from rlox_dp.experts.pusht.planner import EpisodePlanner
 
         states, env, out = self._check_states(states), self._copy(0), []
         for b, state in enumerate(states):
             obs = self.restore(env, state)
             core = _pusht_core(env)
-            planner = _EpisodePlanner(self.expert.model, self.expert.geometry, self.expert.config,
+            planner = EpisodePlanner(self.expert.model, self.expert.geometry, self.expert.config,
                                       np.random.default_rng([int(seed), b]), np.array(core.agent.position))
             steps, terminated = [], False
             for _ in range(self.horizon):
-                action = planner.act(_sim_state(core))
+                action = planner.act(sim_state(core))
                 steps.append((obs, action, self.capture(env)))
                 obs, _, terminated, _, _ = env.step(action)
                 if terminated:
