@@ -6,13 +6,29 @@ smaller network, shorter open-loop execution and fewer steps to train in minutes
 PushT a narrower U-Net; those settings live here, one dict per ``(algorithm, env)``, measured by
 ``benchmarks/pendulum.py`` and ``benchmarks/pusht.py``. A user's own config keys
 always win, and ``Trainer(..., preset=False)`` (CLI ``--no-preset``) turns presets off.
+
+The tables below hold the numbers; each env's :class:`~rlox_dp.envs.spec.EnvSpec` points at its
+table (``presets``, and ``obs_mode_presets`` per observation mode), so the env registry is where
+:func:`preset_for` looks. :data:`PRESETS` and :data:`OBS_MODE_PRESETS` are read-only views of
+the registered specs, keyed ``(algorithm, env_id)`` and ``(algorithm, env_id, obs_mode)``.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Callable, Iterator, Mapping
+from typing import Any, TypeVar
 
-__all__ = ["OBS_MODE_PRESETS", "PRESETS", "preset_for"]
+K = TypeVar("K")
+
+__all__ = [
+    "INVERTED_DOUBLE_PENDULUM_PRESETS",
+    "OBS_MODE_PRESETS",
+    "PENDULUM_PRESETS",
+    "PRESETS",
+    "PUSHT_IMAGE_PRESETS",
+    "PUSHT_PRESETS",
+    "preset_for",
+]
 
 _PENDULUM_DIFFUSION: dict[str, Any] = {
     "denoiser": "mlp",
@@ -81,36 +97,77 @@ _PUSHT_IMAGE_DIFFUSION: dict[str, Any] = {
     "num_inference_steps": 10,
 }
 
-PRESETS: dict[tuple[str, str], dict[str, Any]] = {
-    ("diffusion", "Pendulum-v1"): _PENDULUM_DIFFUSION,
-    ("bc", "Pendulum-v1"): {"total_steps": 2000},
-    ("bc_chunk", "Pendulum-v1"): {"horizon": 8, "n_action_steps": 2, "total_steps": 2000},
-    ("diffusion", "InvertedDoublePendulum-v5"): _INVERTED_DOUBLE_PENDULUM_DIFFUSION,
-    ("bc", "InvertedDoublePendulum-v5"): {"total_steps": 2000},
-    ("bc_chunk", "InvertedDoublePendulum-v5"): {"horizon": 4, "n_action_steps": 1, "total_steps": 2000},
-    ("diffusion", "gym_pusht/PushT-v0"): _PUSHT_DIFFUSION,
-    ("bc", "gym_pusht/PushT-v0"): {"total_steps": 15_000, "n_eval_episodes": 50, "n_eval_envs": 50},
-    ("bc_chunk", "gym_pusht/PushT-v0"): {"horizon": 16, "n_action_steps": 8, "total_steps": 15_000,
-                                         "n_eval_episodes": 50, "n_eval_envs": 50},
+#: algorithm -> overrides, per env (and per PushT observation mode).
+PENDULUM_PRESETS: dict[str, dict[str, Any]] = {
+    "diffusion": _PENDULUM_DIFFUSION,
+    "bc": {"total_steps": 2000},
+    "bc_chunk": {"horizon": 8, "n_action_steps": 2, "total_steps": 2000},
 }
-
-
-#: presets of one observation mode of an env: ``(algorithm, env_id, obs_mode)`` -> overrides; they
-#: replace the env's preset of ``PRESETS`` for that mode.
-OBS_MODE_PRESETS: dict[tuple[str, str, str], dict[str, Any]] = {
-    ("diffusion", "gym_pusht/PushT-v0", "image"): _PUSHT_IMAGE_DIFFUSION,
-    ("bc_chunk", "gym_pusht/PushT-v0", "image"): _PUSHT_IMAGE_COMMON,
-    ("bc", "gym_pusht/PushT-v0", "image"): {
-        k: v for k, v in _PUSHT_IMAGE_COMMON.items() if k not in ("horizon", "n_action_steps")},
+INVERTED_DOUBLE_PENDULUM_PRESETS: dict[str, dict[str, Any]] = {
+    "diffusion": _INVERTED_DOUBLE_PENDULUM_DIFFUSION,
+    "bc": {"total_steps": 2000},
+    "bc_chunk": {"horizon": 4, "n_action_steps": 1, "total_steps": 2000},
+}
+PUSHT_PRESETS: dict[str, dict[str, Any]] = {
+    "diffusion": _PUSHT_DIFFUSION,
+    "bc": {"total_steps": 15_000, "n_eval_episodes": 50, "n_eval_envs": 50},
+    "bc_chunk": {"horizon": 16, "n_action_steps": 8, "total_steps": 15_000,
+                 "n_eval_episodes": 50, "n_eval_envs": 50},
+}
+#: PushT's ``obs="image"`` presets; they replace :data:`PUSHT_PRESETS` in that mode.
+PUSHT_IMAGE_PRESETS: dict[str, dict[str, Any]] = {
+    "diffusion": _PUSHT_IMAGE_DIFFUSION,
+    "bc_chunk": _PUSHT_IMAGE_COMMON,
+    "bc": {k: v for k, v in _PUSHT_IMAGE_COMMON.items() if k not in ("horizon", "n_action_steps")},
 }
 
 
 def preset_for(algorithm: str, env_id: str, obs_mode: str | None = None) -> dict[str, Any]:
     """The recommended config overrides for ``algorithm`` on ``env_id`` (empty when none).
 
-    ``obs_mode`` (PushT's ``"image"`` ...) selects the mode's own preset from
-    :data:`OBS_MODE_PRESETS` where there is one; otherwise the env's preset applies.
+    ``obs_mode`` (PushT's ``"image"`` ...) selects the mode's own preset where there is one;
+    otherwise the env's preset applies. Looked up in the env's
+    :class:`~rlox_dp.envs.spec.EnvSpec` (:meth:`~rlox_dp.envs.spec.EnvSpec.preset`); a copy.
     """
-    if obs_mode is not None and (algorithm, env_id, obs_mode) in OBS_MODE_PRESETS:
-        return dict(OBS_MODE_PRESETS[(algorithm, env_id, obs_mode)])
-    return dict(PRESETS.get((algorithm, env_id), {}))
+    from rlox_dp.envs.spec import env_spec
+
+    return env_spec(env_id).preset(algorithm, obs_mode)
+
+
+class _RegistryView(Mapping[K, dict[str, Any]]):
+    """A read-only mapping rebuilt from the env registry on every access (so it never goes stale)."""
+
+    def __init__(self, build: Callable[[], dict[K, dict[str, Any]]]) -> None:
+        self._build = build
+
+    def __getitem__(self, key: K) -> dict[str, Any]:
+        return self._build()[key]
+
+    def __iter__(self) -> Iterator[K]:
+        return iter(self._build())
+
+    def __len__(self) -> int:
+        return len(self._build())
+
+    def __repr__(self) -> str:
+        return repr(self._build())
+
+
+def _presets_view() -> dict[tuple[str, str], dict[str, Any]]:
+    from rlox_dp.envs.spec import ENV_REGISTRY
+
+    return {(algorithm, env_id): dict(overrides) for env_id, spec in ENV_REGISTRY.items()
+            for algorithm, overrides in spec.presets.items()}
+
+
+def _obs_mode_presets_view() -> dict[tuple[str, str, str], dict[str, Any]]:
+    from rlox_dp.envs.spec import ENV_REGISTRY
+
+    return {(algorithm, env_id, mode): dict(overrides) for env_id, spec in ENV_REGISTRY.items()
+            for mode, table in spec.obs_mode_presets.items() for algorithm, overrides in table.items()}
+
+
+#: ``(algorithm, env_id)`` -> overrides of every registered env spec (read-only, copies).
+PRESETS: Mapping[tuple[str, str], dict[str, Any]] = _RegistryView(_presets_view)
+#: ``(algorithm, env_id, obs_mode)`` -> overrides that replace the env's preset in that mode.
+OBS_MODE_PRESETS: Mapping[tuple[str, str, str], dict[str, Any]] = _RegistryView(_obs_mode_presets_view)

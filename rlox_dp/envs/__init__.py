@@ -1,6 +1,7 @@
-"""Environments: the factory (state dicts, vector envs), PushT and the bimodal benchmark env.
+"""Environments: the factory (state dicts, vector envs), env specs, PushT and the bimodal env.
 
-Importing this package registers ``"rlox_dp/BimodalPoint-v0"`` with Gymnasium.
+Importing this package registers ``"rlox_dp/BimodalPoint-v0"`` with Gymnasium and the built-in
+env specs (:mod:`rlox_dp.envs.builtin`); register your own with :func:`register_env`.
 """
 
 from __future__ import annotations
@@ -16,14 +17,27 @@ if BIMODAL_ENV_ID not in gym.registry:
         max_episode_steps=100,
     )
 
+import rlox_dp.envs.builtin  # noqa: E402, F401  (registers the built-in env specs)
 from rlox_dp.envs.factory import STATE_KEY, env_spaces, make_env, make_vec_env  # noqa: E402
+from rlox_dp.envs.spec import (  # noqa: E402
+    ENV_REGISTRY,
+    EnvSpec,
+    available_envs,
+    env_spec,
+    register_env,
+)
 
 __all__ = [
     "BIMODAL_ENV_ID",
+    "ENV_REGISTRY",
     "STATE_KEY",
     "BimodalPointEnv",
     "BimodalPointExpert",
+    "EnvSpec",
+    "available_envs",
     "env_spaces",
+    "env_spec",
     "make_env",
     "make_vec_env",
+    "register_env",
 ]

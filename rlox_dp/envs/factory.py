@@ -5,9 +5,10 @@ observation space is a ``Box`` are wrapped so that the array becomes ``{"state":
 ``Dict`` observation spaces pass through unchanged. Only continuous (``Box``) action spaces are
 supported: Diffusion Policy regresses real-valued action chunks.
 
-Env ids starting with ``"gym_pusht/"`` are built by :func:`rlox_dp.envs.pusht.make_pusht_env`;
-ids of the form ``"module:EnvId"`` import ``module`` first (Gymnasium's convention) so that
-third-party packages can register their environments.
+An env with a registered :class:`~rlox_dp.envs.spec.EnvSpec` is built by the spec (PushT by
+:func:`rlox_dp.envs.pusht.make_pusht_env`); other ids go to ``gym.make``, and ids of the form
+``"module:EnvId"`` import ``module`` first (Gymnasium's convention) so that third-party packages
+can register their environments.
 """
 
 from __future__ import annotations
@@ -23,12 +24,12 @@ import gymnasium as gym
 import numpy as np
 from gymnasium.vector import AsyncVectorEnv, AutoresetMode, SyncVectorEnv
 
+from rlox_dp.envs.spec import ENV_REGISTRY, EnvSpec, find_env_spec
+
 __all__ = ["STATE_KEY", "StateDictObservation", "env_spaces", "make_env", "make_vec_env"]
 
 STATE_KEY = "state"
 """Observation key under which ``Box`` observations are exposed."""
-
-_PUSHT_PREFIX = "gym_pusht/"
 
 
 class StateDictObservation(gym.ObservationWrapper):
@@ -56,11 +57,13 @@ def _import_env_module(module: str) -> None:
     importlib.import_module(module)
 
 
-def _check_registered(env_id: str) -> None:
-    """Raise a ValueError with close matches if ``env_id`` is not in Gymnasium's registry."""
+def _check_registered(env_id: str, spec_ids: list[str]) -> None:
+    """Raise a ValueError with close matches (among Gymnasium's ids and ``spec_ids``, the ids
+    with an env spec) if ``env_id`` is not in Gymnasium's registry."""
     if env_id in gym.registry:
         return
-    matches = difflib.get_close_matches(env_id, list(gym.registry.keys()), n=5, cutoff=0.6)
+    known = list(dict.fromkeys([*gym.registry.keys(), *spec_ids]))
+    matches = difflib.get_close_matches(env_id, known, n=5, cutoff=0.6)
     hint = f" Did you mean one of {matches}?" if matches else ""
     raise ValueError(f"env: unknown environment id {env_id!r}.{hint}")
 
@@ -116,24 +119,14 @@ def make_env(
         raise ValueError(f"max_episode_steps: expected a positive int, got {max_episode_steps}")
     kwargs = dict(env_kwargs or {})
 
-    if env_id.startswith(_PUSHT_PREFIX):
-        from rlox_dp.envs.pusht import PUSHT_ENV_ID, make_pusht_env
-
-        if env_id != PUSHT_ENV_ID:
-            raise ValueError(
-                f"env: among gym_pusht environments only {PUSHT_ENV_ID!r} is supported, "
-                f"got {env_id!r}"
-            )
-        env = make_pusht_env(render_mode=render_mode, max_episode_steps=max_episode_steps, **kwargs)
-        return _as_dict_env(env, env_id)
-
-    if ":" in env_id:
-        module, env_id = env_id.split(":", maxsplit=1)
-        _import_env_module(module)
-    _check_registered(env_id)
-    if render_mode is not None:  # only when asked: not every env accepts the argument
-        kwargs["render_mode"] = render_mode
-    env = gym.make(env_id, max_episode_steps=max_episode_steps, **kwargs)
+    spec = find_env_spec(env_id)
+    if spec is None:
+        if ":" in env_id:
+            module, env_id = env_id.split(":", maxsplit=1)
+            _import_env_module(module)
+        _check_registered(env_id, ENV_REGISTRY.names())
+        spec = find_env_spec(env_id) or EnvSpec.generic(env_id)
+    env = spec.make_env(render_mode=render_mode, max_episode_steps=max_episode_steps, **kwargs)
     return _as_dict_env(env, env_id)
 
 
