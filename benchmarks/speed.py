@@ -153,6 +153,7 @@ def build(cfg_name: str, n_episodes: int | None = None, seed: int = 0):
     import numpy as np
     import torch
 
+    from rlox_dp.acceleration import accelerate
     from rlox_dp.algorithms import DiffusionConfig, DiffusionPolicy
     from rlox_dp.buffers import DemonstrationBuffer
 
@@ -170,7 +171,8 @@ def build(cfg_name: str, n_episodes: int | None = None, seed: int = 0):
         for k, s in OBS[obs_kind].items()})
     act_space = gym.spaces.Box(0.0, 512.0, (2,), np.float32)
     torch.manual_seed(seed)
-    return DiffusionPolicy(config, obs_space, act_space, buffer.normalizer), buffer
+    policy = DiffusionPolicy(config, obs_space, act_space, buffer.normalizer)
+    return accelerate(policy), buffer  # inference fast paths, as Trainer and load_policy
 
 
 def count_params(policy) -> dict[str, int]:

@@ -78,7 +78,8 @@ def _weights(tensors: dict[str, torch.Tensor], ema: bool) -> dict[str, torch.Ten
 
 def load_policy(path: str | os.PathLike, device: str | torch.device = "cpu",
                 ema: bool = True) -> Algorithm:
-    """Rebuild the policy of a policy file or of a Trainer checkpoint, in eval mode.
+    """Rebuild the policy of a policy file or of a Trainer checkpoint, in eval mode, with the
+    inference fast paths on (:func:`rlox_dp.acceleration.accelerate`).
 
     Builds the module without touching torch's global random state.
 
@@ -96,6 +97,7 @@ def load_policy(path: str | os.PathLike, device: str | torch.device = "cpu",
         CheckpointError: not an rlox_dp checkpoint, corrupted, or a header / weights that do not
             fit the recorded algorithm and config.
     """
+    from rlox_dp.acceleration import accelerate
     from rlox_dp.algorithms import get_algorithm_class
     from rlox_dp.buffers import Normalizer
     from rlox_dp.config import ConfigError
@@ -120,4 +122,4 @@ def load_policy(path: str | os.PathLike, device: str | torch.device = "cpu",
                               f"{meta['algorithm']!r} config: {err}") from None
     policy.env_id = meta.get("env")
     policy.env_kwargs = dict(meta.get("env_kwargs") or {})
-    return policy.to(resolve_device(device)).eval()
+    return accelerate(policy.to(resolve_device(device)).eval())

@@ -22,6 +22,7 @@ from typing import Any
 import gymnasium as gym
 import torch
 
+from rlox_dp.acceleration import accelerate
 from rlox_dp.algorithms import Algorithm, AlgorithmConfig, get_algorithm_class
 from rlox_dp.buffers import DemonstrationBuffer, Demonstrations, Normalizer
 from rlox_dp.config import ConfigError
@@ -170,6 +171,7 @@ class Trainer:
         self.policy: Algorithm = self.algorithm_class(
             self.config, self.observation_space, self.action_space, _normalizer
         ).to(self.device)
+        accelerate(self.policy)  # inference fast paths (evaluation, the EMA copy): same outputs
         self._flops_per_sample = policy_flops_per_sample(self.policy) if self.device.type == "cpu" else None
         self.state = TrainState(self.seed, self.device)
         #: the gradient step: optimizer, LR schedule, mixed precision, clipping, EMA, DDP wrapper.

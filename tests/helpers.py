@@ -10,10 +10,12 @@ from pathlib import Path
 from types import ModuleType
 
 import numpy as np
+import pytest
 
 from rlox_dp.buffers import Demonstrations
 
-__all__ = ["BENCHMARKS", "TINY", "load_benchmark", "pendulum_demos", "record_losses"]
+__all__ = ["BENCHMARKS", "TINY", "assert_conditioned_matches_forward", "load_benchmark", "pendulum_demos",
+           "record_losses"]
 
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 
@@ -35,6 +37,25 @@ def load_benchmark(name: str) -> ModuleType:
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+def assert_conditioned_matches_forward(denoise, forward, x, steps: list[int], unplanned: int) -> None:
+    """A per-chunk conditioned ``denoise(x, t)`` (``Denoiser.conditioned`` or a fast path) equals
+    ``forward(x, t)`` at every planned timestep, with a different timestep per sample and with a
+    0-d timestep; an unplanned timestep raises an IndexError. ``x``: ``(B, H, D)``."""
+    import torch
+
+    batch = x.shape[0]
+    with torch.no_grad():
+        for t in steps:
+            t_batch = torch.full((batch,), t)
+            torch.testing.assert_close(denoise(x, t_batch), forward(x, t_batch), rtol=1e-5, atol=1e-5)
+        mixed = torch.tensor([steps[(3 * i) % len(steps)] for i in range(batch)])
+        torch.testing.assert_close(denoise(x, mixed), forward(x, mixed), rtol=1e-5, atol=1e-5)
+        scalar = torch.tensor(steps[len(steps) // 2])
+        torch.testing.assert_close(denoise(x, scalar), forward(x, scalar), rtol=1e-5, atol=1e-5)
+    with pytest.raises(IndexError):
+        denoise(x, torch.full((batch,), unplanned))
 
 
 def pendulum_demos(n_episodes: int = 4, length: int = 40, seed: int = 0) -> Demonstrations:

@@ -235,5 +235,5 @@ def test_compiled_denoising_loop_matches_eager(algorithm: str, sampler: str, ste
     with torch.no_grad():
         a = eager.predict_action_chunk(obs, torch.Generator().manual_seed(3))
         b = compiled.predict_action_chunk(obs, torch.Generator().manual_seed(3))
-    assert steps in compiled._compiled_loops
+    assert steps in compiled.acceleration._loops
     torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)

@@ -22,7 +22,7 @@ from rlox_dp.networks import (
     denoiser_options,
     random_crop,
 )
-from rlox_dp.networks.unet1d import ConditionalResidualBlock1D, GemmConv1d
+from rlox_dp.networks.unet1d import ConditionalResidualBlock1D
 
 TINY_UNET = dict(down_dims=(8, 16), kernel_size=3, n_groups=4, diffusion_step_embed_dim=8)
 TINY_MLP = dict(hidden_dim=32, n_layers=2, timestep_embed_dim=8)
@@ -199,67 +199,11 @@ def test_unet_batch_independence():
         assert not torch.allclose(net(x, t, c)[0], net(x2, t2, c2)[0])
 
 
-@pytest.mark.parametrize("scale", [True, False])
-def test_unet_conditioned_matches_forward(scale):
-    """Precomputed FiLM parameters (film_table / conditioned) give forward's output."""
-    torch.manual_seed(0)
-    net = ConditionalUnet1D(2, 8, 3, **{**TINY_UNET, "use_film_scale_modulation": scale}).eval()
-    x, _, c = _inputs(4, 8, 2, 3)
-    steps = [99, 74, 49, 24]
-    table = net.film_table(torch.tensor(steps), c)
-    assert table.shape == (4, 4, net.film_dim)
-    denoise = net.conditioned(c, steps)
-    with torch.no_grad():
-        for i, t in enumerate(steps):
-            t_batch = torch.full((4,), t)
-            expected = net(x, t_batch, c)
-            torch.testing.assert_close(denoise(x, t_batch), expected, rtol=1e-5, atol=1e-5)
-            torch.testing.assert_close(net(x, t_batch, c, film=table[i]), expected,
-                                       rtol=1e-5, atol=1e-5)
-        mixed = torch.tensor([99, 24, 49, 99])  # a different timestep per sample
-        torch.testing.assert_close(denoise(x, mixed), net(x, mixed, c), rtol=1e-5, atol=1e-5)
-        torch.testing.assert_close(denoise(x, torch.tensor(49)), net(x, torch.tensor(49), c),
-                                   rtol=1e-5, atol=1e-5)
-    with pytest.raises(IndexError):
-        denoise(x, torch.full((4,), 50))  # not one of the precomputed timesteps
-    with pytest.raises(ValueError, match="film"):
-        net(x, torch.full((4,), 99), c, film=table[0, :, :-1])
-    with pytest.raises(ValueError, match="timesteps"):
-        net.conditioned(c, [5, 5])
-
-
 def test_mlp_conditioned_is_forward():
     torch.manual_seed(0)
     net = MLPDenoiser(2, 4, 3, **TINY_MLP)
     x, t, c = _inputs(3, 4, 2, 3)
     torch.testing.assert_close(net.conditioned(c, t.tolist())(x, t), net(x, t, c))
-
-
-@pytest.mark.parametrize("c_in,c_out,length,kernel", [(128, 64, 4, 5), (64, 128, 7, 3), (8, 8, 5, 3)])
-def test_gemm_conv1d_matches_conv1d(c_in, c_out, length, kernel):
-    """The batch-1 inference GEMM path equals nn.Conv1d; batches and autograd use nn.Conv1d."""
-    torch.manual_seed(0)
-    conv = GemmConv1d(c_in, c_out, kernel, padding=kernel // 2)
-    ref = nn.Conv1d(c_in, c_out, kernel, padding=kernel // 2)
-    ref.load_state_dict(conv.state_dict())
-    x = torch.randn(1, c_in, length)
-    with torch.no_grad():
-        assert conv._use_gemm(x) == (c_in * c_out >= GemmConv1d.min_channel_product)
-        torch.testing.assert_close(conv(x), ref(x), rtol=1e-5, atol=1e-5)
-        assert not conv._use_gemm(torch.randn(2, c_in, length))
-    assert not conv._use_gemm(x)  # autograd on: nn.Conv1d.forward
-    conv(x).sum().backward()
-    assert conv.weight.grad is not None
-
-
-def test_unet_single_sample_inference_matches_autograd_path():
-    """At batch 1 without autograd the wide levels run GemmConv1d's GEMM path: same output."""
-    torch.manual_seed(0)
-    net = ConditionalUnet1D(2, 8, 3, down_dims=(64, 128), kernel_size=5).eval()
-    x, t, c = _inputs(1, 8, 2, 3)
-    with torch.no_grad():
-        fast = net(x, t, c)
-    torch.testing.assert_close(fast, net(x, t, c).detach(), rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.parametrize("name,options", [("unet", TINY_UNET), ("mlp", TINY_MLP)])

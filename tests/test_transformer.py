@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 import torch.multiprocessing as mp
-from helpers import TINY, pendulum_demos, record_losses
+from helpers import TINY, assert_conditioned_matches_forward, pendulum_demos, record_losses
 from test_algorithms import build
 from test_distributed import _free_port
 
@@ -236,17 +236,7 @@ def test_conditioned_matches_forward(variant):
     net = TransformerForDiffusion(2, 8, 4, n_obs_steps=2, **TINY_T, **VARIANTS[variant]).eval()
     x, _, c = _inputs(4, 8, 2, 4)
     steps = [99, 66, 33, 0]
-    denoise = net.conditioned(c, steps)
-    with torch.no_grad():
-        for t in steps:
-            t_batch = torch.full((4,), t)
-            torch.testing.assert_close(denoise(x, t_batch), net(x, t_batch, c), rtol=1e-5, atol=1e-5)
-        mixed = torch.tensor([99, 0, 33, 99])  # a different timestep per sample
-        torch.testing.assert_close(denoise(x, mixed), net(x, mixed, c), rtol=1e-5, atol=1e-5)
-        torch.testing.assert_close(denoise(x, torch.tensor(33)), net(x, torch.tensor(33), c),
-                                   rtol=1e-5, atol=1e-5)
-    with pytest.raises(IndexError):
-        denoise(x, torch.full((4,), 50))  # not one of the precomputed timesteps
+    assert_conditioned_matches_forward(net.conditioned(c, steps), lambda x, t: net(x, t, c), x, steps, 50)
     with pytest.raises(ValueError, match="timesteps"):
         net.conditioned(c, [5, 5])
 
@@ -361,7 +351,7 @@ def test_compiled_networks_match_eager():
     for sampler, steps, whole_loop in (("DDIM", 3, True), ("DDPM", 20, False)):
         torch.testing.assert_close(chunk(eager, sampler, steps), chunk(compiled, sampler, steps),
                                    rtol=1e-4, atol=1e-4)
-        assert (steps in compiled._compiled_loops) == whole_loop
+        assert (steps in compiled.acceleration._loops) == whole_loop
     batch = buffer.sample(8, generator=torch.Generator().manual_seed(1))
     la, lb = (p.train().compute_loss(batch, torch.Generator().manual_seed(2))[0]
               for p in (eager, compiled))

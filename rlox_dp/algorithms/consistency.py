@@ -334,7 +334,7 @@ class ConsistencyPolicy(DiffusionPolicy):
                                      "ddim_eta": ddim_eta,
                                      "init_noise_scale": init_noise_scale}.items() if v is not None}
         config = self.config.replace(**changes)
-        self.config, self.sampler, self._compiled_loops = config, self._build_sampler(config), {}
+        self.config, self.sampler = config, self._build_sampler(config)
 
     def _teacher_step_table(self, device: torch.device) -> torch.Tensor:
         """:func:`teacher_step_table` of this student's schedule and stride, on ``device``."""

@@ -10,13 +10,12 @@ encodes the observation window once, runs the sampler (DDPM or DDIM) from ``N(0,
 from __future__ import annotations
 
 import dataclasses
-import types
-from collections.abc import Callable
 from typing import Any, ClassVar, Literal
 
 import gymnasium as gym
 import torch
 
+from rlox_dp.acceleration import Acceleration, accelerate
 from rlox_dp.algorithms.base import Algorithm, AlgorithmConfig, register_algorithm
 from rlox_dp.algorithms.bc import masked_mse
 from rlox_dp.algorithms.observation import ObservationEncoder
@@ -207,10 +206,6 @@ class DiffusionPolicy(Algorithm):
 
     config_class: ClassVar[type[AlgorithmConfig]] = DiffusionConfig
     config: DiffusionConfig
-    #: After :meth:`compile_networks`, samplers with at most this many steps run their whole
-    #: denoising loop as one compiled graph (unrolled): one guard check and one graph call per
-    #: chunk instead of one per step. Longer loops call the compiled networks step by step.
-    max_compiled_loop_steps: ClassVar[int] = 16
 
     def __init__(
         self,
@@ -262,14 +257,8 @@ class DiffusionPolicy(Algorithm):
             config.beta_schedule, config.num_train_timesteps, config.beta_start, config.beta_end
         )
         self.sampler = self._build_sampler()
-        self._loop_compile_kwargs: dict[str, Any] | None = None
-        self._compiled_loops: dict[int, Callable[..., torch.Tensor]] = {}
-
-    def __getstate__(self) -> dict[str, Any]:
-        """Copies (``copy.deepcopy``, pickling) drop the compiled loops; they recompile on use."""
-        state = self.__dict__.copy()
-        state["_compiled_loops"] = {}
-        return state
+        #: inference fast paths, set by :func:`rlox_dp.acceleration.accelerate` (None: plain).
+        self.acceleration: Acceleration | None = None
 
     def optimizer_param_groups(self) -> list[dict[str, Any]]:
         """One group, except with the transformer: its two groups (``weight_decay`` on the
@@ -285,36 +274,11 @@ class DiffusionPolicy(Algorithm):
         return groups
 
     def compile_networks(self, **compile_kwargs: Any) -> None:
-        """Compile the networks in place and, for inference with few sampler steps, the whole
-        denoising loop (see :attr:`max_compiled_loop_steps`); outputs match the eager ones."""
+        """Compile the networks in place and switch the inference fast paths on
+        (:func:`~rlox_dp.acceleration.accelerate`), with the whole denoising loop compiled for
+        samplers with few steps; outputs match the eager ones."""
         super().compile_networks(**compile_kwargs)
-        self._loop_compile_kwargs = dict(compile_kwargs)
-        self._compiled_loops = {}
-
-    def _compiled_loop(self, n_steps: int) -> Callable[..., torch.Tensor]:
-        """``torch.compile`` of ``(cond (B, C), x (B, H, D_act), step noises) -> (B, H, D_act)``:
-        :meth:`Sampler.run` with the current sampler's ``n_steps``-step plan (built on first use)."""
-        if n_steps not in self._compiled_loops:
-            pairs, coefficients = self.sampler.plan(n_steps)
-            steps = [t for t, _ in pairs]
-            sampler, denoiser = self.sampler, self.denoiser
-
-            def denoising_loop(
-                cond: torch.Tensor, x: torch.Tensor, noises: list[torch.Tensor | None]
-            ) -> torch.Tensor:
-                return sampler.run(denoiser.conditioned(cond, steps), x, pairs, coefficients, noises)
-
-            # torch.compile caches graphs per code object, at most `recompile_limit` (8) of them,
-            # beyond which it silently runs eager; each loop (policy x step count) is its own graph,
-            # so each gets its own copy of the code object instead of sharing one cache.
-            own_code = types.FunctionType(
-                denoising_loop.__code__.replace(), denoising_loop.__globals__,
-                denoising_loop.__name__, denoising_loop.__defaults__, denoising_loop.__closure__,
-            )
-            self._compiled_loops[n_steps] = torch.compile(
-                own_code, **(self._loop_compile_kwargs or {})
-            )
-        return self._compiled_loops[n_steps]
+        accelerate(self, compile_kwargs)
 
     def _build_sampler(self, config: DiffusionConfig | None = None) -> Sampler:
         config = config if config is not None else self.config
@@ -341,7 +305,7 @@ class DiffusionPolicy(Algorithm):
                                      "ddim_eta": ddim_eta}.items() if v is not None}
         config = self.config.replace(**changes)
         sampler = self._build_sampler(config)
-        self.config, self.sampler, self._compiled_loops = config, sampler, {}
+        self.config, self.sampler = config, sampler
 
     def _schedule_on(self, device: torch.device) -> NoiseSchedule:
         """The schedule's tables on ``device`` (moved once and cached: no copy per step)."""
@@ -381,17 +345,15 @@ class DiffusionPolicy(Algorithm):
         cond = self.obs_encoder(obs, generator)
         shape = (cond.shape[0], self.config.horizon, self.action_dim)
         n_steps = num_inference_steps or self.config.num_inference_steps
-        compiled = (self._loop_compile_kwargs is not None and n_steps <= self.max_compiled_loop_steps
-                    and not torch.is_grad_enabled())
-        pairs, coefficients = self.sampler.plan(n_steps)
-        denoise = None if compiled else self.denoiser.conditioned(cond, [t for t, _ in pairs])
         drawn = (1, *shape[1:]) if shared_noise else shape
         x, noises = self.sampler.draw_noise(drawn, n_steps, generator, cond.device, cond.dtype)
         if shared_noise:
             x = x.expand(shape).contiguous()
             noises = [None if z is None else z.expand(shape).contiguous() for z in noises]
-        if compiled:
-            return self._compiled_loop(n_steps)(cond, x, noises)
+        if self.acceleration is not None:
+            return self.acceleration.sample(self, cond, x, n_steps, noises)
+        pairs, coefficients = self.sampler.plan(n_steps)
+        denoise = self.denoiser.conditioned(cond, [t for t, _ in pairs])
         return self.sampler.run(denoise, x, pairs, coefficients, noises)
 
     def predict_normalized_actions(

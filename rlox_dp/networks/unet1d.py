@@ -18,10 +18,9 @@ level 0 is never concatenated. ``H`` must be divisible by ``2 ** (L - 1)``.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from rlox_dp.networks.base import Denoiser, _check_int
@@ -32,7 +31,6 @@ __all__ = [
     "ConditionalUnet1D",
     "Conv1dBlock",
     "Downsample1d",
-    "GemmConv1d",
     "Upsample1d",
     "horizon_multiple",
 ]
@@ -44,53 +42,13 @@ def horizon_multiple(down_dims: tuple[int, ...]) -> int:
     return 2 ** (len(down_dims) - 1)
 
 
-class GemmConv1d(nn.Conv1d):
-    """``nn.Conv1d`` whose single-sample CPU inference runs as one matrix product.
-
-    For one sample (batch 1, no autograd) torch runs a small ``Conv1d`` as a ``1 x K`` Conv2d in
-    ``_slow_conv2d_forward``, whose ``(C_out, C_in K) @ (C_in K, T)`` product is slow when ``T``
-    is short (4-8 steps in the deep U-Net levels). The same convolution as
-    ``im2col (T, C_in K) @ weight (C_out, C_in K)^T`` is about twice as fast there (measured on
-    2 CPU cores: 128 -> 128 channels, kernel 5, T = 4: 65 -> 35 us). Used when
-    ``C_in * C_out >= min_channel_product`` and ``K > 1``; every other case (batches, autograd,
-    GPUs, small convolutions, stride / dilation / groups) is ``nn.Conv1d.forward``. Parameters
-    and state-dict keys are those of ``nn.Conv1d``.
-    """
-
-    min_channel_product: int = 64 * 128
-
-    def _use_gemm(self, x: torch.Tensor) -> bool:
-        return (
-            x.shape[0] == 1
-            and x.device.type == "cpu"
-            and not (torch.is_grad_enabled() and (x.requires_grad or self.weight.requires_grad))
-            and self.kernel_size[0] > 1
-            and self.in_channels * self.out_channels >= self.min_channel_product
-            and self.stride == (1,)
-            and self.dilation == (1,)
-            and self.groups == 1
-            and self.padding_mode == "zeros"
-            and not isinstance(self.padding, str)
-        )
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """``(B, C_in, T) -> (B, C_out, T_out)``, ``T_out = T + 2 padding - K + 1``."""
-        if not self._use_gemm(x):
-            return super().forward(x)
-        k, p = self.kernel_size[0], self.padding[0]
-        padded = F.pad(x[0], (p, p))  # (C_in, T + 2p)
-        cols = padded.unfold(1, k, 1).transpose(0, 1).reshape(-1, self.in_channels * k)
-        out = F.linear(cols, self.weight.reshape(self.out_channels, -1), self.bias)  # (T_out, C_out)
-        return out.T.unsqueeze(0)
-
-
 class Conv1dBlock(nn.Module):
     """``Conv1d (same padding) -> GroupNorm -> Mish``: ``(B, C_in, T) -> (B, C_out, T)``."""
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size: int, n_groups: int = 8):
         super().__init__()
         self.block = nn.Sequential(
-            GemmConv1d(in_channels, out_channels, kernel_size, padding=kernel_size // 2),
+            nn.Conv1d(in_channels, out_channels, kernel_size, padding=kernel_size // 2),
             nn.GroupNorm(n_groups, out_channels),
             nn.Mish(),
         )
@@ -167,18 +125,13 @@ class ConditionalResidualBlock1D(nn.Module):
             else nn.Identity()
         )
 
-    @property
-    def film_channels(self) -> int:
-        """Size of this block's FiLM parameters: ``2 C_out`` (scale and bias) or ``C_out``."""
-        return self.cond_encoder[1].out_features
-
     def forward(self, x: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
         """``x: (B, C_in, T)``, ``cond: (B, cond_dim)`` -> ``(B, C_out, T)``."""
         return self.modulated(x, self.cond_encoder(cond))
 
     def modulated(self, x: torch.Tensor, film: torch.Tensor) -> torch.Tensor:
-        """``x: (B, C_in, T)`` with precomputed FiLM parameters ``cond_encoder(cond)``
-        ``(B, film_channels)`` -> ``(B, C_out, T)``."""
+        """``x: (B, C_in, T)`` with the FiLM parameters ``film = cond_encoder(cond)``
+        ``(B, 2 C_out)`` (scale, bias) or ``(B, C_out)`` -> ``(B, C_out, T)``."""
         out = self.blocks[0](x)
         embed = film.unsqueeze(-1)
         if self.use_film_scale_modulation:
@@ -290,94 +243,23 @@ class ConditionalUnet1D(Denoiser):
         blocks += [block for level in self.up_modules for block in level[:2]]
         return blocks
 
-    @property
-    def film_dim(self) -> int:
-        """``F``: total size of the FiLM parameters of all residual blocks."""
-        return sum(block.film_channels for block in self.film_blocks)
-
-    def film_table(self, timesteps: torch.Tensor, global_cond: torch.Tensor) -> torch.Tensor:
-        """FiLM parameters of every block for every pair of timestep and conditioning row.
-
-        Each block's ``Linear(Mish(cat(step_features(t), global_cond)))`` splits into a part of
-        ``t`` and a part of ``global_cond``; this runs the timestep encoder once for all ``S``
-        timesteps and, per block, one product for each part over all rows (the weights are read
-        in place, not concatenated: they reach 4,096 x 164 per block at the paper's width).
-
-        Args:
-            timesteps: ``(S,)`` timesteps.
-            global_cond: ``(B, C)`` conditioning.
-
-        Returns:
-            ``(S, B, F)``; ``[s, b]`` is what :meth:`forward` computes for ``timesteps[s]`` and
-            ``global_cond[b]``, blocks concatenated in :attr:`film_blocks` order.
-        """
-        d_t = self.diffusion_step_embed_dim
-        step_features = F.mish(self.diffusion_step_encoder(timesteps))  # (S, D_t)
-        cond_features = F.mish(global_cond)  # (B, C)
-        parts = []
-        for block in self.film_blocks:
-            linear = block.cond_encoder[1]
-            step = F.linear(step_features, linear.weight[:, :d_t], linear.bias)  # (S, F_block)
-            obs = F.linear(cond_features, linear.weight[:, d_t:])  # (B, F_block)
-            parts.append(step.unsqueeze(1) + obs.unsqueeze(0))
-        return torch.cat(parts, dim=-1)
-
-    def conditioned(
-        self, global_cond: torch.Tensor, timesteps: Sequence[int]
-    ) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
-        """A denoise function with the FiLM parameters of all ``timesteps`` precomputed.
-
-        Per call it only looks up its rows of :meth:`film_table` (two indexing ops) instead of
-        running the timestep encoder and one ``Linear`` per residual block. Calling it at a
-        timestep not in ``timesteps`` raises an ``IndexError``. See :meth:`Denoiser.conditioned`.
-
-        Args:
-            global_cond: ``(B, C)`` conditioning.
-            timesteps: distinct non-negative integer timesteps.
-        """
-        steps = [int(t) for t in timesteps]
-        if not steps or min(steps) < 0 or len(set(steps)) != len(steps):
-            raise ValueError(f"timesteps must be distinct non-negative ints, got {steps}")
-        device = global_cond.device
-        table = self.film_table(torch.tensor(steps, device=device), global_cond)  # (S, B, F)
-        row_of = torch.full((max(steps) + 1,), len(steps), dtype=torch.long)  # unknown -> S
-        row_of[steps] = torch.arange(len(steps))
-        row_of = row_of.to(device)
-        batch_rows = torch.arange(global_cond.shape[0], device=device)
-
-        def denoise(noisy_actions: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-            """``(B, H, D_act), (B,) -> (B, H, D_act)``."""
-            t = t.expand(batch_rows.shape[0]) if t.ndim == 0 else t
-            return self(noisy_actions, t, global_cond, film=table[row_of[t], batch_rows])
-
-        return denoise
-
     def forward(
-        self,
-        noisy_actions: torch.Tensor,
-        timesteps: torch.Tensor,
-        global_cond: torch.Tensor,
-        film: torch.Tensor | None = None,
+        self, noisy_actions: torch.Tensor, timesteps: torch.Tensor, global_cond: torch.Tensor
     ) -> torch.Tensor:
-        """``(B, H, D_act), (B,), (B, C) -> (B, H, D_act)``; see :meth:`Denoiser.forward`.
-
-        ``film``: optional ``(B, F)`` precomputed FiLM parameters (a row of :meth:`film_table`
-        per sample); the timestep encoder and the blocks' conditioning layers are then skipped.
-        """
+        """``(B, H, D_act), (B,), (B, C) -> (B, H, D_act)``; see :meth:`Denoiser.forward`."""
         timesteps = self._check_inputs(noisy_actions, timesteps, global_cond)
-        blocks = self.film_blocks
-        if film is None:
-            cond = torch.cat((self.diffusion_step_encoder(timesteps), global_cond), dim=-1)
-            per_block = [block.cond_encoder(cond) for block in blocks]
-        else:
-            expected = (noisy_actions.shape[0], self.film_dim)
-            if tuple(film.shape) != expected:
-                raise ValueError(
-                    f"film must have shape (B, F) = {expected}, got {tuple(film.shape)}"
-                )
-            per_block = list(film.split([block.film_channels for block in blocks], dim=1))
-        films = iter(per_block)  # consumed in film_blocks order
+        global_feature = torch.cat((self.diffusion_step_encoder(timesteps), global_cond), dim=-1)
+        return self.backbone(
+            noisy_actions, [block.cond_encoder(global_feature) for block in self.film_blocks]
+        )
 
+    def backbone(self, noisy_actions: torch.Tensor, films: Sequence[torch.Tensor]) -> torch.Tensor:
+        """The U-Net given each residual block's FiLM parameters: ``(B, H, D_act) -> (B, H, D_act)``.
+
+        ``films``: ``block.cond_encoder(global_feature)`` of every block of :attr:`film_blocks`,
+        in that order (``(B, 2 C_out)`` or ``(B, C_out)`` each).
+        """
+        films = iter(films)
         x = noisy_actions.transpose(1, 2)
         skips: list[torch.Tensor] = []
         for resnet, resnet2, downsample in self.down_modules:
