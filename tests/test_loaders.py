@@ -1,4 +1,4 @@
-"""Tests for rlox_dp.buffers.loaders: zarr/npz round trips, errors, rollouts, real PushT."""
+"""Tests for the demonstration loaders (rlox_dp.buffers): zarr/npz round trips, errors, rollouts, real PushT."""
 
 from __future__ import annotations
 
@@ -16,7 +16,8 @@ from rlox_dp.buffers import (
     load_demonstrations,
     save_demonstrations,
 )
-from rlox_dp.buffers.loaders import _write_npz, _write_zarr
+from rlox_dp.buffers.npz_archive import write_npz
+from rlox_dp.buffers.zarr_store import write_zarr
 
 
 def make_demos(with_extras: bool = True) -> Demonstrations:
@@ -107,7 +108,7 @@ def test_channels_last_images(tmp_path: Path) -> None:
     hwc = demos.observations["image"].transpose(0, 2, 3, 1).astype(np.float32)  # like PushT's img
     demos.observations["image"] = hwc
     # Stores as other tools write them (save_demonstrations refuses channel-last images).
-    writers = {".zarr": _write_zarr, ".npz": _write_npz}
+    writers = {".zarr": write_zarr, ".npz": write_npz}
     for suffix, write in writers.items():
         path = tmp_path / f"d{suffix}"
         write(demos, path)
@@ -118,7 +119,7 @@ def test_channels_last_images(tmp_path: Path) -> None:
         save_demonstrations(demos, tmp_path / "refused.npz")
     demos.observations["image"] = hwc + 0.5
     path = tmp_path / "bad.npz"
-    _write_npz(demos, path)
+    write_npz(demos, path)
     with pytest.raises(ValueError, match="0..255"):
         load_demonstrations(path, channels_last_keys=["image"])
     with pytest.raises(ValueError, match="channels_last_keys"):

@@ -14,11 +14,8 @@ from typing import Any
 import numpy as np
 
 from rlox_dp.buffers.demonstrations import Demonstrations
-from rlox_dp.buffers.loaders import (
-    demonstrations_from_episodes,
-    load_demonstrations,
-    save_demonstrations,
-)
+from rlox_dp.buffers.episodes import demonstrations_from_episodes
+from rlox_dp.buffers.loaders import load_demonstrations, save_demonstrations
 from rlox_dp.evaluation import EvalPolicy, rollout
 from rlox_dp.experts.cache import default_cache_dir, safe_name
 from rlox_dp.experts.registry import get_expert
