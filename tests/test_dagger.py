@@ -142,7 +142,7 @@ def test_clear_errors(bimodal_demos, tmp_path):
 
     # a restore that is not exact is caught by comparing the restored observation
     labeller = get_labeller(BIMODAL_ENV_ID, 8)
-    exact = STATE_ACCESS[BIMODAL_ENV_ID]
+    exact = STATE_ACCESS.get(BIMODAL_ENV_ID)
     labeller.access = StateAccess(exact.capture, lambda env, s: exact.restore(env, s + 1e-3), exact.observe)
     with pytest.raises(LabellingError, match="did not reproduce the observation 'state'"):
         DAgger(make_trainer(bimodal_demos, tmp_path, name="other"), ROUNDS, out_dir=tmp_path / "e",

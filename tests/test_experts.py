@@ -70,17 +70,24 @@ def test_default_cache_dir(monkeypatch, tmp_path):
     assert default_cache_dir() == Path.home() / ".cache" / "rlox_dp"
 
 
-def test_registry(monkeypatch):
+def test_registry():
     ids = expert_env_ids()
     assert {"Pendulum-v1", "MountainCarContinuous-v0", "InvertedDoublePendulum-v5",
             BIMODAL_ENV_ID} <= set(ids)
     with pytest.raises(ValueError, match=r"no expert is available for 'Hopper-v5'.*demos=PATH"):
         get_expert("Hopper-v5")
-    monkeypatch.setattr(registry_module, "_EXPERTS", dict(registry_module._EXPERTS))
+    with pytest.raises(ValueError, match=r"no expert is available for 'pendulum-v2'\. Did you mean 'Pendulum-v1'\?"):
+        get_expert("pendulum-v2")
     register_expert("Fake-v0")(lambda cache_dir, progress, seed: ZeroPolicy())
-    assert isinstance(get_expert("Fake-v0"), ZeroPolicy)
-    with pytest.raises(ValueError, match="already registered"):
-        register_expert("Fake-v0")(lambda cache_dir, progress, seed: ZeroPolicy())
+    try:
+        assert isinstance(get_expert("Fake-v0"), ZeroPolicy)
+        assert isinstance(get_expert("fake-V0"), ZeroPolicy)  # the registries' case rule
+        assert "Fake-v0" in expert_env_ids()
+        with pytest.raises(ValueError, match="already registered"):
+            register_expert("FAKE-v0")(lambda cache_dir, progress, seed: ZeroPolicy())
+    finally:
+        registry_module.EXPERTS.unregister("Fake-v0")
+    assert "Fake-v0" not in expert_env_ids()
 
 
 def tiny_spec(**changes):

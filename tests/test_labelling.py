@@ -15,8 +15,10 @@ from rlox_dp.experts.labelling import (
     STATE_ACCESS,
     LabellingError,
     PushTMPCLabeller,
+    StateAccess,
     get_labeller,
     pusht_raw_state,
+    register_state_access,
 )
 
 HAS_MUJOCO = importlib.util.find_spec("mujoco") is not None
@@ -146,7 +148,7 @@ def test_restore_then_capture_round_trips(env_id):
     env = make_env(env_id)
     env.reset(seed=2)
     env.step(env.action_space.sample())
-    access = STATE_ACCESS[env_id]
+    access = STATE_ACCESS.get(env_id)
     state = access.capture(env)
     copy = make_env(env_id)
     copy.reset(seed=0)
@@ -160,16 +162,28 @@ def test_every_builtin_expert_env_can_be_labelled():
     assert set(registry_module.expert_env_ids()) | {"gym_pusht/PushT-v0"} == set(STATE_ACCESS)
 
 
-def test_clear_errors(monkeypatch):
+def test_clear_errors():
     with pytest.raises(LabellingError, match=r"'Hopper-v5' has no expert that can label"):
         get_labeller("Hopper-v5", 4)
-    monkeypatch.setattr(registry_module, "_EXPERTS", dict(registry_module._EXPERTS))
     registry_module.register_expert("Acrobot-v1")(lambda cache_dir, progress, seed: None)
-    with pytest.raises(LabellingError, match=r"cannot restore a simulator state.*register_state_access"):
-        get_labeller("Acrobot-v1", 4)
+    try:
+        with pytest.raises(LabellingError, match=r"cannot restore a simulator state.*register_state_access"):
+            get_labeller("Acrobot-v1", 4)
+    finally:
+        registry_module.EXPERTS.unregister("Acrobot-v1")
     with pytest.raises(ValueError, match=r"horizon: expected an int >= 1, got 0"):
         get_labeller(BIMODAL_ENV_ID, 0)
     with pytest.raises(ValueError, match=r"states: expected a finite \(B, D_state\) array"):
         get_labeller(BIMODAL_ENV_ID, 2).label(np.array([0.0, np.nan]))
     with pytest.raises(ValueError, match="MPC expert"):
         get_labeller("gym_pusht/PushT-v0", 2, expert=BimodalPointExpert(0))
+
+
+def test_state_access_registry_follows_the_registry_rules():
+    access = STATE_ACCESS.get("pendulum-V1")  # lookup ignores case
+    assert access is STATE_ACCESS.get("Pendulum-v1")
+    with pytest.raises(ValueError, match=r"'PENDULUM-v1' is already registered \(as 'Pendulum-v1'\)"):
+        register_state_access("PENDULUM-v1", StateAccess(access.capture, access.restore, access.observe))
+    register_state_access("Pendulum-v1", access)  # the same object again: allowed
+    with pytest.raises(ValueError, match=r"unknown state access 'Pendulm-v1'\. Did you mean 'Pendulum-v1'\?"):
+        STATE_ACCESS.get("Pendulm-v1")

@@ -46,7 +46,8 @@ import numpy as np
 from rlox_dp.envs.bimodal import BIMODAL_ENV_ID, BimodalPointExpert
 from rlox_dp.envs.factory import STATE_KEY, make_env
 from rlox_dp.evaluation import EvalPolicy
-from rlox_dp.experts.registry import expert_env_ids, get_expert
+from rlox_dp.experts.registry import EXPERTS, get_expert
+from rlox_dp.registry import Registry
 
 __all__ = [
     "STATE_ACCESS",
@@ -167,7 +168,20 @@ def _pusht_observe(env: gym.Env) -> dict[str, np.ndarray]:
     return observe_pusht(env)
 
 
-STATE_ACCESS: dict[str, StateAccess] = {
+#: env id -> :class:`StateAccess` (lookup ignores case; see :class:`~rlox_dp.registry.Registry`).
+STATE_ACCESS: Registry[StateAccess] = Registry("state access")
+
+
+def register_state_access(env_id: str, access: StateAccess) -> None:
+    """Let DAgger label states of ``env_id`` (with its expert from the expert registry).
+
+    Raises:
+        DuplicateNameError: ``env_id`` (in any case) already has another state access.
+    """
+    STATE_ACCESS.register(env_id, access)
+
+
+for _env_id, _access in {
     "Pendulum-v1": StateAccess(_classic_capture, _classic_restore,
                                _box_observe(lambda core: core._get_obs())),
     "MountainCarContinuous-v0": StateAccess(
@@ -179,14 +193,8 @@ STATE_ACCESS: dict[str, StateAccess] = {
                                 _bimodal_restore,
                                 _box_observe(lambda core: core._position.astype(np.float32))),
     "gym_pusht/PushT-v0": StateAccess(_pusht_capture, _pusht_restore, _pusht_observe),
-}
-
-
-def register_state_access(env_id: str, access: StateAccess) -> None:
-    """Let DAgger label states of ``env_id`` (with its expert from the expert registry)."""
-    if env_id in STATE_ACCESS:
-        raise ValueError(f"env_id: a state access is already registered for {env_id!r}")
-    STATE_ACCESS[env_id] = access
+}.items():
+    register_state_access(_env_id, _access)
 
 
 class ExpertLabeller(ABC):
@@ -203,7 +211,7 @@ class ExpertLabeller(ABC):
         if env_id not in STATE_ACCESS:
             raise LabellingError(_no_access_message(env_id))
         self.env_id, self.horizon, self.env_kwargs = env_id, int(horizon), dict(env_kwargs or {})
-        self.access = STATE_ACCESS[env_id]
+        self.access = STATE_ACCESS.get(env_id)
         self._copies: list[gym.Env] = []
 
     def capture(self, env: gym.Env) -> np.ndarray:
@@ -335,7 +343,7 @@ class PushTMPCLabeller(ExpertLabeller):
 
 
 def _no_access_message(env_id: str) -> str:
-    if env_id in expert_env_ids():
+    if env_id in EXPERTS:
         return (f"env {env_id!r}: its expert cannot label visited states, because rlox_dp cannot "
                 "restore a simulator state of this env; register one with "
                 "rlox_dp.experts.labelling.register_state_access")

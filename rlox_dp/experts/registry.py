@@ -21,30 +21,29 @@ from rlox_dp.envs.bimodal import BIMODAL_ENV_ID, BimodalPointExpert
 from rlox_dp.evaluation import EvalPolicy
 from rlox_dp.experts.cache import default_cache_dir
 from rlox_dp.experts.sb3 import SB3_EXPERTS, SB3ExpertSpec, load_or_train_sb3_expert
+from rlox_dp.registry import Registry, suggest
 
-__all__ = ["ExpertFactory", "expert_env_ids", "get_expert", "register_expert"]
+__all__ = ["EXPERTS", "ExpertFactory", "expert_env_ids", "get_expert", "register_expert"]
 
 ExpertFactory = Callable[[Path, bool, int], EvalPolicy]
 """``(cache_dir, progress, seed) -> policy``."""
 
-_EXPERTS: dict[str, ExpertFactory] = {}
+#: env id -> expert factory (lookup ignores case; see :class:`~rlox_dp.registry.Registry`).
+EXPERTS: Registry[ExpertFactory] = Registry("expert")
 
 
 def register_expert(env_id: str) -> Callable[[ExpertFactory], ExpertFactory]:
-    """Decorator registering ``factory(cache_dir, progress, seed) -> EvalPolicy`` for ``env_id``."""
+    """Decorator registering ``factory(cache_dir, progress, seed) -> EvalPolicy`` for ``env_id``.
 
-    def decorator(factory: ExpertFactory) -> ExpertFactory:
-        if env_id in _EXPERTS:
-            raise ValueError(f"env_id: an expert is already registered for {env_id!r}")
-        _EXPERTS[env_id] = factory
-        return factory
-
-    return decorator
+    Raises:
+        DuplicateNameError: ``env_id`` (in any case) already has another expert.
+    """
+    return EXPERTS.register(env_id)
 
 
 def expert_env_ids() -> list[str]:
     """Env ids that have a registered expert, sorted."""
-    return sorted(_EXPERTS)
+    return sorted(EXPERTS.names())
 
 
 def get_expert(
@@ -58,13 +57,16 @@ def get_expert(
         progress: show a progress bar while training.
         seed: training seed (SB3 experts) or mode-draw seed (scripted experts).
     """
-    if env_id not in _EXPERTS:
+    factory = EXPERTS.find(env_id)
+    if factory is None:
+        close = suggest(env_id, EXPERTS.names()) if isinstance(env_id, str) else None
+        hint = f" Did you mean {close!r}?" if close is not None else ""
         raise ValueError(
-            f"env: no expert is available for {env_id!r}; experts exist for {expert_env_ids()}. "
-            "For other envs pass your own demonstrations (demos=PATH)."
+            f"env: no expert is available for {env_id!r}.{hint} Experts exist for "
+            f"{expert_env_ids()}. For other envs pass your own demonstrations (demos=PATH)."
         )
     cache = Path(cache_dir) if cache_dir is not None else default_cache_dir()
-    return _EXPERTS[env_id](cache, progress, int(seed))
+    return factory(cache, progress, int(seed))
 
 
 def _sb3_factory(spec: SB3ExpertSpec, cache_dir: Path, progress: bool, seed: int) -> EvalPolicy:
