@@ -6,9 +6,9 @@ import gymnasium as gym
 import numpy as np
 import pytest
 
-from rlox_dp.envs import BIMODAL_ENV_ID, BimodalPointEnv, BimodalPointExpert, make_env
+from rlox_dp.envs import BIMODAL_ENV_ID, BimodalPointEnv, make_env
 from rlox_dp.evaluation import evaluate_policy
-from rlox_dp.experts import collect_demonstrations, get_expert
+from rlox_dp.experts import BimodalPointExpert, collect_demonstrations, get_expert
 
 
 class ZeroPolicy:

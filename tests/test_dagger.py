@@ -16,8 +16,8 @@ from rlox_dp import ConfigError, Demonstrations, Trainer
 from rlox_dp.buffers import load_demonstrations, save_demonstrations
 from rlox_dp.cli import main
 from rlox_dp.dagger import DAgger, DAggerConfig
-from rlox_dp.envs import BIMODAL_ENV_ID, BimodalPointExpert
-from rlox_dp.experts import collect_demonstrations
+from rlox_dp.envs import BIMODAL_ENV_ID
+from rlox_dp.experts import BimodalPointExpert, collect_demonstrations
 from rlox_dp.experts.labelling import STATE_ACCESS, LabellingError, StateAccess, get_labeller
 
 ROUNDS = {"rounds": 2, "episodes": 3, "steps_per_round": 4, "initial_steps": 4, "n_envs": 2}

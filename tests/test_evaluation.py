@@ -197,7 +197,7 @@ def test_async_matches_sync_and_progress_bar_runs():
 
 
 def test_videos_of_first_episodes(tmp_path: Path):
-    from rlox_dp.envs import BimodalPointExpert
+    from rlox_dp.experts import BimodalPointExpert
 
     evaluate_policy(BimodalPointExpert(0), BIMODAL_ENV_ID, n_episodes=3, n_envs=2, seed=4,
                     video_dir=str(tmp_path), n_videos=2, env_kwargs={"render_size": 64})

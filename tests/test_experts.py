@@ -9,9 +9,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from rlox_dp.envs import BIMODAL_ENV_ID, BimodalPointExpert
+from rlox_dp.envs import BIMODAL_ENV_ID
 from rlox_dp.evaluation import evaluate_policy
 from rlox_dp.experts import (
+    BimodalPointExpert,
     collect_demonstrations,
     default_cache_dir,
     default_demonstrations,

@@ -8,8 +8,8 @@ import gymnasium as gym
 import numpy as np
 import pytest
 
-from rlox_dp.envs import BIMODAL_ENV_ID, BimodalPointExpert, make_env
-from rlox_dp.experts import SB3Expert
+from rlox_dp.envs import BIMODAL_ENV_ID, make_env
+from rlox_dp.experts import BimodalPointExpert, SB3Expert
 from rlox_dp.experts import registry as registry_module
 from rlox_dp.experts.labelling import (
     STATE_ACCESS,

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import gymnasium as gym
 
-from rlox_dp.envs.bimodal import BIMODAL_ENV_ID, BimodalPointEnv, BimodalPointExpert
+from rlox_dp.envs.bimodal import BIMODAL_ENV_ID, BimodalPointEnv
 
 if BIMODAL_ENV_ID not in gym.registry:
     gym.register(
@@ -32,7 +32,6 @@ __all__ = [
     "ENV_REGISTRY",
     "STATE_KEY",
     "BimodalPointEnv",
-    "BimodalPointExpert",
     "EnvSpec",
     "available_envs",
     "env_spaces",

@@ -21,7 +21,7 @@ Geometry (world units)::
   ``0`` otherwise. ``info["is_success"]`` and ``info["collision"]`` report the outcome.
 * time limit: 100 steps (registered), about twice what the expert needs.
 
-The scripted expert (:class:`BimodalPointExpert`) drives straight to the split point W1 just
+The scripted expert (:class:`~rlox_dp.experts.bimodal.BimodalPointExpert`) drives straight to the split point W1 just
 below the obstacle's bottom corner, then, with a side drawn per episode, to W2_left or W2_right
 and from there to the goal: a piecewise-straight path of about 50 steps. Both sides share the
 approach, a fan of states between the start region and W1 where the side cannot be inferred.
@@ -31,18 +31,17 @@ it they head for mirror-image waypoints, so the mean of their actions has a posi
 part and a lateral part pointing toward the axis ``x = 0`` (zero on it). A policy outputting
 the mean of the sides therefore climbs from W1 along the axis into the obstacle's bottom corner,
 every episode. A regression (MSE) policy trained on both sides learns that mean on the shared
-fan: measured here (100 demos, 2x256 MLPs, 3 training seeds), MSE policies predicting single
-actions or chunks of 8 or 16 collided in 66-100% of 50 episodes, while the expert succeeds always.
+fan (``benchmarks/multimodal.py`` measures how often it collides), while the expert always succeeds.
 """
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any
 
 import gymnasium as gym
 import numpy as np
 
-__all__ = ["BIMODAL_ENV_ID", "BimodalPointEnv", "BimodalPointExpert"]
+__all__ = ["BIMODAL_ENV_ID", "BimodalPointEnv"]
 
 BIMODAL_ENV_ID = "rlox_dp/BimodalPoint-v0"
 WORKSPACE_HALF_WIDTH = 1.5
@@ -157,107 +156,3 @@ class BimodalPointEnv(gym.Env):
         frame[np.linalg.norm(xy - GOAL, axis=-1) < self.goal_radius] = (80, 190, 80)
         frame[np.linalg.norm(xy - self._position, axis=-1) < 0.04] = (40, 80, 220)
         return frame
-
-
-class BimodalPointExpert:
-    """Scripted expert for :class:`BimodalPointEnv`, one side (left or right) per episode.
-
-    Implements :class:`rlox_dp.evaluation.EvalPolicy`. Each env's side is drawn with
-    probability 1/2 from ``rng`` when its episode starts (after :meth:`reset` for that env), unless
-    ``mode`` fixes it or ties it to the start (``"nearest"``: the side of the start's x, as DAgger's
-    labels from a visited state use, :mod:`rlox_dp.experts.labelling`). Below the split point W1 the expert heads for W1 (slowing down on the last
-    step to land on it exactly); above it, for its side's waypoint W2; once the straight segment
-    to the goal clears the obstacle by ``visibility_margin`` (in L1 distance), for the goal.
-
-    Args:
-        rng: generator (or seed) for the per-episode side draws.
-        mode: ``"random"`` (both sides, 50/50), ``"left"``, ``"right"`` or ``"nearest"`` (the
-            side of the episode's first position: x < 0 left, x > 0 right, x = 0 drawn 50/50).
-        obstacle_size, max_speed: must match the env's.
-        split_gap, side_margin, visibility_margin: W1 is ``split_gap`` below the obstacle's
-            bottom corner, W2 is ``side_margin`` beside its side corner.
-    """
-
-    def __init__(
-        self,
-        rng: np.random.Generator | int,
-        mode: Literal["random", "left", "right", "nearest"] = "random",
-        obstacle_size: float = 0.5,
-        max_speed: float = 0.05,
-        split_gap: float = 0.1,
-        side_margin: float = 0.15,
-        visibility_margin: float = 0.1,
-    ) -> None:
-        if mode not in ("random", "left", "right", "nearest"):
-            raise ValueError(f"mode: expected 'random', 'left', 'right' or 'nearest', got {mode!r}")
-        if not 0 < visibility_margin < side_margin:
-            raise ValueError(
-                f"visibility_margin: expected 0 < visibility_margin < side_margin = {side_margin}"
-                f" (the goal must be visible from W2), got {visibility_margin!r}"
-            )
-        self.rng = rng if isinstance(rng, np.random.Generator) else np.random.default_rng(rng)
-        self.mode = mode
-        self.obstacle_size = float(obstacle_size)
-        self.max_speed = float(max_speed)
-        self.split = np.array([0.0, -(obstacle_size + split_gap)])
-        self.side_x = float(obstacle_size + side_margin)
-        self.visibility_margin = float(visibility_margin)
-        # (n_envs,) side per env: +1 right, -1 left, 0 = draw at the next action.
-        self._sides: np.ndarray | None = None
-
-    def reset(self, env_mask: np.ndarray | None = None) -> None:
-        """Forget the side of the envs where ``env_mask`` (``(n_envs,)`` bool) is True (all if None)."""
-        if env_mask is None:
-            self._sides = None
-            return
-        if self._sides is None:  # no episode has started yet: sides are drawn on first use
-            return
-        env_mask = np.asarray(env_mask)
-        if env_mask.shape != self._sides.shape or env_mask.dtype != np.bool_:
-            raise ValueError(
-                f"env_mask: expected a bool array of shape {self._sides.shape}, "
-                f"got {env_mask.dtype} {env_mask.shape}"
-            )
-        self._sides[env_mask] = 0
-
-    def select_action(self, obs: dict[str, np.ndarray]) -> np.ndarray:
-        """Map ``obs["state"]`` ``(n_envs, 2)`` to actions ``(n_envs, 2)`` in ``[-1, 1]``."""
-        state = np.asarray(obs["state"], dtype=np.float64)
-        if state.ndim != 2 or state.shape[1] != 2:
-            raise ValueError(f"obs['state']: expected shape (n_envs, 2), got {state.shape}")
-        n_envs = state.shape[0]
-        if self._sides is None:
-            self._sides = np.zeros(n_envs, dtype=np.int64)
-        elif self._sides.shape[0] != n_envs:
-            raise ValueError(
-                f"obs['state']: got a batch of {n_envs} envs after {self._sides.shape[0]}; "
-                "call reset() before changing the number of envs"
-            )
-        new = self._sides == 0
-        if new.any():
-            if self.mode == "random":
-                self._sides[new] = self.rng.choice(np.array([-1, 1]), size=int(new.sum()))
-            elif self.mode == "nearest":
-                sides = np.sign(state[new, 0]).astype(np.int64)
-                ties = sides == 0
-                sides[ties] = self.rng.choice(np.array([-1, 1]), size=int(ties.sum()))
-                self._sides[new] = sides
-            else:
-                self._sides[new] = 1 if self.mode == "right" else -1
-        return self.actions(state, self._sides)
-
-    def actions(self, position: np.ndarray, sides: np.ndarray) -> np.ndarray:
-        """Actions ``(n, 2)`` for positions ``(n, 2)`` and sides ``(n,)`` in {-1, +1}."""
-        goal = np.broadcast_to(GOAL, position.shape)
-        visible = (
-            min_l1_norm_on_segment(position, goal) > self.obstacle_size + self.visibility_margin
-        )
-        below = position[:, 1] < self.split[1] - 1e-5  # tolerance: observations are float32
-        waypoint = np.stack([sides * self.side_x, np.zeros(len(sides))], axis=-1)
-        target = np.where(below[:, None], self.split, waypoint)
-        target = np.where(visible[:, None], goal, target)
-        delta = target - position
-        dist = np.linalg.norm(delta, axis=-1, keepdims=True)
-        land = (below & ~visible)[:, None]  # land exactly on W1
-        speed = np.where(land, np.minimum(1.0, dist / self.max_speed), 1.0)
-        return (delta / np.maximum(dist, 1e-12) * speed).astype(np.float32)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from rlox_dp.experts.bimodal import BimodalPointExpert
 from rlox_dp.experts.cache import default_cache_dir
 from rlox_dp.experts.demonstrations import collect_demonstrations, default_demonstrations
 from rlox_dp.experts.labelling import (
@@ -16,6 +17,7 @@ from rlox_dp.experts.registry import ExpertFactory, expert_env_ids, get_expert, 
 from rlox_dp.experts.sb3 import SB3Expert, SB3ExpertSpec
 
 __all__ = [
+    "BimodalPointExpert",
     "ExpertChunk",
     "ExpertFactory",
     "ExpertLabeller",

@@ -43,9 +43,10 @@ from typing import Any, NamedTuple
 import gymnasium as gym
 import numpy as np
 
-from rlox_dp.envs.bimodal import BIMODAL_ENV_ID, BimodalPointExpert
+from rlox_dp.envs.bimodal import BIMODAL_ENV_ID
 from rlox_dp.envs.factory import STATE_KEY, make_env
 from rlox_dp.evaluation import EvalPolicy
+from rlox_dp.experts.bimodal import BimodalPointExpert
 from rlox_dp.experts.registry import EXPERTS, get_expert
 from rlox_dp.registry import Registry
 

@@ -5,7 +5,7 @@ Built in:
 * ``Pendulum-v1``, ``MountainCarContinuous-v0``, ``InvertedDoublePendulum-v5`` (MuJoCo;
   ``pip install "rlox_dp[mujoco]"``): SAC experts trained on first use and cached
   (:mod:`rlox_dp.experts.sb3`).
-* ``rlox_dp/BimodalPoint-v0``: the scripted two-mode :class:`~rlox_dp.envs.bimodal.BimodalPointExpert`.
+* ``rlox_dp/BimodalPoint-v0``: the scripted two-mode :class:`~rlox_dp.experts.bimodal.BimodalPointExpert`.
 """
 
 from __future__ import annotations
@@ -17,8 +17,9 @@ from pathlib import Path
 
 import numpy as np
 
-from rlox_dp.envs.bimodal import BIMODAL_ENV_ID, BimodalPointExpert
+from rlox_dp.envs.bimodal import BIMODAL_ENV_ID
 from rlox_dp.evaluation import EvalPolicy
+from rlox_dp.experts.bimodal import BimodalPointExpert
 from rlox_dp.experts.cache import default_cache_dir
 from rlox_dp.experts.sb3 import SB3_EXPERTS, SB3ExpertSpec, load_or_train_sb3_expert
 from rlox_dp.registry import Registry, suggest
