@@ -18,6 +18,7 @@ LeRobot loaders, demonstrations from the expert registered for it in
 from __future__ import annotations
 
 import dataclasses
+import logging
 import os
 from collections.abc import Callable, Mapping, MutableMapping, Sequence
 from pathlib import Path
@@ -41,6 +42,8 @@ __all__ = [
     "find_env_spec",
     "register_env",
 ]
+
+logger = logging.getLogger("rlox_dp")
 
 DemoLoader = Callable[[Path, "str | None", Sequence[str]], "Demonstrations"]
 """``(path, obs_mode or None, obs_keys) -> Demonstrations`` read from a file or folder."""
@@ -167,6 +170,8 @@ class EnvSpec:
 
         if is_lerobot_dataset(demos) and has_video_features(demos):
             out[self.obs_mode_kwarg] = self.video_obs_mode
+            logger.info("LeRobot dataset with video: %s in %r mode (obs=%s)", self.env_id,
+                        self.video_obs_mode, self.video_obs_mode)
         return out
 
     # -- making the env ----------------------------------------------------------------------
@@ -239,13 +244,14 @@ def register_env(spec: EnvSpec) -> EnvSpec:
     if spec.env_id in ENV_REGISTRY:
         raise ValueError(f"env {spec.env_id!r} is already registered (as "
                          f"{ENV_REGISTRY.canonical(spec.env_id)!r}); ids are matched in any case")
-    from rlox_dp.experts import expert_env_ids, register_expert, register_state_access
+    from rlox_dp.experts import register_expert, register_state_access
     from rlox_dp.experts.labelling import STATE_ACCESS
+    from rlox_dp.experts.registry import EXPERTS
 
-    if spec.expert is not None and spec.env_id in expert_env_ids():
-        raise ValueError(f"env {spec.env_id!r}: an expert is already registered for it")
-    if spec.state_access is not None and spec.env_id in STATE_ACCESS:
-        raise ValueError(f"env {spec.env_id!r}: a state access is already registered for it")
+    for what, value, registry in (("expert", spec.expert, EXPERTS),
+                                  ("state access", spec.state_access, STATE_ACCESS)):
+        if value is not None and registry.find(spec.env_id) not in (None, value):
+            raise ValueError(f"env {spec.env_id!r}: a different {what} is already registered for it")
     ENV_REGISTRY.register(spec.env_id, spec)
     if spec.expert is not None:
         register_expert(spec.env_id)(spec.expert)
