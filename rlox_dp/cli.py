@@ -102,7 +102,8 @@ def _build_parser() -> argparse.ArgumentParser:
                     help="diffusion only: evaluate with another sampler, e.g. DDPM:100 or DDIM:5")
     ev.add_argument("--no-progress", action="store_true")
 
-    sub.add_parser("list", parents=[common], help="list registered algorithms and built-in experts")
+    sub.add_parser("list", parents=[common],
+                   help="list registered algorithms, denoisers, samplers, env specs and built-in experts")
 
     dag = sub.add_parser("dagger", parents=[common], help="DAgger: train, let the expert label the states the policy visits, repeat")
     dag.add_argument("algorithm", nargs="?", help="registered algorithm (not with --resume)")
@@ -269,9 +270,15 @@ def _run_dagger(args: argparse.Namespace) -> int:
 
 def _run_list() -> int:
     from rlox_dp import available_algorithms
+    from rlox_dp.diffusion import available_samplers
+    from rlox_dp.envs import available_envs
     from rlox_dp.experts import expert_env_ids
+    from rlox_dp.networks import available_denoisers
 
     print("algorithms: " + ", ".join(available_algorithms()))
+    print("denoisers: " + ", ".join(available_denoisers()))
+    print("samplers: " + ", ".join(available_samplers()))
+    print("envs with a spec (others: generic): " + ", ".join(available_envs()))
     print("built-in experts: " + ", ".join(expert_env_ids()))
     return 0
 

@@ -71,3 +71,4 @@ def test_list(capsys):
     assert main(["list"]) == 0
     out = capsys.readouterr().out
     assert "diffusion" in out and "Pendulum-v1" in out
+    assert "denoisers: unet" in out and "dpmsolver++" in out and "gym_pusht/PushT-v0" in out
