@@ -20,6 +20,7 @@ from test_flow import loss_before_and_after_training
 from test_samplers import COSINE_100, MU, SIGMA, gaussian_denoiser
 
 from rlox_dp import ConfigError, DemonstrationBuffer, Trainer
+from rlox_dp.acceleration import accelerate
 from rlox_dp.algorithms import (
     ConsistencyConfig,
     ConsistencyPolicy,
@@ -221,6 +222,7 @@ def test_warm_start_training_and_checkpoint_round_trip(teacher_path, tmp_path) -
         orphan = ConsistencyPolicy(config, OBS_SPACE, ACT_SPACE, loaded.policy.normalizer)
     orphan.load_state_dict(loaded.eval_policy.state_dict())
     orphan.eval().configure_inference(num_inference_steps=3, init_noise_scale=0.5)
+    accelerate(orphan)  # the inference fast paths, as the Trainer's policies: equal chunks
     assert torch.equal(orphan.predict_action_chunk(obs, torch.Generator().manual_seed(4)), b)
 
 

@@ -32,6 +32,7 @@ from rlox_dp import (
     get_algorithm_class,
     load_policy,
 )
+from rlox_dp.acceleration import accelerate
 from rlox_dp.diffusion import available_samplers, make_sampler, make_schedule
 from rlox_dp.networks import available_denoisers, build_denoiser, denoiser_options
 
@@ -130,7 +131,7 @@ def test_fixed_noise_is_deterministic_and_per_row(name, request):
 @pytest.mark.parametrize("name", available_algorithms())
 def test_policy_file_round_trip_acts_the_same(name, request, tmp_path):
     policy, _ = build_policy(name, request)
-    policy.eval()
+    accelerate(policy).eval()  # as load_policy does: the inference fast paths on
     loaded = load_policy(policy.save(tmp_path / "policy.safetensors", env="Pendulum-v1"))
     assert type(loaded) is type(policy) and loaded.config == policy.config
     for seed in (0, 1):
