@@ -317,10 +317,10 @@ def plot(path: Path, result: dict[str, Any]) -> None:
     if has_curves:
         ax = axes[0, 1]
         colors = {"diffusion": "tab:green", "diffusion_small": "tab:cyan", "diffusion_mlp": "tab:olive", "bc": "tab:red",
-                  "bc_chunk": "tab:purple"}
+                  "bc_chunk": "tab:purple", "diffusion_transformer": "tab:orange"}
         for r in runs:
             steps = [c["step"] for c in r["curve"]]
-            ax.plot(steps, [c["score"] for c in r["curve"]], "o-", color=colors[r["variant"]],
+            ax.plot(steps, [c["score"] for c in r["curve"]], "o-", color=colors.get(r["variant"]),
                     alpha=0.7, label=LABELS[r["variant"]] if r["seed"] == min(result["seeds"]) else None)
         ax.set_xlabel("gradient steps")
         ax.set_ylabel("score (mean over held-out episodes)")

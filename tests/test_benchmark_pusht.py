@@ -157,3 +157,14 @@ def test_fastest_remeasure_compiled(tmp_path):
     assert all(r["chunk_latency_compiled_ms"] > 0 and r["chunk_latency_compiled"]["n"] == 5
                for r in again["rows"])
     assert "chunk_latency_compiled_ms" in again["recommended"]
+
+
+def test_plot_draws_every_variant(bench, tmp_path):
+    """Every variant the benchmark offers has a colour and a label in the learning-curve plot."""
+    runs = [{"variant": v, "seed": 0, "scores": [0.5, 0.7], "successes": [0, 1], "score": 0.6,
+             "success_rate": 0.5, "train_time_s": 1.0, "steps": 2, "n_parameters": 10,
+             "curve": [{"step": 1, "score": 0.3}, {"step": 2, "score": 0.6}]} for v in bench.LABELS]
+    result = {"summary": bench.summarize(runs, list(bench.LABELS)), "runs": runs, "obs": "keypoints",
+              "steps": 2, "seeds": [0], "episodes": 2}
+    bench.plot(tmp_path / "all.png", result)
+    assert (tmp_path / "all.png").stat().st_size > 0
