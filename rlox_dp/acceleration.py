@@ -29,12 +29,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from rlox_dp.diffusion.plan import DenoiseFn, SamplingPlan
 from rlox_dp.networks.unet1d import ConditionalResidualBlock1D, ConditionalUnet1D
 
 __all__ = ["Acceleration", "GemmConv1d", "accelerate", "film_conditioned", "film_table"]
-
-DenoiseFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
-
 
 class GemmConv1d(nn.Conv1d):
     """``nn.Conv1d`` whose single-sample CPU inference runs as one matrix product.
@@ -160,8 +158,8 @@ class Acceleration:
 
     compile_kwargs: dict[str, Any] | None = None
     max_compiled_loop_steps: int = 16
-    #: n_steps -> (the sampler it was built for, its compiled loop); rebuilt, never copied.
-    _loops: dict[int, tuple[Any, Callable[..., torch.Tensor]]] = dataclasses.field(
+    #: plan -> (the sampler it was built for, its compiled loop); rebuilt, never copied.
+    _loops: dict[SamplingPlan, tuple[Any, Callable[..., torch.Tensor]]] = dataclasses.field(
         default_factory=dict, repr=False, compare=False
     )
 
@@ -177,41 +175,38 @@ class Acceleration:
             return film_conditioned(denoiser, global_cond, timesteps)
         return denoiser.conditioned(global_cond, timesteps)
 
-    def sample(self, policy: Any, cond: torch.Tensor, x: torch.Tensor, n_steps: int,
+    def sample(self, policy: Any, cond: torch.Tensor, x: torch.Tensor, plan: SamplingPlan,
                noises: Sequence[torch.Tensor | None]) -> torch.Tensor:
-        """``policy.sampler``'s ``n_steps``-step loop from ``x`` ``(B, H, D_act)`` with
-        conditioning ``cond`` ``(B, C)`` and the step ``noises`` -> ``(B, H, D_act)``."""
-        compiled = (self.compile_kwargs is not None and n_steps <= self.max_compiled_loop_steps
+        """``policy.sampler``'s loop along ``plan`` from ``x`` ``(B, H, D_act)`` with conditioning
+        ``cond`` ``(B, C)`` and the step ``noises`` -> ``(B, H, D_act)``."""
+        compiled = (self.compile_kwargs is not None and len(plan) <= self.max_compiled_loop_steps
                     and not torch.is_grad_enabled())
         if compiled:
-            return self._compiled_loop(policy, n_steps)(cond, x, noises)
-        pairs, coefficients = policy.sampler.plan(n_steps)
-        denoise = self.conditioned(policy.denoiser, cond, [t for t, _ in pairs])
-        return policy.sampler.run(denoise, x, pairs, coefficients, noises)
+            return self._compiled_loop(policy, plan)(cond, x, noises)
+        denoise = self.conditioned(policy.denoiser, cond, plan.timesteps)
+        return policy.sampler.run(denoise, x, plan, noises)
 
-    def _compiled_loop(self, policy: Any, n_steps: int) -> Callable[..., torch.Tensor]:
-        """``torch.compile`` of ``(cond, x, noises) -> (B, H, D_act)``: the sampler's run with its
-        ``n_steps``-step plan, built on first use and again when the policy's sampler changes."""
+    def _compiled_loop(self, policy: Any, plan: SamplingPlan) -> Callable[..., torch.Tensor]:
+        """``torch.compile`` of ``(cond, x, noises) -> (B, H, D_act)``: the policy's sampler's loop
+        along ``plan``, built on first use and again for another sampler (or plan)."""
         sampler, denoiser = policy.sampler, policy.denoiser
-        if n_steps not in self._loops or self._loops[n_steps][0] is not sampler:
-            pairs, coefficients = sampler.plan(n_steps)
-            steps = [t for t, _ in pairs]
+        if plan not in self._loops or self._loops[plan][0] is not sampler:
             conditioned = self.conditioned
 
             def denoising_loop(
                 cond: torch.Tensor, x: torch.Tensor, noises: list[torch.Tensor | None]
             ) -> torch.Tensor:
-                return sampler.run(conditioned(denoiser, cond, steps), x, pairs, coefficients, noises)
+                return sampler.run(conditioned(denoiser, cond, plan.timesteps), x, plan, noises)
 
             # torch.compile caches graphs per code object, at most `recompile_limit` (8) of them,
-            # beyond which it silently runs eager; each loop (policy x step count) is its own graph,
+            # beyond which it silently runs eager; each loop (policy x plan) is its own graph,
             # so each gets its own copy of the code object instead of sharing one cache.
             own_code = types.FunctionType(
                 denoising_loop.__code__.replace(), denoising_loop.__globals__,
                 denoising_loop.__name__, denoising_loop.__defaults__, denoising_loop.__closure__,
             )
-            self._loops[n_steps] = (sampler, torch.compile(own_code, **(self.compile_kwargs or {})))
-        return self._loops[n_steps][1]
+            self._loops[plan] = (sampler, torch.compile(own_code, **(self.compile_kwargs or {})))
+        return self._loops[plan][1]
 
 
 def _use_gemm_convolutions(module: nn.Module) -> None:

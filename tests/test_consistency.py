@@ -78,7 +78,8 @@ def test_multistep_sampling_moments(steps: int, scale: float) -> None:
 
 def test_sampler_coefficients_and_noise() -> None:
     sampler = ConsistencySampler(COSINE_100)
-    pairs, coefs = sampler.plan(3)
+    plan = sampler.plan(3)
+    pairs, coefs = plan.pairs, plan.steps
     ab = COSINE_100.alphas_cumprod
     for (_, t_prev), c in zip(pairs, coefs, strict=True):
         ab_prev = float(ab[t_prev]) if t_prev >= 0 else 1.0
@@ -221,8 +222,8 @@ def test_warm_start_training_and_checkpoint_round_trip(teacher_path, tmp_path) -
     with pytest.warns(UserWarning, match="can act but not train"):
         orphan = ConsistencyPolicy(config, OBS_SPACE, ACT_SPACE, loaded.policy.normalizer)
     orphan.load_state_dict(loaded.eval_policy.state_dict())
-    orphan.eval().configure_inference(num_inference_steps=3, init_noise_scale=0.5)
     accelerate(orphan)  # the inference fast paths, as the Trainer's policies: equal chunks
+    orphan.eval().configure_inference(num_inference_steps=3, init_noise_scale=0.5)
     assert torch.equal(orphan.predict_action_chunk(obs, torch.Generator().manual_seed(4)), b)
 
 

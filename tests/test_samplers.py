@@ -11,6 +11,7 @@ of the sample count, and separately the exact moments are shown to converge to (
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import math
 import warnings
@@ -39,6 +40,20 @@ FAST = settings(max_examples=30, deadline=None)
 MU = torch.tensor([0.5, -1.0], dtype=torch.float64)
 SIGMA = torch.tensor([0.3, 1.5], dtype=torch.float64)
 N_SAMPLES = 20_000
+
+
+def quiet_schedule(name: str, T: int) -> NoiseSchedule:
+    """``make_schedule(name, T)`` without the prior-mismatch warning of very short schedules."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return make_schedule(name, T)
+
+
+def ddpm_posterior(sched: NoiseSchedule, t: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """DDPM eq. 7, ``q(x_{t-1} | x_t, x_0) = N(coef_x0 x_0 + coef_xt x_t, var)`` of a schedule at
+    ``(B,)`` timesteps: ``(coef_x0, coef_xt, var)``, float64 ``(B,)`` each (1, 0, 0 at t = 0)."""
+    b, ab, ab_prev = sched.betas[t], sched.alphas_cumprod[t], sched.alphas_cumprod_prev[t]
+    return ab_prev.sqrt() * b / (1 - ab), (1 - b).sqrt() * (1 - ab_prev) / (1 - ab), b * (1 - ab_prev) / (1 - ab)
 
 
 def gaussian_denoiser(
@@ -99,7 +114,7 @@ def _expected(
 ) -> tuple[np.ndarray, np.ndarray]:
     ab = sampler.schedule.alphas_cumprod.numpy()
     moments = [
-        _chain_moments(ab, sampler.pairs(n), kind, eta, mu, s)
+        _chain_moments(ab, list(sampler.plan(n).pairs), kind, eta, mu, s)
         for mu, s in zip(MU.tolist(), SIGMA.tolist(), strict=True)
     ]
     return np.array([m for m, _ in moments]), np.array([s for _, s in moments])
@@ -150,7 +165,7 @@ def test_naive_strided_ddpm_fails_the_std_check() -> None:
     ab = COSINE_100.alphas_cumprod
     g = torch.Generator().manual_seed(0)
     x = torch.randn(N_SAMPLES, 2, generator=g)
-    for t, _ in sampler.pairs(10):
+    for t, _ in sampler.plan(10).pairs:
         eps = denoise(x, torch.full((N_SAMPLES,), t))
         abt, abp = ab[t].item(), (ab[t - 1].item() if t > 0 else 1.0)
         alpha = abt / abp
@@ -174,7 +189,7 @@ def test_exact_chain_converges_to_data(kind: str) -> None:
     ab = sched.alphas_cumprod.numpy()
     errors = []
     for n in (10, 100, 1000):
-        pairs = sampler.pairs(n)
+        pairs = sampler.plan(n).pairs
         coefs = sampler.coefficients(pairs)
         for mu, sigma in zip(MU.tolist(), SIGMA.tolist(), strict=True):
             m, v = 0.0, 1.0
@@ -219,34 +234,35 @@ def test_respaced_ddpm_is_ddpm_on_the_respaced_schedule(
         ab = sched.alphas_cumprod[ts]
         respaced = NoiseSchedule(1 - ab / torch.cat([torch.ones(1, dtype=torch.float64), ab[:-1]]))
     assert torch.allclose(respaced.alphas_cumprod, ab, rtol=1e-10)
-    pairs = sampler.pairs(n)
-    coefs = sampler.coefficients(pairs)
+    coefs = sampler.plan(n).steps
     i = torch.arange(n - 1, -1, -1)  # respaced index of each pair
-    ones, zeros = torch.ones(n, 1, dtype=torch.float64), torch.zeros(n, 1, dtype=torch.float64)
-    assert np.allclose(
-        [c.coef_x0 for c in coefs],
-        respaced.posterior_mean(ones, zeros, i)[:, 0],
-        rtol=1e-8,
-        atol=1e-12,
-    )
-    assert np.allclose(
-        [c.coef_xt for c in coefs],
-        respaced.posterior_mean(zeros, ones, i)[:, 0],
-        rtol=1e-8,
-        atol=1e-12,
-    )
-    assert np.allclose(
-        [c.std**2 for c in coefs], respaced.posterior_variance(i), rtol=1e-8, atol=1e-15
-    )
+    coef_x0, coef_xt, var = ddpm_posterior(respaced, i)
+    assert np.allclose([c.coef_x0 for c in coefs], coef_x0, rtol=1e-8, atol=1e-12)
+    assert np.allclose([c.coef_xt for c in coefs], coef_xt, rtol=1e-8, atol=1e-12)
+    assert np.allclose([c.std**2 for c in coefs], var, rtol=1e-8, atol=1e-15)
+
+
+@FAST
+@given(st.sampled_from(["cosine", "linear"]), st.integers(2, 1000), st.data())
+def test_ddpm_posterior_is_gaussian_conditioning(name: str, T: int, data: st.DataObject) -> None:
+    """The reference above: q(x_{t-1} | x_t, x_0) ∝ q(x_t | x_{t-1}) q(x_{t-1} | x_0)."""
+    sched = quiet_schedule(name, T)
+    t = torch.tensor(data.draw(st.lists(st.integers(1, T - 1), min_size=1, max_size=8)))
+    coef_x0, coef_xt, var = ddpm_posterior(sched, t)
+    a, b, ab_prev = 1 - sched.betas[t], sched.betas[t], sched.alphas_cumprod[t - 1]
+    precision = a / b + 1 / (1 - ab_prev)
+    assert torch.allclose(var, 1 / precision, rtol=1e-9, atol=0)
+    assert torch.allclose(coef_xt, a.sqrt() / b / precision, rtol=1e-9, atol=0)
+    assert torch.allclose(coef_x0, ab_prev.sqrt() / (1 - ab_prev) / precision, rtol=1e-9, atol=1e-300)
+    at_zero = [float(c[0]) for c in ddpm_posterior(sched, torch.tensor([0]))]
+    assert at_zero == pytest.approx([1.0, 0.0, 0.0], abs=1e-9)  # x_{-1} is x_0 itself
 
 
 @FAST
 @given(st.sampled_from(["cosine", "linear"]), st.integers(1, 1000), st.data())
 def test_ddim_eta_one_has_ddpm_coefficients(name: str, T: int, data: st.DataObject) -> None:
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        sched = make_schedule(name, T)
-    pairs = DDPMSampler(sched).pairs(data.draw(st.integers(1, T)))
+    sched = quiet_schedule(name, T)
+    pairs = DDPMSampler(sched).plan(data.draw(st.integers(1, T))).pairs
     ddpm, ddim = (
         DDPMSampler(sched).coefficients(pairs),
         DDIMSampler(sched, eta=1.0).coefficients(pairs),
@@ -268,7 +284,7 @@ def test_timesteps_trailing_spacing(T: int, data: st.DataObject) -> None:
     assert bool((ts[1:] < ts[:-1]).all())  # strictly descending, hence unique
     expected = [math.floor((n - i) * T / n + 0.5) - 1 for i in range(n)]
     assert ts.tolist() == expected
-    pairs = sampler.pairs(n)
+    pairs = sampler.plan(n).pairs
     assert [p[0] for p in pairs] == ts.tolist() and pairs[-1][1] == -1
     assert all(p[1] == q[0] for p, q in itertools.pairwise(pairs))
 
@@ -306,16 +322,17 @@ def test_seeded_generator_reproduces(sampler: Sampler) -> None:
 
 
 @pytest.mark.parametrize("cls", [DDPMSampler, DDIMSampler])
-def test_step_loop_equals_sample(cls: type[Sampler]) -> None:
+def test_apply_step_loop_equals_sample(cls: type[Sampler]) -> None:
     sampler = cls(COSINE_100, "sample", clip_sample=True, clip_sample_range=0.8)
     denoise = gaussian_denoiser(COSINE_100, "sample", MU, SIGMA)
     init = torch.randn(16, 2)
     expected = sampler.sample(
         denoise, (16, 2), 7, generator=torch.Generator().manual_seed(5), init_noise=init
     )
-    g, x = torch.Generator().manual_seed(5), init
-    for t, t_prev in sampler.pairs(7):
-        out = sampler.step(denoise(x, torch.full((16,), t)), t, t_prev, x, generator=g)
+    g, x, plan = torch.Generator().manual_seed(5), init, sampler.plan(7)
+    for (t, _), c in zip(plan.pairs, plan.steps, strict=True):
+        z = torch.randn(x.shape, generator=g) if c.std > 0 else None
+        out = sampler.apply_step(denoise(x, torch.full((16,), t)), x, c, z)
         x = out.prev_sample
     assert torch.equal(x, expected) and torch.equal(out.pred_x0, x)  # final step returns pred_x0
 
@@ -327,7 +344,7 @@ def test_sample_is_draw_noise_then_run(sampler: Sampler) -> None:
     x, noises = sampler.draw_noise((8, 2), 6, generator=torch.Generator().manual_seed(2))
     stochastic = isinstance(sampler, DDPMSampler)
     assert [z is not None for z in noises] == [stochastic] * 5 + [False]  # last step: no noise
-    expected = sampler.run(denoise, x, *sampler.plan(6), noises)
+    expected = sampler.run(denoise, x, sampler.plan(6), noises)
     torch.manual_seed(0)
     got = sampler.sample(denoise, (8, 2), 6, generator=torch.Generator().manual_seed(2))
     torch.testing.assert_close(got, expected, rtol=0, atol=0)
@@ -344,15 +361,23 @@ def test_sample_is_draw_noise_then_run(sampler: Sampler) -> None:
 
 
 def test_plan_is_cached_and_follows_eta() -> None:
-    """plan(n) equals pairs + coefficients, is computed once per n, and sees a changed eta."""
+    """plan(n): the timesteps' pairs and their coefficients, immutable, computed once per n, and
+    recomputed for a changed eta."""
     sampler = DDIMSampler(COSINE_100, eta=0.0)
-    pairs, coefs = sampler.plan(6)
-    assert pairs == sampler.pairs(6) and coefs == sampler.coefficients(pairs)
-    pairs.clear()  # callers get copies: the cache is not mutable from outside
-    assert sampler.plan(6)[0] == sampler.pairs(6) and len(sampler._plans) == 1
+    plan = sampler.plan(6)
+    ts = sampler.timesteps(6).tolist()
+    assert plan.timesteps == tuple(ts) and plan.pairs == tuple(zip(ts, ts[1:] + [-1], strict=True))
+    assert list(plan.steps) == sampler.coefficients(plan.pairs) and len(plan) == 6
+    table = plan.coefficients
+    assert table.shape == (6, 5) and table.dtype == torch.float64
+    assert table[:, 3].tolist() == [c.coef_xt for c in plan.steps]
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        plan.pairs = ()  # type: ignore[misc]
+    assert sampler.plan(6) is plan and len(sampler._plans) == 1
     sampler.eta = 1.0
-    np.testing.assert_allclose(sampler.plan(6)[1], DDPMSampler(COSINE_100).plan(6)[1], atol=1e-12)
-    assert sampler.plan(6)[1] != coefs and len(sampler._plans) == 2
+    np.testing.assert_allclose(sampler.plan(6).coefficients, DDPMSampler(COSINE_100).plan(6).coefficients,
+                               atol=1e-12)
+    assert sampler.plan(6) != plan and len(sampler._plans) == 2
 
 
 @FAST
@@ -371,7 +396,7 @@ def test_clip_sample_bounds_pred_x0(
         DDPMSampler(COSINE_100, prediction_type, True, bound),
         DDIMSampler(COSINE_100, prediction_type, True, bound),
     ):
-        step = sampler.step(out, t, t - 1, x, generator=torch.Generator().manual_seed(0))
+        step = sampler.apply_step(out, x, sampler.coefficients([(t, t - 1)])[0], None)
         assert float(step.pred_x0.abs().max()) <= bound + 1e-6
     final = DDIMSampler(COSINE_100, prediction_type, True, bound).sample(
         lambda x, t: scale * torch.ones_like(x), (4, 3), 5
@@ -385,12 +410,10 @@ def test_prediction_types_agree_without_clipping(cls: type[Sampler]) -> None:
     x0, x_t = torch.randn(8, 2, dtype=torch.float64), torch.randn(8, 2, dtype=torch.float64)
     t = torch.full((8,), 40)
     eps = COSINE_100.predict_eps(x_t, x0, t)
-    a = cls(COSINE_100, "epsilon", clip_sample=False).step(
-        eps, 40, 30, x_t, torch.Generator().manual_seed(0)
-    )
-    b = cls(COSINE_100, "sample", clip_sample=False).step(
-        x0, 40, 30, x_t, torch.Generator().manual_seed(0)
-    )
+    z = torch.randn(8, 2, dtype=torch.float64)
+    eps_sampler, x0_sampler = (cls(COSINE_100, p, clip_sample=False) for p in ("epsilon", "sample"))
+    a = eps_sampler.apply_step(eps, x_t, eps_sampler.coefficients([(40, 30)])[0], z)
+    b = x0_sampler.apply_step(x0, x_t, x0_sampler.coefficients([(40, 30)])[0], z)
     assert torch.allclose(a.pred_x0, x0, atol=1e-10) and torch.allclose(
         a.prev_sample, b.prev_sample, atol=1e-10
     )
@@ -418,13 +441,10 @@ def test_make_sampler_and_validation() -> None:
             sampler.timesteps(bad)
     with pytest.raises(TypeError, match="num_inference_steps"):
         sampler.timesteps(2.0)  # type: ignore[arg-type]
-    x = torch.zeros(2, 3)
     with pytest.raises(ValueError, match="t must"):
-        sampler.step(x, 100, 50, x)
+        sampler.coefficients([(100, 50)])
     with pytest.raises(ValueError, match="t_prev"):
-        sampler.step(x, 50, 50, x)
-    with pytest.raises(ValueError, match="model_output"):
-        sampler.step(torch.zeros(2, 4), 50, 40, x)
+        sampler.coefficients([(50, 50)])
     with pytest.raises(ValueError, match="init_noise"):
         sampler.sample(lambda x, t: x, (2, 3), 5, init_noise=torch.zeros(2, 4))
     with pytest.raises(ValueError, match="model_output"):

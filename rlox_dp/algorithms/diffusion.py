@@ -337,24 +337,25 @@ class DiffusionPolicy(Algorithm):
     ) -> torch.Tensor:
         """Normalized obs ``(B, T_o, ...)`` -> a whole normalized chunk ``(B, H, D_act)``.
 
-        The observation encoding is computed once, and the denoiser precomputes what depends only
-        on it and on the sampler's timesteps (:meth:`Denoiser.conditioned`), before the loop.
+        The observation encoding is computed once; the sampler's plan (its timesteps and step
+        coefficients) goes to the denoiser, which precomputes what depends only on the encoding
+        and the timesteps (:meth:`Denoiser.conditioned`), and to the sampler's loop.
         ``shared_noise``: draw the start and step noises for one row and use them for every row
         (deterministic inference: a row's chunk does not depend on the other rows).
         """
         cond = self.obs_encoder(obs, generator)
         shape = (cond.shape[0], self.config.horizon, self.action_dim)
         n_steps = num_inference_steps or self.config.num_inference_steps
+        plan = self.sampler.plan(n_steps)
         drawn = (1, *shape[1:]) if shared_noise else shape
         x, noises = self.sampler.draw_noise(drawn, n_steps, generator, cond.device, cond.dtype)
         if shared_noise:
             x = x.expand(shape).contiguous()
             noises = [None if z is None else z.expand(shape).contiguous() for z in noises]
         if self.acceleration is not None:
-            return self.acceleration.sample(self, cond, x, n_steps, noises)
-        pairs, coefficients = self.sampler.plan(n_steps)
-        denoise = self.denoiser.conditioned(cond, [t for t, _ in pairs])
-        return self.sampler.run(denoise, x, pairs, coefficients, noises)
+            return self.acceleration.sample(self, cond, x, plan, noises)
+        denoise = self.denoiser.conditioned(cond, plan.timesteps)
+        return self.sampler.run(denoise, x, plan, noises)
 
     def predict_normalized_actions(
         self, obs: dict[str, torch.Tensor], generator: torch.Generator | None = None,

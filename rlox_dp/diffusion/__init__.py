@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from rlox_dp.diffusion.consistency_sampler import ConsistencySampler
 from rlox_dp.diffusion.dpm_solver import DPMSolverMultistepSampler
+from rlox_dp.diffusion.plan import ReverseSampler, SamplingPlan
 from rlox_dp.diffusion.samplers import (
     SAMPLER_REGISTRY,
     SAMPLERS,
@@ -32,11 +33,13 @@ __all__ = [
     "SAMPLER_REGISTRY",
     "SCHEDULES",
     "SCHEDULE_REGISTRY",
+    "SamplingPlan",
     "DDIMSampler",
     "DDPMSampler",
     "DPMSolverMultistepSampler",
     "NoiseSchedule",
     "PriorMismatchWarning",
+    "ReverseSampler",
     "Sampler",
     "StepCoefficients",
     "StepOutput",

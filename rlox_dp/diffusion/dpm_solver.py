@@ -27,12 +27,13 @@ the x0 estimates (diffusers offers dynamic thresholding instead); only orders 1 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import NamedTuple
 
 import torch
 from torch import Tensor
 
+from rlox_dp.diffusion.plan import DenoiseFn, SamplingPlan, as_int, check_output
 from rlox_dp.diffusion.samplers import (
     SAMPLER_REGISTRY,
     DDIMSampler,
@@ -40,8 +41,6 @@ from rlox_dp.diffusion.samplers import (
     Sampler,
     StepCoefficients,
     StepOutput,
-    _as_int,
-    _check_output,
 )
 from rlox_dp.diffusion.schedules import NoiseSchedule
 
@@ -79,7 +78,7 @@ class DPMSolverMultistepSampler(Sampler):
         solver_order: int = 2,
     ) -> None:
         super().__init__(schedule, prediction_type, clip_sample, clip_sample_range)
-        if _as_int(solver_order, "solver_order") not in (1, 2):
+        if as_int(solver_order, "solver_order") not in (1, 2):
             raise ValueError(f"solver_order must be 1 or 2; got {solver_order}")
         self.solver_order = int(solver_order)
         self._first_order = DDIMSampler(schedule, eta=0.0)
@@ -137,43 +136,15 @@ class DPMSolverMultistepSampler(Sampler):
         return StepOutput(out.prev_sample + c.coef_correction * (out.pred_x0 - prev_pred_x0),
                           out.pred_x0)
 
-    def step(
-        self,
-        model_output: Tensor,
-        t: int,
-        t_prev: int,
-        sample: Tensor,
-        generator: torch.Generator | None = None,
-        history: tuple[int, Tensor] | None = None,
-    ) -> StepOutput:
-        """One step from ``t`` to ``t_prev``; see :meth:`Sampler.step`.
-
-        Args:
-            history: ``(t_before, pred_x0_before)``, the previous step's timestep (``> t``) and
-                its :attr:`StepOutput.pred_x0` ``(B, ...)``: makes the step second order (unless
-                ``t_prev = -1``). None: first order. ``generator`` is unused (deterministic).
-        """
-        pairs = [(t, t_prev)] if history is None else [(history[0], t), (t, t_prev)]
-        coefs = self.coefficients(pairs)[-1]
-        _check_output(model_output, sample)
-        return self.apply_multistep(
-            model_output, sample, coefs, None if history is None else history[1]
-        )
-
     def run(
-        self,
-        denoise_fn: Callable[[Tensor, Tensor], Tensor],
-        x: Tensor,
-        pairs: Sequence[tuple[int, int]],
-        coefficients: Sequence[MultistepCoefficients],
-        noises: Sequence[Tensor | None],
+        self, denoise_fn: DenoiseFn, x: Tensor, plan: SamplingPlan, noises: Sequence[Tensor | None]
     ) -> Tensor:
         """The multistep loop (keeps the previous x0 estimate); see :meth:`Sampler.run`."""
         prev_pred_x0: Tensor | None = None
-        for (t, _), c, _z in zip(pairs, coefficients, noises, strict=True):
+        for (t, _), c, _z in zip(plan.pairs, plan.steps, noises, strict=True):
             t_batch = torch.full((x.shape[0],), t, dtype=torch.long, device=x.device)
             out = denoise_fn(x, t_batch)
-            _check_output(out, x)
+            check_output(out, x)
             x, prev_pred_x0 = self.apply_multistep(out, x, c, prev_pred_x0)
         return x
 

@@ -8,10 +8,10 @@ Time grid: with resolution ``T`` the network is called at ``t = k / T`` for inte
 is fed ``k`` (= ``t T``, the scale it is trained with), so the grid of ``n`` steps is
 ``k_i = round((n - i) T / n)``, ``i = 0..n`` (``k_0 = T``, ``k_n = 0``; uniform when ``n``
 divides ``T``). Integer inputs let the denoisers precompute their per-timestep conditioning
-(:meth:`Denoiser.conditioned`) exactly as for diffusion, and the loop has the
-``plan`` / ``draw_noise`` / ``run`` / ``sample`` interface of
-:class:`~rlox_dp.diffusion.Sampler`, so :class:`~rlox_dp.algorithms.DiffusionPolicy`'s inference
-(including its compiled loops) drives it unchanged.
+(:meth:`Denoiser.conditioned`) exactly as for diffusion, and the sampler follows the contract of
+:mod:`rlox_dp.diffusion.plan` (``plan`` / ``draw_noise`` / ``run`` / ``sample``), so
+:class:`~rlox_dp.algorithms.DiffusionPolicy`'s inference (including the compiled loops of
+:mod:`rlox_dp.acceleration`) drives it unchanged.
 
 * ``"euler"``: ``x <- x + dt v(x, t)``: one network evaluation per step, first order.
 * ``"heun"``: Euler predictor, then the trapezoidal corrector
@@ -22,13 +22,20 @@ divides ``T``). Integer inputs let the denoisers precompute their per-timestep c
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Literal, NamedTuple
 
 import torch
 from torch import Tensor
 
-from rlox_dp.diffusion.samplers import Sampler, _as_int, _check_output, draw_start_noise
+from rlox_dp.diffusion.plan import (
+    DenoiseFn,
+    SamplingPlan,
+    check_num_steps,
+    check_output,
+    draw_start_noise,
+)
+from rlox_dp.diffusion.samplers import Sampler
 
 __all__ = ["FLOW_SAMPLERS", "FlowSampler", "FlowStep"]
 
@@ -52,9 +59,11 @@ class FlowSampler:
     """
 
     def __init__(self, num_train_timesteps: int, method: Literal["euler", "heun"] = "euler") -> None:
-        self.num_train_timesteps = _as_int(num_train_timesteps, "num_train_timesteps")
-        if self.num_train_timesteps < 1:
+        if isinstance(num_train_timesteps, bool) or not isinstance(num_train_timesteps, int):
+            raise TypeError(f"num_train_timesteps must be an int; got {type(num_train_timesteps).__name__}")
+        if num_train_timesteps < 1:
             raise ValueError(f"num_train_timesteps must be >= 1; got {num_train_timesteps}")
+        self.num_train_timesteps = num_train_timesteps
         if not isinstance(method, str) or method.lower() not in FLOW_SAMPLERS:
             raise ValueError(f"method must be one of {FLOW_SAMPLERS} (case-insensitive); got {method!r}")
         self.method = method.lower()
@@ -62,28 +71,27 @@ class FlowSampler:
     def __repr__(self) -> str:
         return f"FlowSampler(T={self.num_train_timesteps}, method={self.method!r})"
 
-    _check_num_steps = Sampler._check_num_steps  # n in [1, num_train_timesteps]
-
     def network_evaluations(self, num_inference_steps: int) -> int:
         """Denoiser calls of an ``n``-step loop: ``n`` (Euler) or ``2n - 1`` (Heun)."""
-        n = self._check_num_steps(num_inference_steps)
+        n = check_num_steps(num_inference_steps, self.num_train_timesteps)
         return n if self.method == "euler" else 2 * n - 1
 
     def timesteps(self, num_inference_steps: int) -> Tensor:
         """Descending ``(n + 1,)`` int64 grid ``k_i = round((n - i) T / n)``, from ``T`` to 0."""
-        n = self._check_num_steps(num_inference_steps)
+        n = check_num_steps(num_inference_steps, self.num_train_timesteps)
         numer = (n - torch.arange(n + 1, dtype=torch.int64)) * self.num_train_timesteps
         return (2 * numer + n) // (2 * n)
 
-    def plan(self, num_inference_steps: int) -> tuple[list[tuple[int, int]], list[FlowStep]]:
-        """``(pairs, steps)``: ``(k_i, k_{i+1})`` and the :class:`FlowStep` of each of the ``n``
-        steps. The network is only ever called at the first element of a pair."""
+    def plan(self, num_inference_steps: int) -> SamplingPlan[FlowStep]:
+        """The :class:`SamplingPlan` of ``n`` steps: pairs ``(k_i, k_{i+1})`` and a
+        :class:`FlowStep` each. The network is only called at a pair's first element (Heun's
+        corrector at ``k_{i+1}``, the next pair's first element)."""
         ks = self.timesteps(num_inference_steps).tolist()
-        pairs = list(zip(ks[:-1], ks[1:], strict=True))
+        pairs = tuple(zip(ks[:-1], ks[1:], strict=True))
         T = self.num_train_timesteps
-        steps = [FlowStep((k_next - k) / T, self.method == "heun" and k_next > 0)
-                 for k, k_next in pairs]
-        return pairs, steps
+        steps = tuple(FlowStep((k_next - k) / T, self.method == "heun" and k_next > 0)
+                      for k, k_next in pairs)
+        return SamplingPlan(pairs, steps)
 
     def draw_noise(
         self,
@@ -95,29 +103,24 @@ class FlowSampler:
         init_noise: Tensor | None = None,
     ) -> tuple[Tensor, list[None]]:
         """The start ``x_1 ~ N(0, I)`` ``(B, ...)`` and one None per step (nothing else is random)."""
-        n = self._check_num_steps(num_inference_steps)
+        n = check_num_steps(num_inference_steps, self.num_train_timesteps)
         return draw_start_noise(shape, generator, device, dtype, init_noise), [None] * n
 
     def run(
-        self,
-        velocity_fn: Callable[[Tensor, Tensor], Tensor],
-        x: Tensor,
-        pairs: Sequence[tuple[int, int]],
-        steps: Sequence[FlowStep],
-        noises: Sequence[None],
+        self, velocity_fn: DenoiseFn, x: Tensor, plan: SamplingPlan[FlowStep], noises: Sequence[None]
     ) -> Tensor:
-        """Integrate from ``x`` ``(B, ...)`` at ``t = pairs[0][0] / T`` along the plan.
+        """Integrate from ``x`` ``(B, ...)`` at ``t = plan.pairs[0][0] / T`` along the plan.
 
         ``velocity_fn(x (B, ...), k (B,) int64) -> (B, ...)``; traceable by ``torch.compile``.
         """
-        for (k, k_next), step, _ in zip(pairs, steps, noises, strict=True):
+        for (k, k_next), step, _ in zip(plan.pairs, plan.steps, noises, strict=True):
             v = velocity_fn(x, torch.full((x.shape[0],), k, dtype=torch.long, device=x.device))
-            _check_output(v, x)
+            check_output(v, x)
             x_pred = x + step.dt * v
             if step.correct:
                 k_batch = torch.full((x.shape[0],), k_next, dtype=torch.long, device=x.device)
                 v_next = velocity_fn(x_pred, k_batch)
-                _check_output(v_next, x)
+                check_output(v_next, x)
                 x = x + (0.5 * step.dt) * (v + v_next)
             else:
                 x = x_pred

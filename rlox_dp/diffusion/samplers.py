@@ -1,8 +1,9 @@
 """Reverse-process samplers (DDPM, DDIM) over a :class:`~rlox_dp.diffusion.NoiseSchedule`
 (DPM-Solver++, also built by :func:`make_sampler`, lives in :mod:`rlox_dp.diffusion.dpm_solver`).
 
-The contract follows diffusers' schedulers without their hidden state: ``timesteps(n)`` returns
-the timesteps instead of storing them, and ``step`` takes both ``t`` and ``t_prev``.
+Samplers follow the contract of :mod:`rlox_dp.diffusion.plan` (``plan(n)`` -> a
+:class:`~rlox_dp.diffusion.plan.SamplingPlan`, ``draw_noise``, ``run``, ``sample``): diffusers'
+schedulers without their hidden state.
 
 Every step is the same affine update, only its coefficients differ between samplers::
 
@@ -18,20 +19,27 @@ convention, diffusers' ``use_clipped_model_output=True``); DDPM and DDIM are con
 each other, and DDIM with ``eta = 1`` has exactly DDPM's coefficients. Without clipping the
 re-derived eps equals the model's.
 
-Coefficients are computed in float64 on the CPU, once per :meth:`Sampler.sample` call, and
-enter the loop as Python floats: the loop never reads values back from the device.
+Coefficients are computed in float64 on the CPU, once per ``(n, sampler parameters)`` (the
+cached plan), and enter the loop as Python floats: the loop never reads values back from the device.
 """
 
 from __future__ import annotations
 
-import operator
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Literal, NamedTuple
 
 import torch
 from torch import Tensor
 
+from rlox_dp.diffusion.plan import (
+    DenoiseFn,
+    SamplingPlan,
+    as_int,
+    check_num_steps,
+    check_output,
+    draw_start_noise,
+)
 from rlox_dp.diffusion.schedules import NoiseSchedule
 from rlox_dp.registry import Registry
 
@@ -114,7 +122,7 @@ class Sampler(ABC):
         self.clip_sample = clip_sample
         self.clip_sample_range = float(clip_sample_range)
         self._alphas_cumprod = schedule.alphas_cumprod.detach().to("cpu", torch.float64)
-        self._plans: dict[tuple[object, ...], tuple[list[tuple[int, int]], list[StepCoefficients]]] = {}
+        self._plans: dict[tuple[object, ...], SamplingPlan] = {}
 
     @property
     def num_train_timesteps(self) -> int:
@@ -146,15 +154,6 @@ class Sampler(ABC):
         """
 
     # --------------------------------------------------------------- timesteps
-    def _check_num_steps(self, num_inference_steps: int) -> int:
-        n = _as_int(num_inference_steps, "num_inference_steps")
-        if not 1 <= n <= self.num_train_timesteps:
-            raise ValueError(
-                f"num_inference_steps must lie in [1, {self.num_train_timesteps}] "
-                f"(num_train_timesteps); got {n}"
-            )
-        return n
-
     def timesteps(self, num_inference_steps: int) -> Tensor:
         """Descending ``(num_inference_steps,)`` int64 timesteps with "trailing" spacing.
 
@@ -165,26 +164,21 @@ class Sampler(ABC):
         would start at ``T - T/n``, a noise level the prior does not match. Consecutive values
         differ by at least 1, so they are unique; the last one is ``round(T / n) - 1 >= 0``.
         """
-        n = self._check_num_steps(num_inference_steps)
+        n = check_num_steps(num_inference_steps, self.num_train_timesteps)
         T = self.num_train_timesteps
         numer = (n - torch.arange(n, dtype=torch.int64)) * T
         return (2 * numer + n) // (2 * n) - 1
 
-    def pairs(self, num_inference_steps: int) -> list[tuple[int, int]]:
-        """The ``(t, t_prev)`` pairs of a full loop; the last pair has ``t_prev = -1``."""
-        ts = self.timesteps(num_inference_steps).tolist()
-        return list(zip(ts, ts[1:] + [-1], strict=True))
-
     def coefficients(self, pairs: Sequence[tuple[int, int]]) -> list[StepCoefficients]:
-        """The :class:`StepCoefficients` of each ``(t, t_prev)`` pair (e.g. from :meth:`pairs`).
+        """The :class:`StepCoefficients` of each ``(t, t_prev)`` pair (e.g. a plan's ``pairs``).
 
         Each ``t`` must lie in ``[0, T)`` and each ``t_prev`` in ``[-1, t)``.
         """
         T = self.num_train_timesteps
         for t_i, t_prev_i in pairs:
-            if not 0 <= _as_int(t_i, "t") < T:
+            if not 0 <= as_int(t_i, "t") < T:
                 raise ValueError(f"t must lie in [0, {T - 1}]; got {t_i}")
-            if not -1 <= _as_int(t_prev_i, "t_prev") < t_i:
+            if not -1 <= as_int(t_prev_i, "t_prev") < t_i:
                 raise ValueError(f"t_prev must lie in [-1, t) = [-1, {t_i}); got {t_prev_i}")
         t = torch.tensor([p[0] for p in pairs], dtype=torch.long)
         t_prev = torch.tensor([p[1] for p in pairs], dtype=torch.long)
@@ -199,38 +193,26 @@ class Sampler(ABC):
             raise RuntimeError(f"{type(self).__name__} produced invalid step coefficients: {table}")
         return [StepCoefficients(*row) for row in table.tolist()]
 
-    def plan(
-        self, num_inference_steps: int
-    ) -> tuple[list[tuple[int, int]], list[StepCoefficients]]:
-        """``(pairs(n), coefficients(pairs(n)))`` of a full loop, computed once per ``n``.
+    def plan(self, num_inference_steps: int) -> SamplingPlan:
+        """The :class:`SamplingPlan` of an ``n``-step loop: the pairs of :meth:`timesteps`
+        (``(t_i, t_{i+1})``, the last one ``(t_{n-1}, -1)``) and their :meth:`coefficients`.
 
         Cached per ``(n, parameters)``: the schedule is copied at construction and the
         coefficients are a pure function of it, ``n`` and :meth:`_coefficient_parameters`.
         """
-        n = self._check_num_steps(num_inference_steps)
+        n = check_num_steps(num_inference_steps, self.num_train_timesteps)
         key = (n, *self._coefficient_parameters())
         if key not in self._plans:
-            pairs = self.pairs(n)
-            self._plans[key] = (pairs, self.coefficients(pairs))
-        pairs, coefficients = self._plans[key]
-        return list(pairs), list(coefficients)
+            ts = self.timesteps(n).tolist()
+            pairs = tuple(zip(ts, ts[1:] + [-1], strict=True))
+            self._plans[key] = SamplingPlan(pairs, tuple(self.coefficients(pairs)))
+        return self._plans[key]
 
     def _coefficient_parameters(self) -> tuple[object, ...]:
         """Attributes besides the schedule that :meth:`transition_coefficients` reads."""
         return ()
 
     # -------------------------------------------------------------------- step
-    def step_noise(
-        self, c: StepCoefficients, sample: Tensor, generator: torch.Generator | None
-    ) -> Tensor | None:
-        """The ``z`` of a step with coefficients ``c``: ``(B, ...)`` like ``sample``, drawn from
-        ``generator``, or None when the step is deterministic (nothing is drawn)."""
-        if c.std > 0.0:
-            return torch.randn(
-                sample.shape, generator=generator, device=sample.device, dtype=sample.dtype
-            )
-        return None
-
     def apply_step(
         self, model_output: Tensor, sample: Tensor, c: StepCoefficients, noise: Tensor | None
     ) -> StepOutput:
@@ -240,7 +222,7 @@ class Sampler(ABC):
             model_output: ``(B, ...)`` eps or x_0 prediction.
             sample: ``(B, ...)`` ``x_t``.
             c: the step's coefficients (from :meth:`coefficients` or :meth:`plan`).
-            noise: ``(B, ...)`` ``z`` (from :meth:`step_noise`), or None when ``c.std == 0``.
+            noise: ``(B, ...)`` ``z`` (from :meth:`draw_noise`), or None when ``c.std == 0``.
         """
         if self.prediction_type == "epsilon":
             pred_x0 = c.x0_from_xt * sample - c.x0_from_eps * model_output
@@ -253,48 +235,10 @@ class Sampler(ABC):
             prev = prev + c.std * noise
         return StepOutput(prev, pred_x0)
 
-    def _update(
-        self,
-        model_output: Tensor,
-        sample: Tensor,
-        c: StepCoefficients,
-        generator: torch.Generator | None,
-    ) -> StepOutput:
-        return self.apply_step(model_output, sample, c, self.step_noise(c, sample, generator))
-
-    def step(
-        self,
-        model_output: Tensor,
-        t: int,
-        t_prev: int,
-        sample: Tensor,
-        generator: torch.Generator | None = None,
-    ) -> StepOutput:
-        """One reverse step from ``t`` to ``t_prev`` (``-1``: final step, returns the x_0 estimate).
-
-        Args:
-            model_output: ``(B, ...)`` the model's eps or x_0 prediction at ``(sample, t)``.
-            t: current timestep in ``[0, T)``.
-            t_prev: next timestep in ``[-1, t)``.
-            sample: ``(B, ...)`` floating-point ``x_t``.
-            generator: source of the step noise (on sample's device); None uses torch's global
-                RNG. Not used when the step is deterministic (DDIM eta = 0, the final step).
-
-        Returns:
-            :class:`StepOutput` ``(prev_sample, pred_x0)``, both ``(B, ...)``.
-        """
-        coefs = self.coefficients([(t, t_prev)])[0]
-        _check_output(model_output, sample)
-        return self._update(model_output, sample, coefs, generator)
-
     def draw_noise(
-        self,
-        shape: Sequence[int],
-        num_inference_steps: int,
-        generator: torch.Generator | None = None,
-        device: torch.device | str | None = None,
-        dtype: torch.dtype | None = None,
-        init_noise: Tensor | None = None,
+        self, shape: Sequence[int], num_inference_steps: int,
+        generator: torch.Generator | None = None, device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None, init_noise: Tensor | None = None,
     ) -> tuple[Tensor, list[Tensor | None]]:
         """All the randomness of one reverse loop, drawn up front: the start and the step noises.
 
@@ -305,39 +249,30 @@ class Sampler(ABC):
             drawn first) and, per step of :meth:`plan`, its ``z`` ``(B, ...)`` drawn in step order,
             or None for a deterministic step (nothing drawn).
         """
-        n = self._check_num_steps(num_inference_steps)
+        plan = self.plan(num_inference_steps)
         x = draw_start_noise(shape, generator, device, dtype, init_noise)
-        return x, [self.step_noise(c, x, generator) for c in self.plan(n)[1]]
+        like = {"generator": generator, "device": x.device, "dtype": x.dtype}
+        return x, [torch.randn(x.shape, **like) if c.std > 0.0 else None for c in plan.steps]
 
     def run(
-        self,
-        denoise_fn: Callable[[Tensor, Tensor], Tensor],
-        x: Tensor,
-        pairs: Sequence[tuple[int, int]],
-        coefficients: Sequence[StepCoefficients],
-        noises: Sequence[Tensor | None],
+        self, denoise_fn: DenoiseFn, x: Tensor, plan: SamplingPlan, noises: Sequence[Tensor | None]
     ) -> Tensor:
         """The reverse loop itself, without randomness: ``x (B, ...) -> (B, ...)``.
 
-        ``pairs`` and ``coefficients`` as from :meth:`plan`, ``noises`` as from
-        :meth:`draw_noise`; traceable by ``torch.compile`` (no host reads).
+        ``plan`` from :meth:`plan`, ``noises`` from :meth:`draw_noise`; traceable by
+        ``torch.compile`` (no host reads).
         """
-        for (t, _), c, z in zip(pairs, coefficients, noises, strict=True):
+        for (t, _), c, z in zip(plan.pairs, plan.steps, noises, strict=True):
             t_batch = torch.full((x.shape[0],), t, dtype=torch.long, device=x.device)
             out = denoise_fn(x, t_batch)
-            _check_output(out, x)
+            check_output(out, x)
             x = self.apply_step(out, x, c, z).prev_sample
         return x
 
     def sample(
-        self,
-        denoise_fn: Callable[[Tensor, Tensor], Tensor],
-        shape: Sequence[int],
-        num_inference_steps: int,
-        generator: torch.Generator | None = None,
-        device: torch.device | str | None = None,
-        dtype: torch.dtype | None = None,
-        init_noise: Tensor | None = None,
+        self, denoise_fn: DenoiseFn, shape: Sequence[int], num_inference_steps: int,
+        generator: torch.Generator | None = None, device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None, init_noise: Tensor | None = None,
     ) -> Tensor:
         """Run the reverse process from ``N(0, I)`` noise to a sample.
 
@@ -360,68 +295,7 @@ class Sampler(ABC):
             ``(B, ...)`` samples.
         """
         x, noises = self.draw_noise(shape, num_inference_steps, generator, device, dtype, init_noise)
-        return self.run(denoise_fn, x, *self.plan(num_inference_steps), noises)
-
-
-def draw_start_noise(
-    shape: Sequence[int],
-    generator: torch.Generator | None = None,
-    device: torch.device | str | None = None,
-    dtype: torch.dtype | None = None,
-    init_noise: Tensor | None = None,
-) -> Tensor:
-    """The validated ``(B, ...)`` start of a sampling loop: ``init_noise`` (moved to ``device`` /
-    ``dtype``, not modified) if given, else ``N(0, I)`` drawn from ``generator``.
-
-    Args: as in :meth:`Sampler.sample` (``device`` defaults to init_noise's, else the CPU;
-    ``dtype`` to init_noise's, else float32).
-    """
-    shape = tuple(int(s) for s in shape)
-    if len(shape) == 0 or any(s < 1 for s in shape):
-        raise ValueError(f"shape must be (B, ...) with positive sizes; got {shape}")
-    if init_noise is not None and not isinstance(init_noise, Tensor):
-        raise TypeError(f"init_noise must be a tensor or None; got {type(init_noise).__name__}")
-    if init_noise is not None and tuple(init_noise.shape) != shape:
-        raise ValueError(f"init_noise must have shape {shape}; got {tuple(init_noise.shape)}")
-    if device is None:
-        device = init_noise.device if init_noise is not None else torch.device("cpu")
-    device = torch.device(device)
-    if dtype is None:
-        dtype = init_noise.dtype if init_noise is not None else torch.float32
-    if not dtype.is_floating_point:
-        raise TypeError(f"dtype must be a floating-point torch.dtype; got {dtype}")
-    if generator is not None and generator.device.type != device.type:
-        raise ValueError(
-            f"generator must live on device {device}; got a generator on {generator.device}"
-        )
-    if init_noise is None:
-        return torch.randn(shape, generator=generator, device=device, dtype=dtype)
-    return init_noise.to(device=device, dtype=dtype)
-
-
-def _as_int(value: int, name: str) -> int:
-    if isinstance(value, bool):
-        raise TypeError(f"{name} must be an int; got bool")
-    try:
-        return operator.index(value)
-    except TypeError:
-        raise TypeError(f"{name} must be an int; got {type(value).__name__}") from None
-
-
-def _check_output(model_output: Tensor, sample: Tensor) -> None:
-    if not isinstance(sample, Tensor) or not sample.is_floating_point():
-        raise TypeError(
-            f"sample must be a floating-point tensor; got {getattr(sample, 'dtype', type(sample))}"
-        )
-    if not isinstance(model_output, Tensor) or model_output.shape != sample.shape:
-        got = (
-            tuple(model_output.shape)
-            if isinstance(model_output, Tensor)
-            else type(model_output).__name__
-        )
-        raise ValueError(
-            f"model_output must be a tensor of the sample's shape {tuple(sample.shape)}; got {got}"
-        )
+        return self.run(denoise_fn, x, self.plan(num_inference_steps), noises)
 
 
 class DDPMSampler(Sampler):

@@ -62,9 +62,6 @@ _TABLES = (
     "_sqrt_one_minus_ab",
     "_sqrt_recip_ab",
     "_sqrt_recipm1_ab",
-    "_posterior_variance",
-    "_posterior_coef_x0",
-    "_posterior_coef_xt",
 )
 
 
@@ -133,7 +130,6 @@ class NoiseSchedule:
         log_ab = torch.cumsum(torch.log1p(-b), dim=0)
         ab, one_minus_ab = log_ab.exp(), -torch.expm1(log_ab)
         ab_prev = torch.cat([torch.ones(1, dtype=torch.float64), ab[:-1]])
-        one_minus_ab_prev = torch.cat([torch.zeros(1, dtype=torch.float64), one_minus_ab[:-1]])
         tables = {
             "betas": b,
             "alphas": alphas,
@@ -144,10 +140,6 @@ class NoiseSchedule:
             "_sqrt_one_minus_ab": one_minus_ab.sqrt(),
             "_sqrt_recip_ab": (1.0 / ab).sqrt(),
             "_sqrt_recipm1_ab": (one_minus_ab / ab).sqrt(),
-            # q(x_{t-1} | x_t, x_0) = N(coef_x0 x_0 + coef_xt x_t, posterior_variance), DDPM eq. 7.
-            "_posterior_variance": b * one_minus_ab_prev / one_minus_ab,
-            "_posterior_coef_x0": ab_prev.sqrt() * b / one_minus_ab,
-            "_posterior_coef_xt": alphas.sqrt() * one_minus_ab_prev / one_minus_ab,
         }
         for name, value in tables.items():
             object.__setattr__(self, name, value)
@@ -273,31 +265,6 @@ class NoiseSchedule:
         return (x_t - self._coef(self._sqrt_ab, t, x_t) * x0) / self._coef(
             self._sqrt_one_minus_ab, t, x_t
         )
-
-    def posterior_mean(self, x0: Tensor, x_t: Tensor, t: Tensor) -> Tensor:
-        """Mean of ``q(x_{t-1} | x_t, x_0)`` (DDPM eq. 7); equals ``x0`` at ``t = 0``.
-
-        ``sqrt(ab_{t-1}) beta_t / (1 - ab_t) * x0 + sqrt(alpha_t) (1 - ab_{t-1}) / (1 - ab_t) * x_t``.
-
-        Args: ``x0``, ``x_t``: ``(B, ...)``; ``t``: ``(B,)``. Returns ``(B, ...)``.
-        """
-        self._check_same_shape(x0, x_t, "x0 and x_t")
-        return (
-            self._coef(self._posterior_coef_x0, t, x0) * x0
-            + self._coef(self._posterior_coef_xt, t, x0) * x_t
-        )
-
-    def posterior_variance(self, t: Tensor) -> Tensor:
-        """Variance of ``q(x_{t-1} | x_t, x_0)``: ``beta_t (1 - ab_{t-1}) / (1 - ab_t)``; 0 at t = 0.
-
-        Args:
-            t: ``(B,)`` integer timesteps.
-
-        Returns:
-            ``(B,)`` variances in the table dtype (float64 by default), on t's device.
-        """
-        t = self._check_t(t, "t")
-        return self._posterior_variance.to(t.device)[t]
 
 
 BetasFn = Callable[[int, float, float], Tensor]
