@@ -1,6 +1,7 @@
 """PushT MPC expert: exact model, solving easy seeds, determinism, smoothness, dataset layout.
 
-Long runs (50 seeds) are in ``benchmarks/pusht_expert.py``.
+Tests that run the expert for a whole episode or rollout are ``slow``; the default suite runs the
+same code on a few planning steps. Long runs (50 seeds) are in ``benchmarks/pusht_expert.py``.
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ EASY_SEED = 10003  # solved in 43 steps (benchmarks/results/pusht_expert.json)
 
 @pytest.fixture(scope="module")
 def easy_episode() -> dict:
+    """The MPC expert's whole episode on :data:`EASY_SEED` (43 planning steps)."""
     return solve_episode(EASY_SEED, max_steps=100)
 
 
@@ -69,6 +71,7 @@ def test_model_reproduces_env_steps_exactly() -> None:
     env.close()
 
 
+@pytest.mark.slow  # a whole episode of MPC planning
 def test_solves_an_easy_seed_with_smooth_actions(easy_episode: dict) -> None:
     result = easy_episode
     assert result["success"], f"max coverage {result['coverage'].max():.3f}"
@@ -82,15 +85,25 @@ def test_solves_an_easy_seed_with_smooth_actions(easy_episode: dict) -> None:
     assert steps.mean() <= 15.0
 
 
-def test_recorded_actions_replay_the_episode_exactly(easy_episode: dict) -> None:
+def assert_replays_exactly(episode: dict, seed: int) -> None:
+    """The recorded actions of ``episode`` (solved from reset seed ``seed``) replay it exactly."""
     env = make_pusht_env("state", max_episode_steps=None)
-    env.reset(seed=EASY_SEED)
-    for t, action in enumerate(easy_episode["actions"]):
-        np.testing.assert_array_equal(_core_state(_pusht_core(env)), easy_episode["states"][t])
+    env.reset(seed=seed)
+    for t, action in enumerate(episode["actions"]):
+        np.testing.assert_array_equal(_core_state(_pusht_core(env)), episode["states"][t])
         _, _, _, _, info = env.step(action)
         # shapely's intersection area may differ in the last bit between calls
-        np.testing.assert_allclose(info["coverage"], easy_episode["coverage"][t], rtol=1e-12)
+        np.testing.assert_allclose(info["coverage"], episode["coverage"][t], rtol=1e-12)
     env.close()
+
+
+@pytest.mark.slow  # a whole episode of MPC planning
+def test_recorded_actions_replay_the_episode_exactly(easy_episode: dict) -> None:
+    assert_replays_exactly(easy_episode, EASY_SEED)
+
+
+def test_recorded_actions_replay_a_short_episode_exactly() -> None:
+    assert_replays_exactly(solve_episode(EASY_SEED, max_steps=6), EASY_SEED)
 
 
 def test_deterministic_given_seeds() -> None:
@@ -110,16 +123,28 @@ def test_keypoint_pose_fit_inverts_block_keypoints() -> None:
     np.testing.assert_allclose(np.cos(fitted[:, 2] - poses[:, 2]), 1.0, atol=1e-12)
 
 
-def test_eval_policy_pushes_the_block_towards_the_goal() -> None:
+def test_eval_policy_plans_a_bounded_step_and_checks_its_input() -> None:
     policy = PushTMPCExpert("keypoints", rng=0)
     assert isinstance(policy, EvalPolicy)
     env = make_pusht_env("state")
-    obs, info = env.reset(seed=EASY_SEED)
-    start = info["coverage"]
+    obs, _ = env.reset(seed=EASY_SEED)
     # "state" observations: one planning step, a target at most max_step from the agent
     action = PushTMPCExpert("state", rng=0).select_action({"state": obs["state"][None]})
     assert action.shape == (1, 2) and action.dtype == np.float32
     assert np.linalg.norm(action[0] - obs["state"][:2]) <= PushTMPCConfig().max_step + 1e-3
+    env.close()
+    with pytest.raises(ValueError, match="obs\\['state'\\]"):
+        policy.select_action({"state": np.zeros((2, 7), np.float32)})
+    with pytest.raises(ValueError, match="obs_mode"):
+        PushTMPCExpert("image")
+
+
+@pytest.mark.slow  # a 30-step MPC rollout
+def test_eval_policy_pushes_the_block_towards_the_goal() -> None:
+    policy = PushTMPCExpert("keypoints", rng=0)
+    env = make_pusht_env("state")
+    _, info = env.reset(seed=EASY_SEED)
+    start = info["coverage"]
     env.close()
     result = rollout(
         policy,
@@ -130,10 +155,6 @@ def test_eval_policy_pushes_the_block_towards_the_goal() -> None:
         max_episode_steps=30,
     )
     assert result.episodes[0].score > min(1.0, start / 0.95 + 0.3)
-    with pytest.raises(ValueError, match="obs\\['state'\\]"):
-        policy.select_action({"state": np.zeros((2, 7), np.float32)})
-    with pytest.raises(ValueError, match="obs_mode"):
-        PushTMPCExpert("image")
 
 
 def test_dataset_has_the_human_layout_and_loads_in_every_obs_mode(tmp_path: Path) -> None:
@@ -182,6 +203,7 @@ def test_dataset_has_the_human_layout_and_loads_in_every_obs_mode(tmp_path: Path
     assert not (tmp_path / "none.zarr").exists()
 
 
+@pytest.mark.slow  # the expert solves a whole episode
 def test_default_demonstrations_are_cached(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     demos = default_pusht_demonstrations(
         "state", n_episodes=1, seed=EASY_SEED, cache_dir=tmp_path, progress=False
@@ -225,3 +247,20 @@ def test_bad_arguments_raise_clear_errors(tmp_path: Path) -> None:
         generate_pusht_dataset(tmp_path / "x.zarr", n_episodes=0, progress=False)
     with pytest.raises(ValueError, match="obs_mode"):
         default_pusht_demonstrations("pixels", cache_dir=tmp_path)
+
+
+def test_default_demonstrations_reuse_the_cached_store(tmp_path: Path,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """A store already at the cache path (written here: one short episode) is loaded, in any
+    observation mode, without running the expert."""
+    generate_pusht_dataset(tmp_path / "demos" / f"pusht-mpc-1-{EASY_SEED}.zarr", n_episodes=1,
+                           seed=EASY_SEED, max_steps=4, only_successful=False, progress=False)
+
+    def fail(*args: object, **kwargs: object) -> None:
+        raise AssertionError("the cached dataset should be reused")
+
+    monkeypatch.setattr("rlox_dp.experts.pusht.dataset.generate_pusht_dataset", fail)
+    for obs_mode, dim in (("state", 6), ("keypoints", 20)):
+        demos = default_pusht_demonstrations(obs_mode, n_episodes=1, seed=EASY_SEED,
+                                             cache_dir=tmp_path, progress=False)
+        assert demos.n_episodes == 1 and demos.observations["state"].shape == (4, dim)
