@@ -9,8 +9,7 @@ import torch
 
 os.environ.setdefault("PYGAME_HIDE_SUPPORT_PROMPT", "1")
 
-# Re-exported for test files not yet switched to ``from helpers import ...``.
-from helpers import TINY, load_benchmark, pendulum_demos, record_losses  # noqa: E402, F401
+from helpers import pendulum_demos  # noqa: E402
 
 from rlox_dp.buffers import Demonstrations  # noqa: E402
 
