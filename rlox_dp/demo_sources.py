@@ -3,6 +3,7 @@
     demos, demo_info = load_demonstrations_for("Pendulum-v1", None, obs_keys=["state"], obs_mode=None,
                                                n_demos=50, cache_dir=None, progress=True)
 
+The env's :class:`~rlox_dp.envs.spec.EnvSpec` knows its files and its default demonstrations.
 One function answers "which demonstrations does this run train on" for every kind of source a
 :class:`rlox_dp.Trainer` accepts: :class:`Demonstrations` in memory, ``None`` (the env's built-in
 expert, trained once and cached; PushT: the MPC expert's dataset), a LeRobotDataset v3 folder,
@@ -21,6 +22,7 @@ import gymnasium as gym
 import numpy as np
 
 from rlox_dp.buffers import Demonstrations
+from rlox_dp.envs.spec import env_spec
 
 __all__ = ["MAX_OUT_OF_BOUNDS_FRACTION", "check_demonstrations", "load_demonstrations_for"]
 
@@ -48,7 +50,8 @@ def load_demonstrations_for(
             expert (PushT: the MPC expert's dataset in ``obs_mode``); a path to a LeRobotDataset
             folder, to the PushT zarr (PushT envs) or to a ``.zarr`` / ``.npz`` file.
         obs_keys: the env's observation keys (what is read from a file).
-        obs_mode: the PushT observation mode (``"keypoints"`` when ``None``); ignored elsewhere.
+        obs_mode: the env's observation mode (PushT's ``"image"`` ...; its spec's default when
+            ``None``); envs with one kind of observation ignore it.
         n_demos: episodes collected from a built-in expert.
         cache_dir: where experts and their demonstrations are cached (default
             ``$RLOX_DP_CACHE`` or ``~/.cache/rlox_dp``).
@@ -64,31 +67,14 @@ def load_demonstrations_for(
     """
     if isinstance(demos, Demonstrations):
         return demos, {}
-    pusht = env_id.startswith("gym_pusht/")
-    if demos is None and pusht:
-        from rlox_dp.experts.pusht import default_pusht_demonstrations
-
-        return default_pusht_demonstrations(obs_mode or "keypoints", n_episodes=n_demos, cache_dir=cache_dir,
-                                            progress=progress), {}
+    spec = env_spec(env_id)
     if demos is None:
-        from rlox_dp.experts import default_demonstrations
-
-        loaded = default_demonstrations(env_id, n_episodes=n_demos, cache_dir=cache_dir, progress=progress)
+        loaded = spec.default_demonstrations(obs_mode, n_demos, cache_dir, progress)
         info = {k: float(v) for k, v in loaded.metadata.items()
                 if k.startswith("expert_") and isinstance(v, (int, float))}
         return loaded, info
     if isinstance(demos, (str, os.PathLike)):
-        from rlox_dp.buffers.lerobot import is_lerobot_dataset, load_lerobot_dataset
-
-        if is_lerobot_dataset(demos):
-            return load_lerobot_dataset(demos, obs_keys=list(obs_keys)), {}
-        if pusht:
-            from rlox_dp.envs.pusht import load_pusht_demonstrations
-
-            return load_pusht_demonstrations(demos, obs_mode=obs_mode or "keypoints"), {}
-        from rlox_dp.buffers.loaders import load_demonstrations
-
-        return load_demonstrations(demos, obs_keys=list(obs_keys)), {}
+        return spec.load_demonstrations(demos, obs_mode, obs_keys), {}
     raise TypeError(
         "demos must be a path (.zarr/.npz, a LeRobot dataset folder), Demonstrations, "
         f"DemonstrationBuffer or None, got {type(demos).__name__}"

@@ -244,6 +244,10 @@ def register_env(spec: EnvSpec) -> EnvSpec:
     if spec.env_id in ENV_REGISTRY:
         raise ValueError(f"env {spec.env_id!r} is already registered (as "
                          f"{ENV_REGISTRY.canonical(spec.env_id)!r}); ids are matched in any case")
+    if spec.expert is None and spec.state_access is None:
+        ENV_REGISTRY.register(spec.env_id, spec)
+        return spec
+    # imported here: rlox_dp.experts imports rlox_dp.envs (the built-in specs need neither)
     from rlox_dp.experts import register_expert, register_state_access
     from rlox_dp.experts.labelling import STATE_ACCESS
     from rlox_dp.experts.registry import EXPERTS
