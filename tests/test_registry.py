@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -93,3 +94,75 @@ def test_decorator_form_check_and_unregister():
     with pytest.raises(UnknownNameError, match=r"unknown thing 3\. Known things: Alpha"):
         registry.get(3)  # type: ignore[arg-type]
     assert registry.unregister("alpha") is Alpha and "Alpha" not in registry
+
+
+def _registries() -> list[tuple[Registry, str]]:
+    from rlox_dp.algorithms.base import ALGORITHMS
+    from rlox_dp.diffusion import SAMPLER_REGISTRY, SCHEDULE_REGISTRY
+    from rlox_dp.envs import ENV_REGISTRY
+    from rlox_dp.experts.labelling import STATE_ACCESS
+    from rlox_dp.experts.registry import EXPERTS
+    from rlox_dp.networks import DENOISER_REGISTRY
+
+    return [(ALGORITHMS, "diffusion"), (DENOISER_REGISTRY, "unet"), (SAMPLER_REGISTRY, "DPMSolver++"),
+            (SCHEDULE_REGISTRY, "squaredcos_cap_v2"), (ENV_REGISTRY, "gym_pusht/PushT-v0"),
+            (EXPERTS, "Pendulum-v1"), (STATE_ACCESS, "Pendulum-v1")]
+
+
+@pytest.mark.parametrize(("registry", "name"), _registries(), ids=lambda x: getattr(x, "kind", x))
+def test_every_registry_of_the_package_follows_the_rules(registry, name):
+    assert registry.get(name.upper()) is registry.get(name.lower()) is registry.find(name)
+    assert name.casefold() in {n.casefold() for n in registry.names()}
+    with pytest.raises(UnknownNameError, match=rf"unknown {registry.kind} 'no-such-name'\..*Known"):
+        registry.get("no-such-name")
+
+
+def test_the_public_wrappers_accept_any_case():
+    from rlox_dp import get_algorithm_class
+    from rlox_dp.diffusion import DDPMSampler, make_sampler, make_schedule
+    from rlox_dp.networks import MLPDenoiser, build_denoiser
+    from rlox_dp.presets import preset_for
+
+    assert get_algorithm_class("Diffusion").name == "diffusion"
+    assert isinstance(build_denoiser("MLP", action_dim=2, horizon=4, cond_dim=3, hidden_dim=8), MLPDenoiser)
+    schedule = make_schedule("COSINE", 10)
+    assert torch.equal(schedule.betas, make_schedule("cosine", 10).betas)
+    assert isinstance(make_sampler("Ddpm", schedule), DDPMSampler)
+    assert preset_for("DIFFUSION", "gym_pusht/pusht-v0") == preset_for("diffusion", "gym_pusht/PushT-v0") != {}
+    with pytest.raises(ValueError, match=r"unknown sampler 'ddpx'\. Did you mean 'ddpm'\?"):
+        make_sampler("ddpx", schedule)
+
+
+def test_a_registered_denoiser_and_sampler_are_built_by_name(monkeypatch):
+    from rlox_dp.diffusion import (
+        SAMPLER_REGISTRY,
+        DDIMSampler,
+        available_samplers,
+        make_sampler,
+        make_schedule,
+    )
+    from rlox_dp.networks import (
+        DENOISER_REGISTRY,
+        MLPDenoiser,
+        available_denoisers,
+        build_denoiser,
+        register_denoiser,
+    )
+
+    monkeypatch.setattr(DENOISER_REGISTRY, "_entries", dict(DENOISER_REGISTRY._entries))
+    monkeypatch.setattr(SAMPLER_REGISTRY, "_entries", dict(SAMPLER_REGISTRY._entries))
+
+    @register_denoiser("WideMLP")
+    class WideMLP(MLPDenoiser):
+        pass
+
+    class Eta05(DDIMSampler):
+        def __init__(self, schedule, **kwargs):
+            super().__init__(schedule, eta=0.5, **kwargs)
+
+    SAMPLER_REGISTRY.register("ddim_eta05", Eta05)
+    assert "WideMLP" in available_denoisers() and "ddim_eta05" in available_samplers()
+    assert isinstance(build_denoiser("widemlp", action_dim=2, horizon=4, cond_dim=3, hidden_dim=8), WideMLP)
+    assert make_sampler("DDIM_ETA05", make_schedule("cosine", 10)).eta == 0.5
+    with pytest.raises(TypeError, match="Denoiser subclass"):
+        DENOISER_REGISTRY.register("not_a_network", object)
