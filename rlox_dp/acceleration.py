@@ -8,7 +8,10 @@ state-dict keys or training (they act on inference only: batch 1 without autogra
 
 * :class:`GemmConv1d`: the U-Net's convolutions at batch 1 without autograd on the CPU run as one
   matrix product (``im2col @ weight^T``) instead of torch's ``1 x K`` Conv2d, which is slow when
-  the time axis is short (4-8 steps in the deep U-Net levels).
+  the time axis is short (4-8 steps in the deep U-Net levels). Whether that is faster depends on
+  the CPU and the torch build, so it is decided per machine: a quick timing of both on the
+  network's own shapes at first use (a few ms, cached per process), overridden by the
+  ``gemm_conv`` argument of :func:`accelerate` or the ``RLOX_DP_GEMM_CONV`` environment variable.
 * FiLM table (:func:`film_conditioned`): every residual block's FiLM parameters
   ``Linear(Mish(cat(step_features(t), global_cond)))`` for all of a chunk's timesteps, computed
   once per chunk; each step then looks its rows up instead of running the timestep encoder and
@@ -21,6 +24,10 @@ state-dict keys or training (they act on inference only: batch 1 without autogra
 from __future__ import annotations
 
 import dataclasses
+import os
+import platform
+import statistics
+import time
 import types
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -32,7 +39,21 @@ from torch import nn
 from rlox_dp.diffusion.plan import DenoiseFn, SamplingPlan
 from rlox_dp.networks.unet1d import ConditionalResidualBlock1D, ConditionalUnet1D
 
-__all__ = ["Acceleration", "GemmConv1d", "accelerate", "film_conditioned", "film_table"]
+__all__ = [
+    "GEMM_CONV_ENV",
+    "Acceleration",
+    "GemmConv1d",
+    "accelerate",
+    "film_conditioned",
+    "film_table",
+    "choose_convolutions",
+    "gemm_conv_is_faster",
+]
+
+#: environment variable overriding the per-machine choice of :class:`GemmConv1d`: ``"1"`` use it
+#: wherever it applies, ``"0"`` never, ``"auto"`` (or unset) time it (:func:`gemm_conv_is_faster`).
+GEMM_CONV_ENV = "RLOX_DP_GEMM_CONV"
+
 
 class GemmConv1d(nn.Conv1d):
     """``nn.Conv1d`` whose single-sample CPU inference runs as one matrix product.
@@ -43,7 +64,7 @@ class GemmConv1d(nn.Conv1d):
     when ``C_in * C_out >= min_channel_product`` and ``K > 1``; every other case (batches,
     autograd, GPUs, small convolutions, stride / dilation / groups) is ``nn.Conv1d.forward``.
     Parameters and state-dict keys are those of ``nn.Conv1d``; :func:`accelerate` turns a
-    model's ``nn.Conv1d`` modules into this class in place.
+    model's ``nn.Conv1d`` modules into this class in place where it is faster.
     """
 
     min_channel_product: int = 64 * 128
@@ -53,24 +74,115 @@ class GemmConv1d(nn.Conv1d):
             x.shape[0] == 1
             and x.device.type == "cpu"
             and not (torch.is_grad_enabled() and (x.requires_grad or self.weight.requires_grad))
-            and self.kernel_size[0] > 1
-            and self.in_channels * self.out_channels >= self.min_channel_product
-            and self.stride == (1,)
-            and self.dilation == (1,)
-            and self.groups == 1
-            and self.padding_mode == "zeros"
-            and not isinstance(self.padding, str)
+            and _gemm_applies(self)
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``(B, C_in, T) -> (B, C_out, T_out)``, ``T_out = T + 2 padding - K + 1``."""
         if not self._use_gemm(x):
             return super().forward(x)
-        k, p = self.kernel_size[0], self.padding[0]
-        padded = F.pad(x[0], (p, p))  # (C_in, T + 2p)
-        cols = padded.unfold(1, k, 1).transpose(0, 1).reshape(-1, self.in_channels * k)
-        out = F.linear(cols, self.weight.reshape(self.out_channels, -1), self.bias)  # (T_out, C_out)
-        return out.T.unsqueeze(0)
+        return _gemm_conv1d(self, x)
+
+
+def _gemm_applies(conv: nn.Conv1d) -> bool:
+    """Whether :class:`GemmConv1d`'s product can stand for ``conv`` (shape and options)."""
+    return (
+        conv.kernel_size[0] > 1
+        and conv.in_channels * conv.out_channels >= GemmConv1d.min_channel_product
+        and conv.stride == (1,)
+        and conv.dilation == (1,)
+        and conv.groups == 1
+        and conv.padding_mode == "zeros"
+        and not isinstance(conv.padding, str)
+    )
+
+
+def _gemm_conv1d(conv: nn.Conv1d, x: torch.Tensor) -> torch.Tensor:
+    """``conv(x)`` for one sample ``(1, C_in, T)`` as ``im2col @ weight^T`` -> ``(1, C_out, T_out)``."""
+    k, p = conv.kernel_size[0], conv.padding[0]
+    padded = F.pad(x[0], (p, p))  # (C_in, T + 2p)
+    cols = padded.unfold(1, k, 1).transpose(0, 1).reshape(-1, conv.in_channels * k)
+    out = F.linear(cols, conv.weight.reshape(conv.out_channels, -1), conv.bias)  # (T_out, C_out)
+    return out.T.unsqueeze(0)
+
+
+#: decisions of :func:`gemm_conv_is_faster` in this process, keyed by machine and shape.
+_GEMM_DECISIONS: dict[tuple[object, ...], bool] = {}
+
+
+def _cpu_model() -> str:
+    """The CPU's model name (``/proc/cpuinfo``), else what ``platform`` knows."""
+    try:
+        with open("/proc/cpuinfo") as cpuinfo:
+            for line in cpuinfo:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def _alternating_medians(first: Callable[[], object], second: Callable[[], object],
+                         rounds: int) -> tuple[float, float]:
+    """Median seconds of ``first`` and of ``second`` over ``rounds`` alternating calls of each
+    (after one warm-up call each), so that a neighbour's load hits both alike."""
+    first(), second()
+    times: tuple[list[float], list[float]] = ([], [])
+    for _ in range(rounds):
+        for call, out in zip((first, second), times, strict=True):
+            start = time.perf_counter()
+            call()
+            out.append(time.perf_counter() - start)
+    return statistics.median(times[0]), statistics.median(times[1])
+
+
+def gemm_conv_is_faster(conv: nn.Conv1d, length: int, rounds: int = 15) -> bool:
+    """Whether :class:`GemmConv1d`'s product beats ``nn.Conv1d`` on this machine for ``conv`` at
+    batch 1 over ``length`` time steps: medians of ``rounds`` alternating runs of both (a few ms),
+    decided once per process for each CPU model, torch version, thread count, shape and dtype."""
+    key = (_cpu_model(), torch.__version__, torch.get_num_threads(), conv.in_channels,
+           conv.out_channels, conv.kernel_size, conv.padding, length, conv.weight.dtype)
+    if key not in _GEMM_DECISIONS:
+        x = torch.randn(1, conv.in_channels, length, dtype=conv.weight.dtype,
+                        generator=torch.Generator().manual_seed(0))  # global RNG untouched
+        with torch.no_grad():
+            plain, gemm = _alternating_medians(
+                lambda: nn.Conv1d.forward(conv, x), lambda: _gemm_conv1d(conv, x), rounds
+            )
+        _GEMM_DECISIONS[key] = gemm < plain
+    return _GEMM_DECISIONS[key]
+
+
+def _input_lengths(denoiser: nn.Module, convs: list[nn.Conv1d]) -> dict[nn.Conv1d, int]:
+    """The time length each of ``convs`` sees in one batch-1 forward of ``denoiser``."""
+    lengths: dict[nn.Conv1d, int] = {}
+
+    def record(conv: nn.Module, args: tuple[torch.Tensor, ...]) -> None:
+        lengths.setdefault(conv, args[0].shape[-1])
+
+    hooks = [conv.register_forward_pre_hook(record) for conv in convs]
+    try:
+        with torch.no_grad():
+            denoiser(torch.zeros(1, denoiser.horizon, denoiser.action_dim),
+                     torch.zeros(1, dtype=torch.long), torch.zeros(1, denoiser.cond_dim))
+    finally:
+        for hook in hooks:
+            hook.remove()
+    return lengths
+
+
+def _gemm_setting(gemm_conv: bool | str | None) -> bool | str:
+    """``gemm_conv`` (argument) or the environment's :data:`GEMM_CONV_ENV`: True, False or "auto"."""
+    if gemm_conv is None:
+        gemm_conv = os.environ.get(GEMM_CONV_ENV, "auto")
+    if isinstance(gemm_conv, bool):
+        return gemm_conv
+    value = str(gemm_conv).strip().lower()
+    choices = {"1": True, "true": True, "on": True, "0": False, "false": False, "off": False,
+               "auto": "auto", "": "auto"}
+    if value not in choices:
+        raise ValueError(f"gemm_conv / ${GEMM_CONV_ENV} must be 1, 0 or auto; got {gemm_conv!r}")
+    return choices[value]
 
 
 def _film_channels(block: ConditionalResidualBlock1D) -> int:
@@ -209,23 +321,42 @@ class Acceleration:
         return self._loops[plan][1]
 
 
-def _use_gemm_convolutions(module: nn.Module) -> None:
-    """Turn every plain ``nn.Conv1d`` of ``module`` into a :class:`GemmConv1d` (same parameters)."""
-    for conv in module.modules():
-        if type(conv) is nn.Conv1d:
-            conv.__class__ = GemmConv1d
+def choose_convolutions(denoiser: nn.Module, gemm_conv: bool | str | None = None) -> None:
+    """Make each ``nn.Conv1d`` of ``denoiser`` where :class:`GemmConv1d` applies one of the two
+    classes (in place; same parameters): per :func:`gemm_conv_is_faster` on the network's own
+    input lengths (``"auto"``, on the CPU), or all / none of them (``True`` / ``False``).
+
+    Args:
+        denoiser: a :class:`~rlox_dp.networks.Denoiser`.
+        gemm_conv: True, False, "auto"; None reads :data:`GEMM_CONV_ENV` (default "auto").
+    """
+    setting = _gemm_setting(gemm_conv)
+    convs = [m for m in denoiser.modules() if isinstance(m, nn.Conv1d) and _gemm_applies(m)]
+    if setting == "auto" and convs and convs[0].weight.device.type != "cpu":
+        setting = False  # the product path is CPU-only
+    if setting == "auto" and convs:
+        lengths = _input_lengths(denoiser, convs)
+        use = {conv: conv in lengths and gemm_conv_is_faster(conv, lengths[conv]) for conv in convs}
+    else:
+        use = dict.fromkeys(convs, bool(setting))
+    for conv, faster in use.items():
+        conv.__class__ = GemmConv1d if faster else nn.Conv1d
 
 
-def accelerate(policy: Any, compile_kwargs: dict[str, Any] | None = None) -> Any:
+def accelerate(policy: Any, compile_kwargs: dict[str, Any] | None = None, *,
+               gemm_conv: bool | str | None = None) -> Any:
     """Switch the inference fast paths (module docstring) on for ``policy``, in place.
 
     A policy without a denoiser and a sampler (e.g. BC) is returned unchanged. Calling it again
-    keeps what is on and updates the compiled loop's options when ``compile_kwargs`` is given.
+    keeps what is on (the convolutions chosen the first time, unless ``gemm_conv`` is given) and
+    updates the compiled loop's options when ``compile_kwargs`` is given.
 
     Args:
         policy: a :class:`~rlox_dp.algorithms.DiffusionPolicy` (or subclass).
         compile_kwargs: ``torch.compile`` options of the compiled denoising loop (what
             ``compile_networks`` passes); None: no compiled loop (unless one was on already).
+        gemm_conv: :class:`GemmConv1d` where it applies: True, False, or "auto" (timed on this
+            machine, :func:`choose_convolutions`); None: :data:`GEMM_CONV_ENV`, default "auto".
 
     Returns:
         ``policy``.
@@ -233,8 +364,9 @@ def accelerate(policy: Any, compile_kwargs: dict[str, Any] | None = None) -> Any
     denoiser = getattr(policy, "denoiser", None)
     if denoiser is None or getattr(policy, "sampler", None) is None:
         return policy
-    _use_gemm_convolutions(denoiser)
     current = getattr(policy, "acceleration", None)
+    if current is None or gemm_conv is not None:
+        choose_convolutions(denoiser, gemm_conv)
     if compile_kwargs is None and current is not None:
         compile_kwargs = current.compile_kwargs
     policy.acceleration = Acceleration(

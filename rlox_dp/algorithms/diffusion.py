@@ -277,8 +277,8 @@ class DiffusionPolicy(Algorithm):
         """Compile the networks in place and switch the inference fast paths on
         (:func:`~rlox_dp.acceleration.accelerate`), with the whole denoising loop compiled for
         samplers with few steps; outputs match the eager ones."""
+        accelerate(self, compile_kwargs)  # before compiling: the graphs see the chosen layers
         super().compile_networks(**compile_kwargs)
-        accelerate(self, compile_kwargs)
 
     def _build_sampler(self, config: DiffusionConfig | None = None) -> Sampler:
         config = config if config is not None else self.config
