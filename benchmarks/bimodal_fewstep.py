@@ -175,7 +175,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             if model == "diffusion":
                 teacher_path = path
             training[model] = {"train_time_s": metrics["train_time_s"], "final_loss": metrics["loss"],
-                               "steps": int(metrics["step"]), "config": trainer.config.to_dict()}
+                               "steps": int(metrics["step"]), "config": {**trainer.config.to_dict(), **trainer.training.to_dict()}}
             if model == "consistency":  # the teacher's training time is part of the student's
                 training[model]["teacher"] = str(teacher_path)
                 training[model]["teacher_train_time_s"] = training.get("diffusion", {}).get("train_time_s")

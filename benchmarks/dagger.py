@@ -261,7 +261,7 @@ def run_idp_variant(variant: str, seed: int, args: argparse.Namespace, work: Pat
                   if (dagger_dir / "dagger.json").exists() else
                   DAgger(trainer, {"rounds": 50, "episodes": args.idp_episodes, "label_every": 1,
                                    "label_budget": max(1, args.idp_budget - labels),
-                                   "steps_per_round": trainer.config.total_steps // 2, "evaluate": False},
+                                   "steps_per_round": trainer.training.total_steps // 2, "evaluate": False},
                          out_dir=dagger_dir, labeller=labeller))
         history = dagger.run()
         trainer, labels = dagger.trainer, labels + sum(r.get("label_steps", 0) for r in history)

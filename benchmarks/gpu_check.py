@@ -81,7 +81,7 @@ def loss_trajectory(trainer: Trainer, state: dict[str, torch.Tensor], batches: l
     policy = copy.deepcopy(trainer.policy).to(device)
     policy.load_state_dict(state)
     policy.train()
-    optimizer = torch.optim.AdamW(policy.parameters(), lr=trainer.config.lr)
+    optimizer = torch.optim.AdamW(policy.parameters(), lr=trainer.training.lr)
     losses = []
     for k, batch in enumerate(batches):
         generator = torch.Generator().manual_seed(k)
@@ -104,7 +104,7 @@ def check_losses(trainer: Trainer, device: torch.device, n_steps: int) -> dict[s
     """First ``n_steps`` losses on ``device`` (float32 and bf16) against float32 on the CPU."""
     buffer: DemonstrationBuffer = trainer.buffer
     generator = torch.Generator().manual_seed(0)
-    batches = [buffer.sample(trainer.config.batch_size, generator) for _ in range(n_steps)]
+    batches = [buffer.sample(trainer.training.batch_size, generator) for _ in range(n_steps)]
     state = {k: v.detach().cpu().clone() for k, v in trainer.policy.state_dict().items()}
     tf32 = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
     torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False

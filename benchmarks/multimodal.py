@@ -134,7 +134,7 @@ def train_and_evaluate(variant: str, seed: int, demos: Demonstrations, args: arg
            "timeout_rate": float(np.mean(returns == 0)),
            "return_mean": summary["eval/return_mean"], "length_mean": summary["eval/length_mean"],
            "successes": result.successes.astype(int).tolist(), "returns": returns.tolist(),
-           "config": trainer.config.to_dict()}
+           "config": {**trainer.config.to_dict(), **trainer.training.to_dict()}}
     return row, trainer
 
 

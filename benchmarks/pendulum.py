@@ -39,7 +39,7 @@ def _run(algo: str, seed: int, args: argparse.Namespace, log_root: Path) -> dict
     metrics = trainer.train(evaluate=False)
     row = {"algorithm": algo, "seed": seed, "steps": int(metrics["step"]),
            "train_time_s": metrics["train_time_s"], "final_loss": metrics["loss"],
-           "expert_return": metrics.get("expert/return_mean"), "config": trainer.config.to_dict()}
+           "expert_return": metrics.get("expert/return_mean"), "config": {**trainer.config.to_dict(), **trainer.training.to_dict()}}
     if algo == "diffusion":
         policy = trainer.eval_policy
         variants = {"ddpm_all": ("DDPM", trainer.config.num_train_timesteps), "ddim_10": ("DDIM", 10)}

@@ -211,7 +211,7 @@ def train_and_evaluate(variant: str, seed: int, args: argparse.Namespace, log_ro
                           device=args.device, log_dir=run_dir, progress=args.progress, preset=False)
     earlier_curve = [c for c in (previous or {}).get("curve", []) if c["step"] <= trainer.state.step]
     earlier_time = float((previous or {}).get("train_time_s", 0.0)) if earlier_curve else 0.0
-    data_time = measure_data_time(trainer.buffer, trainer.config.batch_size)
+    data_time = measure_data_time(trainer.buffer, trainer.training.batch_size)
     best = {"score": max((c["score"] for c in earlier_curve), default=-1.0)}
     start_time = time.perf_counter()
 
@@ -227,7 +227,7 @@ def train_and_evaluate(variant: str, seed: int, args: argparse.Namespace, log_ro
                 "score": float(np.mean(result.scores)), "success_rate": float(np.mean(result.successes)),
                 "scores": result.scores.tolist(), "successes": result.successes.astype(int).tolist(),
                 "curve": list(points), "n_parameters": sum(p.numel() for p in trainer.policy.parameters()),
-                "config": trainer.config.to_dict()}
+                "config": {**trainer.config.to_dict(), **trainer.training.to_dict()}}
 
     def on_eval(tr: Trainer, summary: dict[str, float]) -> None:
         points.append({"step": int(tr.state.step), "score": summary["eval/score_mean"],

@@ -165,7 +165,7 @@ def build(cfg_name: str, n_episodes: int | None = None, seed: int = 0):
     if n_episodes is None:
         n_episodes = 20 if obs_kind == "image" else 200
     demos = synthetic_demos(obs_kind, n_episodes, seed)
-    buffer = DemonstrationBuffer(demos, config.n_obs_steps, config.horizon, config.n_action_steps)
+    buffer = DemonstrationBuffer(demos, config.window)
     obs_space = gym.spaces.Dict({
         k: gym.spaces.Box(0, 255, s, np.uint8) if len(s) == 3 else gym.spaces.Box(-np.inf, np.inf, s, np.float32)
         for k, s in OBS[obs_kind].items()})
@@ -189,6 +189,7 @@ def task_train(cfg_name: str, batch_size: int, opts: dict[str, float]) -> dict[s
 
     from rlox_dp.distributed import DistributedContext
     from rlox_dp.ema import EMA
+    from rlox_dp.training import TrainingConfig
     from rlox_dp.training.train_step import TrainStep, sample_batch
 
     policy, buffer = build(cfg_name)
@@ -224,7 +225,8 @@ def task_train(cfg_name: str, batch_size: int, opts: dict[str, float]) -> dict[s
 
     # What Trainer.train runs per gradient step, with the config's defaults (its own optimizer,
     # EMA, warmup + cosine LR, clipping): sample_batch + TrainStep.
-    train_step = TrainStep(policy, policy.config, device=torch.device("cpu"))
+    training = TrainingConfig().resolved(policy.config)  # the defaults a Trainer run gets
+    train_step = TrainStep(policy, training, device=torch.device("cpu"))
     n_steps = {"n": 0}
 
     def trainer_step() -> None:

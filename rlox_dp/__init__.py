@@ -6,10 +6,10 @@
 
 from rlox_dp.algorithms import (
     Algorithm,
-    AlgorithmConfig,
     BCChunkConfig,
     BCConfig,
     DiffusionConfig,
+    PolicyConfig,
     available_algorithms,
     get_algorithm_class,
     register_algorithm,
@@ -20,13 +20,13 @@ from rlox_dp.config import ConfigError
 from rlox_dp.policy_io import load_policy
 from rlox_dp.runtime import NonFiniteLossError
 from rlox_dp.trainer import Trainer
+from rlox_dp.training import TrainingConfig
 from rlox_dp.window import Window
 
 __version__ = "0.1.0"
 
 __all__ = [
     "Algorithm",
-    "AlgorithmConfig",
     "BCChunkConfig",
     "BCConfig",
     "Batch",
@@ -37,7 +37,9 @@ __all__ = [
     "DiffusionConfig",
     "NonFiniteLossError",
     "Normalizer",
+    "PolicyConfig",
     "Trainer",
+    "TrainingConfig",
     "Window",
     "available_algorithms",
     "get_algorithm_class",

@@ -2,8 +2,9 @@
 
 A checkpoint is ONE ``.safetensors`` file. Its tensors are namespaced (``policy/...``,
 ``ema/...``, ``optimizer/state/<i>/<name>``, ``rng/<name>``) and its header metadata holds one
-JSON document under the key ``"rlox_dp"`` (format version, algorithm, env, config, step, spaces,
-normalizer layout, optimizer hyper-parameters). Loading parses the safetensors header and JSON only,
+JSON document under the key ``"rlox_dp"`` (format version, algorithm, env, policy config
+``"config"`` and training config ``"training"`` (one flat ``"config"`` before the split), step,
+spaces, normalizer layout, optimizer hyper-parameters). Loading parses the safetensors header and JSON only,
 so a file can never execute code; anything else (a pickle, a truncated or corrupted file) is
 refused with :class:`CheckpointError`.
 
@@ -269,7 +270,7 @@ def _verify_digests(path: Path, tensors: dict[str, torch.Tensor], text: str, dig
 #: header fields of a Trainer checkpoint: name -> (JSON type, required).
 _TRAINER_HEADER = {
     "algorithm": (str, True), "env": (str, True), "seed": (int, True), "step": (int, True),
-    "config": (dict, True), "normalizer": (dict, True), "optimizer": (dict, True),
+    "config": (dict, True), "training": (dict, False), "normalizer": (dict, True), "optimizer": (dict, True),
     "observation_space": (dict, True), "action_space": (dict, True), "env_kwargs": (dict, False),
     "ema_step": (int, False), "demos": (str, False), "demo_info": (dict, False),
     "log_dir": (str, False), "grad_scaler": (dict, False), "run_id": (str, False),

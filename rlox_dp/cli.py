@@ -147,8 +147,8 @@ def _run_train(args: argparse.Namespace) -> int:
         trainer.algorithm_name, trainer.env_id, trainer.device, len(trainer.buffer), trainer.log_dir,
     )
     if args.eval_episodes is not None:
-        trainer.config.replace(n_eval_episodes=args.eval_episodes)  # validated like the config
-        trainer.config.n_eval_episodes = args.eval_episodes
+        trainer.training.replace(n_eval_episodes=args.eval_episodes)  # validated like the config
+        trainer.training.n_eval_episodes = args.eval_episodes
     metrics = trainer.train(args.steps)
     if args.video_dir and not metrics.get("interrupted") and trainer.dist.is_main:
         trainer.evaluate(n_episodes=2, video_dir=args.video_dir, n_videos=2)
@@ -223,13 +223,14 @@ def _run_eval_policy(args: argparse.Namespace) -> int:
     from rlox_dp import load_policy
     from rlox_dp.evaluation import evaluate_policy
     from rlox_dp.threads import configure_threads, policy_flops_per_sample
+    from rlox_dp.training import TrainingConfig
 
     policy = load_policy(args.checkpoint, device=args.device)
     if policy.env_id is None:
         raise ValueError(f"{args.checkpoint} is a policy file without an env id; save it with "
                          "Trainer.save_policy(path) or policy.save(path, env=...)")
     _configure_sampler(policy, args.sampler, args.checkpoint)
-    cfg = policy.config
+    cfg = TrainingConfig.from_dict(policy.evaluation)  # the recorded protocol, else the defaults
     n_envs = args.envs if args.envs is not None else cfg.n_eval_envs
     flops = policy_flops_per_sample(policy) * n_envs if policy.device.type == "cpu" else None
     configure_threads(args.threads, policy.device, flops, "evaluation")

@@ -67,6 +67,8 @@ def _coerce(field: str, value: Any, tp: Any) -> Any:
                 return _coerce(field, value, arg)
             except ConfigError as err:
                 errors.append(err)
+        if len(errors) == 1:  # ``X | None`` given something else: X's own message
+            raise errors[0]
         raise ConfigError(f"config field {field!r}: expected {_type_name(tp)}, got {value!r}")
     if origin is Literal:
         choices = get_args(tp)

@@ -187,7 +187,7 @@ class DAgger:
         """Train round 0 (if not done) and the remaining rounds; returns the per-round history."""
         cfg = self.config
         if self.state["completed_round"] < 0:
-            steps = cfg.initial_steps if cfg.initial_steps is not None else self.trainer.config.total_steps
+            steps = cfg.initial_steps if cfg.initial_steps is not None else self.trainer.training.total_steps
             self.trainer.set_demonstrations(aggregate(self.base, None, self.state["base_source"]))
             self._train_and_save(0, max(steps, self.trainer.state.step), {"beta": 1.0})
         for r in range(self.state["completed_round"] + 1, cfg.rounds + 1):

@@ -7,9 +7,10 @@
 A policy file is a checkpoint of :mod:`rlox_dp.checkpoint` (one safetensors file, atomic write,
 no pickle, integrity digests) with ``"kind": "policy"`` in its JSON header, the weights under
 ``policy/...`` (normalizer statistics and action bounds included: they are module buffers), and the
-algorithm name, config, normalizer layout and observation/action spaces as JSON. A Trainer
-checkpoint (weights, EMA weights, optimizer, RNG states ...) loads as a policy too: its EMA weights
-by default.
+algorithm name, policy config (no training config), normalizer layout, observation/action
+spaces and, when saved by a Trainer, its evaluation protocol as JSON. A Trainer checkpoint (weights,
+EMA weights, optimizer, RNG states ...) loads as a policy too: its EMA weights by default. Files
+written before the policy/training config split (one flat ``"config"``) load too.
 """
 
 from __future__ import annotations
@@ -39,7 +40,8 @@ POLICY_KIND = "policy"
 
 
 def save_policy(policy: Algorithm, path: str | os.PathLike, *, env: str | None = None,
-                env_kwargs: Mapping[str, Any] | None = None) -> Path:
+                env_kwargs: Mapping[str, Any] | None = None,
+                evaluation: Mapping[str, int] | None = None) -> Path:
     """Write ``policy``'s weights, normalizer, config and spaces to ``path`` (atomically).
 
     Args:
@@ -47,6 +49,8 @@ def save_policy(policy: Algorithm, path: str | os.PathLike, *, env: str | None =
             ``trainer.eval_policy`` holds the EMA weights).
         path: the ``.safetensors`` file to write.
         env, env_kwargs: the env id and options the policy acts in, recorded for evaluation.
+        evaluation: the evaluation protocol (``TrainingConfig.evaluation_protocol()``:
+            ``n_eval_episodes``, ``n_eval_envs``, ``eval_seed``), recorded for ``rlox-dp eval``.
 
     Returns:
         ``path`` as a :class:`~pathlib.Path`.
@@ -62,6 +66,7 @@ def save_policy(policy: Algorithm, path: str | os.PathLike, *, env: str | None =
         "action_space": space_to_json(policy.action_space),
         "env": env,
         "env_kwargs": dict(env_kwargs or {}),
+        "evaluation": dict(evaluation or {}),
     }
     save_checkpoint(path, tensors, meta)
     return path
@@ -90,7 +95,8 @@ def load_policy(path: str | os.PathLike, device: str | torch.device = "cpu",
             training weights; a policy file holds one set of weights.
 
     Returns:
-        The policy (``policy.env_id`` / ``policy.env_kwargs``: the recorded env, or None / {}).
+        The policy (``policy.env_id`` / ``policy.env_kwargs``: the recorded env, or None / {};
+        ``policy.evaluation``: the recorded evaluation protocol, or {}).
 
     Raises:
         FileNotFoundError: no such file.
@@ -102,11 +108,12 @@ def load_policy(path: str | os.PathLike, device: str | torch.device = "cpu",
     from rlox_dp.buffers import Normalizer
     from rlox_dp.config import ConfigError
     from rlox_dp.runtime import resolve_device
+    from rlox_dp.training.config import evaluation_protocol_from_header, policy_values_from_header
 
     tensors, meta = load_checkpoint(path)
     try:
         cls = get_algorithm_class(meta["algorithm"])
-        config = cls.config_class.from_dict(meta["config"])
+        config = cls.config_class.from_dict(policy_values_from_header(cls.config_class, meta))
         normalizer = Normalizer.from_spec(meta["normalizer"])
         observation_space = space_from_json(meta["observation_space"])
         action_space = space_from_json(meta["action_space"])
@@ -122,4 +129,5 @@ def load_policy(path: str | os.PathLike, device: str | torch.device = "cpu",
                               f"{meta['algorithm']!r} config: {err}") from None
     policy.env_id = meta.get("env")
     policy.env_kwargs = dict(meta.get("env_kwargs") or {})
+    policy.evaluation = evaluation_protocol_from_header(cls.config_class, meta)
     return accelerate(policy.to(resolve_device(device)).eval())

@@ -23,13 +23,14 @@ import gymnasium as gym
 import torch
 
 from rlox_dp.acceleration import accelerate
-from rlox_dp.algorithms import Algorithm, AlgorithmConfig, get_algorithm_class
+from rlox_dp.algorithms import Algorithm, PolicyConfig, get_algorithm_class
 from rlox_dp.buffers import DemonstrationBuffer, Demonstrations, Normalizer
 from rlox_dp.config import ConfigError
 from rlox_dp.demo_sources import check_demonstrations, load_demonstrations_for
 from rlox_dp.distributed import init_distributed
 from rlox_dp.ema import EMA
 from rlox_dp.envs.spec import env_spec
+from rlox_dp.policy_io import save_policy
 from rlox_dp.run_directory import (
     RunLock,
     check_run_dir,
@@ -49,6 +50,7 @@ from rlox_dp.training.callbacks import (
     NullWriter,
     tensorboard_writer,
 )
+from rlox_dp.training.config import TrainingConfig, build_configs
 from rlox_dp.training.run_checkpoint import read_run, restore_run, save_run
 from rlox_dp.training.train_step import TrainStep, sample_batch
 
@@ -72,8 +74,13 @@ class Trainer:
     Args:
         algorithm: registered name (``"diffusion"``, ``"bc"``, ``"bc_chunk"``).
         env: Gymnasium env id with a continuous (Box) action space.
-        config: the algorithm's config dataclass, or a dict of its fields (documented aliases
-            accepted; ``"seed"`` and the env option ``"obs"`` also allowed).
+        config: the algorithm's policy config (``DiffusionConfig`` ...), or a flat dict of its
+            fields and :class:`~rlox_dp.training.TrainingConfig`'s, split by the dataclass that owns
+            each key (documented aliases accepted; ``"seed"``, ``"threads"`` and the env option
+            ``"obs"`` also allowed).
+        training: a :class:`~rlox_dp.training.TrainingConfig` or a dict of its fields (optimizer,
+            EMA, budget, logging, evaluation ...); optimizer fields left unset take the policy's
+            defaults (``config.training_defaults()``).
         demos: a ``.zarr``/``.npz`` path, a LeRobotDataset v3 folder (PushT: image mode when it
             has video), :class:`Demonstrations`, a :class:`DemonstrationBuffer`, or ``None`` for
             the env's built-in expert (trained once and cached).
@@ -87,7 +94,8 @@ class Trainer:
             ``~/.cache/rlox_dp``).
         progress: show progress bars.
         preset: apply the recommended settings of ``rlox_dp.presets`` for this algorithm and env
-            under a dict config (your keys win); ignored when ``config`` is a dataclass.
+            under a dict config (your keys win); ignored when ``config`` is a dataclass (and
+            its training part when ``training`` is a ``TrainingConfig``).
         threads: torch threads for CPU training and evaluation (also ``config={"threads": N}``);
             None chooses from the free cores and the network size (:mod:`rlox_dp.threads`).
         overwrite: train in ``log_dir`` even if it holds another run, whose checkpoints,
@@ -99,7 +107,8 @@ class Trainer:
         algorithm: str,
         env: str,
         *,
-        config: AlgorithmConfig | Mapping[str, Any] | None = None,
+        config: PolicyConfig | Mapping[str, Any] | None = None,
+        training: TrainingConfig | Mapping[str, Any] | None = None,
         demos: str | os.PathLike | Demonstrations | DemonstrationBuffer | None = None,
         seed: int | None = None,
         device: str | torch.device = "auto",
@@ -121,7 +130,7 @@ class Trainer:
         self.env_spec = env_spec(env)  # what rlox_dp knows about the env (generic if unregistered)
         self.env_id = self.env_spec.env_id
         self.env_kwargs = dict(env_kwargs or {})
-        self.config, config_seed = self._build_config(config)
+        self.config, self.training, config_seed = self._build_config(config, training)
         if seed is not None and config_seed is not None and seed != config_seed:
             raise ConfigError(f"seed given twice with different values: seed={seed}, config seed={config_seed}")
         self.seed = int(seed if seed is not None else (config_seed if config_seed is not None else 0))
@@ -132,9 +141,9 @@ class Trainer:
         self.threads = threads if threads is not None else self._config_threads
         configure_threads(self.threads, self.device, what="setup")  # expert training, demos
         self.dist = init_distributed(self.device)
-        if self.config.batch_size % self.dist.world_size:
+        if self.training.batch_size % self.dist.world_size:
             raise ConfigError(
-                f"config field 'batch_size' ({self.config.batch_size}) is the global batch and must be "
+                f"config field 'batch_size' ({self.training.batch_size}) is the global batch and must be "
                 f"divisible by the number of processes ({self.dist.world_size})"
             )
         self.cache_dir = Path(cache_dir) if cache_dir is not None else None
@@ -168,7 +177,7 @@ class Trainer:
         self._flops_per_sample = policy_flops_per_sample(self.policy) if self.device.type == "cpu" else None
         self.state = TrainState(self.seed, self.device)
         #: the gradient step: optimizer, LR schedule, mixed precision, clipping, EMA, DDP wrapper.
-        self.train_step = TrainStep(self.policy, self.config, device=self.device, dist=self.dist)
+        self.train_step = TrainStep(self.policy, self.training, device=self.device, dist=self.dist)
         self._writer = None
         self._callbacks = CallbackList([])  # those of the running train() call
         #: ``{"step": ..., "eval/...": ...}`` for every evaluation logged by :meth:`train`
@@ -176,36 +185,22 @@ class Trainer:
         self.eval_history: list[dict[str, float]] = []
 
     # -- construction helpers -----------------------------------------------------------------------
-    def _build_config(self, config: Any) -> tuple[AlgorithmConfig, int | None]:
-        cls = self.algorithm_class.config_class
-        self._config_threads: int | None = None  # config={"threads": N}: a run setting, not saved
-        if config is None:
-            config = {}
-        if isinstance(config, AlgorithmConfig):
-            if not isinstance(config, cls):
-                raise ConfigError(
-                    f"config is a {type(config).__name__}, but algorithm {self.algorithm_name!r} "
-                    f"expects a {cls.__name__} (or a dict)"
-                )
-            return config, None
-        if not isinstance(config, Mapping):
-            raise ConfigError(f"config must be a dict or {cls.__name__}, got {type(config).__name__}")
-        values = dict(config)
-        seed = values.pop("seed", None)
-        self._config_threads = values.pop("threads", None)
-        self.env_kwargs.update(self.env_spec.pop_env_config(values))  # "obs": the env's observation mode
-        values = cls.resolve_aliases(values)
-        if self.use_preset:
-            preset = self.env_spec.preset(self.algorithm_name, self.env_spec.obs_mode(self.env_kwargs))
-            window = {"horizon", "n_obs_steps", "n_action_steps"}
-            if window & set(values):  # the user's window wins as a whole
-                preset = {k: v for k, v in preset.items() if k not in window}
-            preset = {k: v for k, v in preset.items() if k not in values}
-            if preset:
-                logger.info("using the %s preset for %s: %s (preset=False turns it off)",
-                            self.algorithm_name, self.env_id, preset)
-            values = {**preset, **values}
-        return cls.from_dict(values), seed
+    def _build_config(self, config: Any, training: Any) -> tuple[PolicyConfig, TrainingConfig, int | None]:
+        """The policy and training configs (:func:`~rlox_dp.training.config.build_configs`); a
+        dict config may also hold ``seed``, ``threads`` (a run setting, not saved) and the env's
+        observation-mode key (PushT's ``obs``)."""
+        self._config_threads: int | None = None
+        seed = None
+        if isinstance(config, Mapping):
+            values = dict(config)
+            seed = values.pop("seed", None)
+            self._config_threads = values.pop("threads", None)
+            self.env_kwargs.update(self.env_spec.pop_env_config(values))  # "obs": the env's observation mode
+            config = values
+        preset = (self.env_spec.preset(self.algorithm_name, self.env_spec.obs_mode(self.env_kwargs))
+                  if self.use_preset else None)
+        policy, run = build_configs(self.algorithm_class.config_class, config, training, preset)
+        return policy, run, seed
 
     def _env_spaces(self) -> tuple[gym.spaces.Dict, gym.spaces.Box]:
         from rlox_dp.envs import env_spaces
@@ -226,7 +221,7 @@ class Trainer:
     def _load_demonstrations(self) -> Demonstrations:
         demos, info = load_demonstrations_for(
             self.env_id, self._demos_arg, list(self.observation_space.spaces), self.env_spec.obs_mode(self.env_kwargs),
-            self.config.n_demos, self.cache_dir, self.progress,
+            self.training.n_demos, self.cache_dir, self.progress,
         )
         if info:  # the built-in expert's numbers, reported in the metrics
             self.demo_info = info
@@ -253,14 +248,9 @@ class Trainer:
         if self._buffer is None:
             if isinstance(self._demos_arg, DemonstrationBuffer):
                 buf = self._demos_arg
-                if (buf.n_obs_steps, buf.horizon, buf.n_action_steps) != (
-                    self.config.n_obs_steps, self.config.horizon, self.config.n_action_steps
-                ):
-                    raise ValueError(
-                        "demos buffer windows (n_obs_steps, horizon, n_action_steps) = "
-                        f"{(buf.n_obs_steps, buf.horizon, buf.n_action_steps)} differ from the config's "
-                        f"{(self.config.n_obs_steps, self.config.horizon, self.config.n_action_steps)}"
-                    )
+                if buf.window_spec != self.config.window:
+                    raise ValueError(f"demos buffer window {buf.window_spec} differs from the policy "
+                                     f"config's {self.config.window}")
                 self._buffer = buf
             else:
                 demos = self._load_demonstrations()
@@ -270,11 +260,10 @@ class Trainer:
                 normalization["action"] = self.config.action_normalization
                 existing = getattr(self, "policy", None)
                 self._buffer = DemonstrationBuffer(
-                    demos, self.config.n_obs_steps, self.config.horizon, self.config.n_action_steps,
-                    drop_n_last_frames=self.config.drop_n_last_frames,
+                    demos, self.config.window,
                     normalization=None if existing is not None else normalization,
                     normalizer=existing.normalizer if existing is not None else None,
-                    device=self.device if self.config.buffer_device == "auto" else "cpu",
+                    device=self.device if self.training.buffer_device == "auto" else "cpu",
                 )
         return self._buffer
 
@@ -304,9 +293,10 @@ class Trainer:
         return self._writer
 
     def describe(self) -> dict[str, Any]:
-        """JSON-able summary of the run: algorithm, env, seed, device and full config."""
+        """JSON-able summary of the run: algorithm, env, seed, device, policy and training configs."""
         return {"algorithm": self.algorithm_name, "env": self.env_id, "env_kwargs": self.env_kwargs,
-                "seed": self.seed, "device": str(self.device), "config": self.config.to_dict()}
+                "seed": self.seed, "device": str(self.device), "config": self.config.to_dict(),
+                "training": self.training.to_dict()}
 
     def train(self, total_steps: int | None = None, *, total_timesteps: int | None = None,
               evaluate: bool = True, callbacks: Sequence[Callback] = ()) -> dict[str, float]:
@@ -316,10 +306,10 @@ class Trainer:
         logging, checkpoints and in-loop evaluation (:mod:`rlox_dp.training.callbacks`), then yours.
 
         Args:
-            total_steps: gradient steps (default ``config.total_steps``).
+            total_steps: gradient steps (default ``training.total_steps``).
             total_timesteps: rlox-compatible alternative: the number of training windows
                 (demonstration samples) to draw; gradient steps = ceil(total_timesteps / batch_size).
-            evaluate: evaluate the EMA policy at the end (``config.n_eval_episodes`` episodes).
+            evaluate: evaluate the EMA policy at the end (``training.n_eval_episodes`` episodes).
             callbacks: your :class:`~rlox_dp.training.Callback` objects, run after the built-in
                 ones; one whose ``on_step`` returns ``False`` stops training (then checkpoint and
                 final evaluation as at the end)::
@@ -350,8 +340,8 @@ class Trainer:
         if total_steps is not None and total_timesteps is not None:
             raise ValueError("give total_steps or total_timesteps, not both")
         if total_timesteps is not None:
-            total_steps = math.ceil(_count("total_timesteps", total_timesteps, 1) / self.config.batch_size)
-        total = _count("total_steps", total_steps, 1) if total_steps is not None else self.config.total_steps
+            total_steps = math.ceil(_count("total_timesteps", total_timesteps, 1) / self.training.batch_size)
+        total = _count("total_steps", total_steps, 1) if total_steps is not None else self.training.total_steps
         lock = self._enter_run_dir() if self.dist.is_main else None
         try:
             return self._train(total, evaluate, callbacks)
@@ -374,10 +364,10 @@ class Trainer:
 
     def _save_run_checkpoint(self) -> Path:
         """``<log_dir>/checkpoints/step_<step>.safetensors``, ``last`` pointed at it, old ones pruned."""
-        return write_step_checkpoint(self.log_dir, self.state.step, self.save, self.config.keep_last_n)
+        return write_step_checkpoint(self.log_dir, self.state.step, self.save, self.training.keep_last_n)
 
     def _train(self, total: int, evaluate: bool, callbacks: Sequence[Callback]) -> dict[str, float]:
-        buffer, cfg, batch_size = self.buffer, self.config, self.config.batch_size
+        buffer, cfg, batch_size = self.buffer, self.training, self.training.batch_size
         self._configure_threads(batch_size // self.dist.world_size, "training")
         recheck = None if self.threads is not None else (
             lambda: self._configure_threads(batch_size // self.dist.world_size, "training"))
@@ -448,9 +438,9 @@ class Trainer:
         """
         from rlox_dp.evaluation import evaluate_policy
 
-        n_episodes = _count("n_episodes", self.config.n_eval_episodes if n_episodes is None else n_episodes, 1)
-        n_envs = _count("n_envs", self.config.n_eval_envs if n_envs is None else n_envs, 1)
-        seed = _count("seed", self.config.eval_seed if seed is None else seed, 0)
+        n_episodes = _count("n_episodes", self.training.n_eval_episodes if n_episodes is None else n_episodes, 1)
+        n_envs = _count("n_envs", self.training.n_eval_envs if n_envs is None else n_envs, 1)
+        seed = _count("seed", self.training.eval_seed if seed is None else seed, 0)
         n_videos = _count("n_videos", n_videos, 0)
         if video_dir is not None and n_videos > 0:
             check_writable_dir("video_dir", video_dir)
@@ -481,9 +471,11 @@ class Trainer:
 
     # -- checkpoints ----------------------------------------------------------------------------
     def save_policy(self, path: str | os.PathLike) -> Path:
-        """The policy alone, to act with anywhere: EMA weights (when on), normalizer, config,
-        spaces and env id, without optimizer or RNG states; read it with :func:`rlox_dp.load_policy`."""
-        return self.eval_policy.save(path, env=self.env_id, env_kwargs=self.env_kwargs)
+        """The policy alone, to act with anywhere: EMA weights (when on), normalizer, policy config,
+        spaces, env id and evaluation protocol, without training config, optimizer or RNG states;
+        read it with :func:`rlox_dp.load_policy`."""
+        return save_policy(self.eval_policy, path, env=self.env_id, env_kwargs=self.env_kwargs,
+                           evaluation=self.training.evaluation_protocol())
 
     def save(self, path: str | os.PathLike) -> Path:
         """Atomically write weights, EMA weights, optimizer, normalizer, RNG states, step, config
@@ -516,7 +508,7 @@ class Trainer:
         run = read_run(path)
         meta = run.meta
         trainer = cls(
-            meta["algorithm"], meta["env"], config=run.config,
+            meta["algorithm"], meta["env"], config=run.config, training=run.training,
             demos=demos if demos is not None else meta.get("demos"), seed=meta["seed"], device=device,
             log_dir=log_dir, env_kwargs=meta.get("env_kwargs"), cache_dir=cache_dir, progress=progress,
             overwrite=overwrite, _normalizer=run.normalizer, _resume=run.resume,

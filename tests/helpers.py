@@ -31,6 +31,16 @@ TINY = {
 }
 
 
+def policy_config(algorithm: str, values: dict):
+    """``algorithm``'s policy config from a flat dict such as :data:`TINY` (its training keys,
+    e.g. ``batch_size``, are left out: they belong to the ``TrainingConfig``)."""
+    from rlox_dp import get_algorithm_class
+    from rlox_dp.training.config import split_config
+
+    cls = get_algorithm_class(algorithm).config_class
+    return cls.from_dict(split_config(cls, values)[0])
+
+
 def load_benchmark(name: str) -> ModuleType:
     """The script ``benchmarks/<name>.py`` imported as a module (benchmarks are not a package)."""
     spec = importlib.util.spec_from_file_location(f"rlox_dp_bench_{name}", BENCHMARKS / f"{name}.py")

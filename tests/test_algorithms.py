@@ -6,10 +6,11 @@ import gymnasium as gym
 import numpy as np
 import pytest
 import torch
-from helpers import TINY, pendulum_demos
+from helpers import TINY, pendulum_demos, policy_config
 
 from rlox_dp import ConfigError, DemonstrationBuffer, available_algorithms, get_algorithm_class
 from rlox_dp.algorithms import Algorithm, DiffusionConfig, register_algorithm
+from rlox_dp.training.config import build_configs
 
 OBS_SPACE = gym.spaces.Dict({"state": gym.spaces.Box(-np.inf, np.inf, (3,), np.float32)})
 ACT_SPACE = gym.spaces.Box(-2.0, 2.0, (1,), np.float32)
@@ -17,7 +18,7 @@ ACT_SPACE = gym.spaces.Box(-2.0, 2.0, (1,), np.float32)
 
 def build(name: str, **overrides):
     cls = get_algorithm_class(name)
-    config = cls.config_class.from_dict({**TINY[name], **overrides})
+    config = policy_config(name, {**TINY[name], **overrides})
     buffer = DemonstrationBuffer(pendulum_demos(), config.window)
     return cls(config, OBS_SPACE, ACT_SPACE, buffer.normalizer), buffer
 
@@ -109,17 +110,20 @@ def test_select_action_replans_every_n_action_steps_and_on_reset():
 
 
 def test_rlox_aliases_map_to_fields():
-    cfg = DiffusionConfig.from_dict({"n_diffusion_steps": 50, "action_horizon": 8, "obs_horizon": 2,
-                                     "noise_schedule": "cosine", "learning_rate": 3e-4,
-                                     "n_inference_steps": 10, "hidden_dim": 64, "batch_size": 64})
+    cfg, training = build_configs(DiffusionConfig, {
+        "n_diffusion_steps": 50, "action_horizon": 8, "obs_horizon": 2, "noise_schedule": "cosine",
+        "learning_rate": 3e-4, "n_inference_steps": 10, "hidden_dim": 64, "batch_size": 64})
     assert (cfg.num_train_timesteps, cfg.horizon, cfg.n_obs_steps) == (50, 8, 2)
-    assert (cfg.beta_schedule, cfg.lr, cfg.num_inference_steps, cfg.hidden_dim) == ("cosine", 3e-4, 10, 64)
+    assert (cfg.beta_schedule, cfg.num_inference_steps, cfg.hidden_dim) == ("cosine", 10, 64)
+    assert (training.lr, training.batch_size) == (3e-4, 64)
     assert cfg.n_action_steps == 4  # min(H // 2, H - T_o + 1)
 
 
 def test_alias_and_field_together_is_an_error():
     with pytest.raises(ConfigError, match="given twice"):
-        DiffusionConfig.from_dict({"lr": 1e-3, "learning_rate": 1e-4})
+        build_configs(DiffusionConfig, {"lr": 1e-3, "learning_rate": 1e-4})
+    with pytest.raises(ConfigError, match="given twice"):
+        DiffusionConfig.from_dict({"horizon": 8, "action_horizon": 8})
 
 
 def test_config_accepts_case_insensitive_choices_and_lists():

@@ -18,7 +18,7 @@ import warnings
 import numpy as np
 import pytest
 import torch
-from helpers import TINY
+from helpers import TINY, policy_config
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from test_algorithms import ACT_SPACE, OBS_SPACE, build
@@ -225,7 +225,7 @@ def test_compiled_denoising_loop_matches_eager(algorithm: str, sampler: str, ste
     """The new samplers inside Diffusion Policy's compiled whole-loop path give the eager chunks."""
     normalizer = build("diffusion")[1].normalizer
     cls = get_algorithm_class(algorithm)
-    config = cls.config_class.from_dict({**TINY["diffusion"], "num_train_timesteps": 20})
+    config = policy_config(algorithm, {**TINY["diffusion"], "num_train_timesteps": 20})
     eager = cls(config, OBS_SPACE, ACT_SPACE, normalizer)
     compiled = cls(config, OBS_SPACE, ACT_SPACE, normalizer)
     compiled.load_state_dict(eager.state_dict())

@@ -13,13 +13,13 @@ import math
 import numpy as np
 import pytest
 import torch
-from helpers import TINY, pendulum_demos
+from helpers import TINY, pendulum_demos, policy_config
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from test_algorithms import ACT_SPACE, OBS_SPACE
 
 from rlox_dp import ConfigError, DemonstrationBuffer, Trainer
-from rlox_dp.algorithms import FlowConfig, FlowPolicy, get_algorithm_class
+from rlox_dp.algorithms import FlowPolicy, get_algorithm_class
 from rlox_dp.diffusion.flow_samplers import FlowSampler
 
 MU = torch.tensor([0.5, -1.0], dtype=torch.float64)
@@ -104,7 +104,7 @@ def test_sampler_validation() -> None:
 
 
 def _flow_policy(**overrides) -> tuple[FlowPolicy, DemonstrationBuffer]:
-    config = FlowConfig.from_dict({**FLOW_TINY, **overrides})
+    config = policy_config("flow", {**FLOW_TINY, **overrides})
     buffer = DemonstrationBuffer(pendulum_demos(), config.window)
     return FlowPolicy(config, OBS_SPACE, ACT_SPACE, buffer.normalizer), buffer
 
@@ -114,7 +114,7 @@ def test_registered_config_and_inference_settings() -> None:
     policy, _ = _flow_policy(noise_scheduler_type="heun", num_inference_steps=3)
     assert policy.config.noise_scheduler_type == "Heun" and policy.sampler.method == "heun"
     with pytest.raises(ConfigError, match="noise_scheduler_type"):
-        FlowConfig.from_dict({**FLOW_TINY, "noise_scheduler_type": "DDIM"})
+        policy_config("flow", {**FLOW_TINY, "noise_scheduler_type": "DDIM"})
     calls = []
     original = policy.denoiser.forward
 

@@ -80,7 +80,8 @@ def test_trainer_with_obs_image_does_the_measured_thing(tmp_path):
                       log_dir=tmp_path / "run", config={"obs": "image", "batch_size": 4})
     for key, value in preset_for(algorithm, PUSHT, "image").items():
         if key != "batch_size":
-            assert getattr(trainer.config, key) == (tuple(value) if isinstance(value, tuple) else value)
+            owner = trainer.config if hasattr(trainer.config, key) else trainer.training
+            assert getattr(owner, key) == (tuple(value) if isinstance(value, tuple) else value)
     buffer = trainer.buffer
     assert buffer.stored("image").dtype == torch.uint8
     assert buffer.storage_nbytes["image"] == 25_650 * 96 * 96 * 3

@@ -36,7 +36,7 @@ def test_trainer_applies_the_preset_under_user_keys(tmp_path):
                       log_dir=tmp_path / "a", progress=False)
     cfg = trainer.config
     assert (cfg.denoiser, cfg.horizon, cfg.n_action_steps, cfg.noise_scheduler_type) == ("mlp", 4, 1, "DDIM")
-    assert (cfg.hidden_dim, cfg.total_steps) == (32, 7)  # the user's keys win
+    assert (cfg.hidden_dim, trainer.training.total_steps) == (32, 7)  # the user's keys win
     plain = Trainer("diffusion", env="InvertedDoublePendulum-v5", demos=idp_shaped_demos(),
                     config={"denoiser": "mlp", "hidden_dim": 32}, device="cpu",
                     log_dir=tmp_path / "b", progress=False, preset=False)

@@ -32,7 +32,7 @@ def run_rlox_quick_start(tmp_path, monkeypatch) -> tuple[Trainer, dict[str, floa
     # --- what it means ---
     cfg = trainer.config
     assert (cfg.num_train_timesteps, cfg.horizon, cfg.n_obs_steps, cfg.beta_schedule) == (50, 8, 2, "cosine")
-    assert metrics["step"] == math.ceil(1_000 / cfg.batch_size)  # total_timesteps counts windows
+    assert metrics["step"] == math.ceil(1_000 / trainer.training.batch_size)  # total_timesteps counts windows
     assert math.isfinite(metrics["loss"])
     assert math.isfinite(metrics["eval/return_mean"])
     assert (tmp_path / "runs").is_dir()

@@ -105,7 +105,7 @@ def test_trainer_and_config_overrides_win(auto, tmp_path):
     trainer.train(2, evaluate=False)
     assert torch.get_num_threads() == 2
     trainer = _trainer(tmp_path / "b", config={"threads": 3})
-    assert trainer.threads == 3 and "threads" not in trainer.config.to_dict()
+    assert trainer.threads == 3 and "threads" not in {**trainer.config.to_dict(), **trainer.training.to_dict()}
     trainer.evaluate(n_episodes=1, n_envs=1)
     assert torch.get_num_threads() == 3
     with pytest.raises(ConfigError, match="threads given twice"):
@@ -115,7 +115,7 @@ def test_trainer_and_config_overrides_win(auto, tmp_path):
 def test_trainer_chooses_by_network_size(auto, tmp_path):
     """The tiny test network's matmuls are far below 1 MFLOP: one thread despite 3 free cores."""
     trainer = _trainer(tmp_path)
-    assert trainer._flops_per_sample * trainer.config.batch_size < th.MIN_FLOPS_PER_THREAD
+    assert trainer._flops_per_sample * trainer.training.batch_size < th.MIN_FLOPS_PER_THREAD
     trainer.train(2, evaluate=False)
     assert torch.get_num_threads() == 1
 

@@ -43,7 +43,7 @@ def test_save_load_round_trip_gives_same_actions(algo, tmp_path):
     b = loaded.eval_policy.eval().predict_action_chunk(obs, gen_b)
     torch.testing.assert_close(a, b, rtol=0, atol=0)
     assert loaded.state.step == 6
-    assert loaded.config == trainer.config
+    assert loaded.config == trainer.config and loaded.training == trainer.training
 
 
 def test_resume_is_bit_identical_to_uninterrupted_run(tmp_path):

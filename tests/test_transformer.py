@@ -301,12 +301,12 @@ def test_trainer_uses_the_originals_optimizer_unless_overridden(tmp_path):
     decay, no_decay = trainer.optimizer.param_groups
     assert (decay["weight_decay"], no_decay["weight_decay"]) == (0.1, 0.0)
     assert decay["betas"] == (0.9, 0.95) and decay["lr"] == 1e-4
-    assert trainer.config.lr_warmup_steps == 1000 and trainer.config.lr_scheduler == "cosine"
+    assert trainer.training.lr_warmup_steps == 1000 and trainer.training.lr_scheduler == "cosine"
     n_params = sum(p.numel() for p in trainer.policy.parameters())
     assert sum(p.numel() for g in trainer.optimizer.param_groups for p in g["params"]) == n_params
     own = _trainer(tmp_path, seed=1, adam_betas=(0.8, 0.9), weight_decay=0.01, lr_warmup_steps=7)
     assert own.optimizer.param_groups[0]["betas"] == (0.8, 0.9)
-    assert own.optimizer.param_groups[0]["weight_decay"] == 0.01 and own.config.lr_warmup_steps == 7
+    assert own.optimizer.param_groups[0]["weight_decay"] == 0.01 and own.training.lr_warmup_steps == 7
     unet = Trainer("diffusion", env="Pendulum-v1", config=TINY["diffusion"], demos=pendulum_demos(),
                    device="cpu", log_dir=tmp_path / "unet", progress=False, preset=False)
     (group,) = unet.optimizer.param_groups  # the U-Net keeps one group and its own defaults

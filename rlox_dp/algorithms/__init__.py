@@ -2,7 +2,7 @@
 
 from rlox_dp.algorithms.base import (
     Algorithm,
-    AlgorithmConfig,
+    PolicyConfig,
     available_algorithms,
     get_algorithm_class,
     register_algorithm,
@@ -14,7 +14,6 @@ from rlox_dp.algorithms.flow import FlowConfig, FlowPolicy
 
 __all__ = [
     "Algorithm",
-    "AlgorithmConfig",
     "BCChunkConfig",
     "BCChunkPolicy",
     "BCConfig",
@@ -25,6 +24,7 @@ __all__ = [
     "DiffusionPolicy",
     "FlowConfig",
     "FlowPolicy",
+    "PolicyConfig",
     "available_algorithms",
     "get_algorithm_class",
     "register_algorithm",

@@ -1,15 +1,8 @@
-"""The interface every algorithm shares, its common config, and the algorithm registry.
+"""The interface every algorithm shares, its policy config, and the algorithm registry.
 
-Timeline of one training window / one inference call (``T_o`` = n_obs_steps, ``H`` = horizon,
-``n_a`` = n_action_steps), the original Diffusion Policy convention::
-
-    step:     s      s+1   ...  s+T_o-1   ...                         s+H-1
-    obs:     |o_s ... o_{s+T_o-1}|
-    actions: |a_s ...         a_{s+T_o-1} ... a_{s+T_o-2+n_a} ... a_{s+H-1}|
-                               '---- executed at inference -----'
-
-An algorithm predicts the ``H`` actions from the ``T_o`` observations; at inference the ``n_a``
-actions starting at the current step ``s+T_o-1`` are executed, then it replans (receding horizon).
+An algorithm predicts ``H`` actions from ``T_o`` observations (its :class:`~rlox_dp.window.Window`,
+whose docstring draws the timeline); at inference the ``n_a`` actions starting at the current step
+are executed, then it replans (receding horizon).
 """
 
 from __future__ import annotations
@@ -27,7 +20,7 @@ import torch
 from torch import nn
 
 from rlox_dp.buffers import Batch, Normalizer
-from rlox_dp.config import Config, ConfigError
+from rlox_dp.config import Config
 from rlox_dp.distributed import GlobalBatch
 from rlox_dp.registry import Registry
 from rlox_dp.window import Window
@@ -35,7 +28,7 @@ from rlox_dp.window import Window
 __all__ = [
     "ALGORITHMS",
     "Algorithm",
-    "AlgorithmConfig",
+    "PolicyConfig",
     "available_algorithms",
     "get_algorithm_class",
     "register_algorithm",
@@ -43,43 +36,17 @@ __all__ = [
 
 
 @dataclasses.dataclass
-class AlgorithmConfig(Config):
-    """Fields shared by every algorithm: windowing, normalization, optimization, EMA, schedule.
+class PolicyConfig(Config):
+    """What a policy needs to act, shared by every algorithm: its window and its normalization.
+
+    Every algorithm's config (``DiffusionConfig``, ``BCConfig`` ...) derives from it and adds its
+    network (and sampler); how the policy is trained is a :class:`~rlox_dp.training.TrainingConfig`.
 
     Attributes:
-        n_obs_steps: observations the policy conditions on (current + past), ``T_o``.
-        horizon: actions predicted per call, ``H``.
-        n_action_steps: actions executed per call before replanning; ``None`` picks
-            ``min(horizon // 2, horizon - n_obs_steps + 1)`` (8 for the paper's H=16, T_o=2).
-        drop_n_last_frames: windows whose start would reach into the last frames are not sampled
-            (LeRobot's option; 0 keeps every window the original repo keeps).
+        n_obs_steps, horizon, n_action_steps, drop_n_last_frames: the observation/action
+            :class:`~rlox_dp.window.Window` (:attr:`window`, which checks them).
         obs_normalization / action_normalization: ``"min_max"`` (to [-1, 1]) or ``"mean_std"``;
             images always use ``"image"`` (0..255 -> [0, 1]).
-        batch_size, lr, adam_betas, adam_eps, weight_decay: AdamW settings.
-        lr_scheduler: ``"cosine"`` (with linear warmup, the original repo's), ``"linear"``
-            or ``"constant"`` (both with warmup).
-        lr_warmup_steps: linear warmup length in gradient steps.
-        grad_clip_norm: max global gradient norm; ``None`` disables clipping.
-        use_ema / ema_*: exponential moving average of the weights with the original repo's power
-            schedule ``decay = 1 - (1 + step / ema_inv_gamma) ** -ema_power`` clamped to
-            ``[ema_min_decay, ema_max_decay]``; the EMA weights are the ones evaluated and acted with.
-        total_steps: gradient steps of ``Trainer.train()``.
-        log_every, checkpoint_every, eval_every: in gradient steps (0 disables periodic eval;
-            periodic evaluation needs ``n_eval_episodes >= 1``).
-        keep_last_n: step-numbered checkpoints kept in ``<log_dir>/checkpoints`` (older ones are
-            deleted after each save; ``last.safetensors`` is always the newest); ``None`` keeps all.
-        n_eval_episodes, n_eval_envs, eval_seed: evaluation protocol (episode j uses seed
-            ``eval_seed + j``).
-        n_demos: episodes collected from the built-in expert when no demos are given.
-        compile_model: wrap the network in ``torch.compile``.
-        compile_mode: ``torch.compile`` mode: ``"default"``, ``"reduce-overhead"`` (CUDA graphs
-            on a GPU: one graph launch per denoiser call) or ``"max-autotune"``.
-        mixed_precision: ``"no"``, ``"bf16"`` (autocast to bfloat16, CPU or GPU) or ``"fp16"``
-            (autocast to float16 with a gradient scaler; CUDA only). Weights, optimizer state and
-            EMA stay float32.
-        buffer_device: where the demonstration windows live: ``"auto"`` (the training device:
-            no host-device copies at all) or ``"cpu"`` (host memory, for datasets larger than the
-            GPU; each batch is copied through pinned memory with a non-blocking transfer).
     """
 
     n_obs_steps: int = 2
@@ -88,90 +55,26 @@ class AlgorithmConfig(Config):
     drop_n_last_frames: int = 0
     obs_normalization: Literal["min_max", "mean_std"] = "min_max"
     action_normalization: Literal["min_max", "mean_std"] = "min_max"
-    batch_size: int = 256
-    lr: float = 1e-4
-    adam_betas: tuple[float, float] = (0.95, 0.999)
-    adam_eps: float = 1e-8
-    weight_decay: float = 1e-6
-    lr_scheduler: Literal["cosine", "linear", "constant"] = "cosine"
-    lr_warmup_steps: int = 500
-    grad_clip_norm: float | None = 10.0
-    use_ema: bool = True
-    ema_power: float = 0.75
-    ema_inv_gamma: float = 1.0
-    ema_min_decay: float = 0.0
-    ema_max_decay: float = 0.9999
-    total_steps: int = 5000
-    log_every: int = 50
-    checkpoint_every: int = 1000
-    keep_last_n: int | None = 5
-    eval_every: int = 0
-    n_eval_episodes: int = 20
-    n_eval_envs: int = 4
-    eval_seed: int = 0
-    n_demos: int = 50
-    compile_model: bool = False
-    compile_mode: Literal["default", "reduce-overhead", "max-autotune"] = "default"
-    mixed_precision: Literal["no", "bf16", "fp16"] = "no"
-    buffer_device: Literal["auto", "cpu"] = "auto"
 
-    ALIASES: ClassVar[dict[str, str]] = {
-        "obs_horizon": "n_obs_steps",
-        "action_horizon": "horizon",
-        "learning_rate": "lr",
-        "optimizer_lr": "lr",
-        "optimizer_betas": "adam_betas",
-        "optimizer_eps": "adam_eps",
-        "optimizer_weight_decay": "weight_decay",
-        "scheduler_name": "lr_scheduler",
-        "scheduler_warmup_steps": "lr_warmup_steps",
-        "grad_clip": "grad_clip_norm",
-    }
+    ALIASES: ClassVar[dict[str, str]] = {**Window.ALIASES}
 
     def validate(self) -> None:
-        """Check ranges and the window (:class:`Window`); fills in ``n_action_steps`` when ``None``."""
+        """Check the window (:class:`Window`, the one place); fills in ``n_action_steps`` when ``None``."""
         self.n_action_steps = self.window.n_action_steps
-        positive = ["batch_size", "total_steps", "log_every", "checkpoint_every", "n_eval_envs", "n_demos"]
-        for name in positive:
-            if getattr(self, name) < 1:
-                raise ConfigError(f"config field {name!r} must be >= 1, got {getattr(self, name)}")
-        for name in ["lr_warmup_steps", "eval_every", "n_eval_episodes", "eval_seed"]:
-            if getattr(self, name) < 0:
-                raise ConfigError(f"config field {name!r} must be >= 0, got {getattr(self, name)}")
-        if self.eval_every > 0 and self.n_eval_episodes < 1:
-            raise ConfigError(
-                f"config field 'n_eval_episodes' must be >= 1 when 'eval_every' > 0 (evaluation "
-                f"every {self.eval_every} steps), got {self.n_eval_episodes}; set eval_every=0 to turn "
-                "periodic evaluation off"
-            )
-        if self.keep_last_n is not None and self.keep_last_n < 1:
-            raise ConfigError(f"config field 'keep_last_n' must be >= 1 or None (keep all), got {self.keep_last_n}")
-        if not self.lr > 0:
-            raise ConfigError(f"config field 'lr' must be > 0, got {self.lr}")
-        if not all(0.0 <= b < 1.0 for b in self.adam_betas):
-            raise ConfigError(f"config field 'adam_betas' must be in [0, 1), got {self.adam_betas}")
-        if self.adam_eps <= 0 or self.weight_decay < 0:
-            raise ConfigError(
-                f"config fields 'adam_eps' (> 0) and 'weight_decay' (>= 0) got "
-                f"{self.adam_eps}, {self.weight_decay}"
-            )
-        if self.grad_clip_norm is not None and self.grad_clip_norm <= 0:
-            raise ConfigError(f"config field 'grad_clip_norm' must be > 0 or None, got {self.grad_clip_norm}")
-        if not 0.0 <= self.ema_min_decay <= self.ema_max_decay < 1.0:
-            raise ConfigError(
-                "config fields 'ema_min_decay' <= 'ema_max_decay' must lie in [0, 1), got "
-                f"{self.ema_min_decay}, {self.ema_max_decay}"
-            )
-        if self.ema_power <= 0 or self.ema_inv_gamma <= 0:
-            raise ConfigError(
-                f"config fields 'ema_power' and 'ema_inv_gamma' must be > 0, got "
-                f"{self.ema_power}, {self.ema_inv_gamma}"
-            )
 
     @property
     def window(self) -> Window:
-        """The observation/action :class:`Window` (validated: the one place that checks it)."""
+        """The observation/action :class:`Window` (validated on construction)."""
         return Window(self.n_obs_steps, self.horizon, self.n_action_steps, self.drop_n_last_frames)
+
+    def training_defaults(self) -> dict[str, Any]:
+        """Training settings this policy trains best with, applied where the
+        :class:`~rlox_dp.training.TrainingConfig` leaves them ``None``: the original Diffusion
+        Policy's AdamW (lr 1e-4, betas (0.95, 0.999), weight decay 1e-6), 500 warmup steps and an
+        EMA of the weights. Subclasses override what differs."""
+        return {"lr": 1e-4, "adam_betas": (0.95, 0.999), "weight_decay": 1e-6, "lr_warmup_steps": 500,
+                "use_ema": True}
+
 
 
 A = TypeVar("A", bound="type[Algorithm]")
@@ -222,7 +125,7 @@ class Algorithm(nn.Module, ABC):
     """
 
     name: ClassVar[str] = ""
-    config_class: ClassVar[type[AlgorithmConfig]] = AlgorithmConfig
+    config_class: ClassVar[type[PolicyConfig]] = PolicyConfig
     #: Deterministic inference: every chunk is predicted from the same noise, drawn from a
     #: generator of the policy's own seeded with :attr:`noise_seed` at every call and shared by all
     #: envs of the batch, so an env's actions are a function of its own observations only.
@@ -233,7 +136,7 @@ class Algorithm(nn.Module, ABC):
 
     def __init__(
         self,
-        config: AlgorithmConfig,
+        config: PolicyConfig,
         observation_space: gym.spaces.Dict,
         action_space: gym.spaces.Box,
         normalizer: Normalizer,
@@ -317,9 +220,9 @@ class Algorithm(nn.Module, ABC):
         """Same as :meth:`compute_loss` (so wrappers such as DDP can call the module)."""
         return self.compute_loss(batch, generator, global_batch=global_batch)
 
-    def optimizer_param_groups(self) -> list[dict[str, Any]]:
-        """AdamW parameter groups; a group's own ``weight_decay`` overrides the config's.
-        Default: every parameter in one group."""
+    def optimizer_param_groups(self, weight_decay: float) -> list[dict[str, Any]]:
+        """AdamW parameter groups for the training config's ``weight_decay``; a group's own
+        ``weight_decay`` overrides it. Default: every parameter in one group (at ``weight_decay``)."""
         return [{"params": list(self.parameters())}]
 
     def compile_networks(self, **compile_kwargs: Any) -> None:

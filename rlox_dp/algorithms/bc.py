@@ -7,13 +7,13 @@ predict the average of the modes — the failure Diffusion Policy is built to av
 from __future__ import annotations
 
 import dataclasses
-from typing import ClassVar, Literal
+from typing import Any, ClassVar, Literal
 
 import gymnasium as gym
 import torch
 from torch import nn
 
-from rlox_dp.algorithms.base import Algorithm, AlgorithmConfig, register_algorithm
+from rlox_dp.algorithms.base import Algorithm, PolicyConfig, register_algorithm
 from rlox_dp.algorithms.observation import ObservationEncoder
 from rlox_dp.buffers import Batch, Normalizer
 from rlox_dp.config import ConfigError
@@ -49,12 +49,13 @@ def mlp(in_dim: int, out_dim: int, hidden_dim: int, n_layers: int) -> nn.Sequent
 
 
 @dataclasses.dataclass
-class BCConfig(AlgorithmConfig):
+class BCConfig(PolicyConfig):
     """BC-MLP: predicts the current action from ``n_obs_steps`` observations.
 
     ``horizon`` defaults to ``n_obs_steps`` and ``n_action_steps`` to 1 (one action per call);
     use ``"bc_chunk"`` for chunked prediction. Images go through the encoder ``vision_backbone``
     (``"resnet18"`` or ``"compact"``) at ``vision_precision``, as in ``DiffusionConfig``.
+    Trained by default at lr 1e-3 without EMA (:meth:`training_defaults`).
     """
 
     horizon: int | None = None  # type: ignore[assignment]
@@ -63,10 +64,12 @@ class BCConfig(AlgorithmConfig):
     image_crop_shape: tuple[int, int] | None = (84, 84)
     vision_backbone: Literal["resnet18", "compact"] = "resnet18"
     vision_precision: Literal["auto", "float32", "bfloat16"] = "float32"
-    lr: float = 1e-3
-    use_ema: bool = False
 
-    ALIASES: ClassVar[dict[str, str]] = {**AlgorithmConfig.ALIASES}
+    ALIASES: ClassVar[dict[str, str]] = {**PolicyConfig.ALIASES}
+
+    def training_defaults(self) -> dict[str, Any]:
+        """:class:`PolicyConfig`'s, at lr 1e-3 and without EMA."""
+        return {**super().training_defaults(), "lr": 1e-3, "use_ema": False}
 
     def validate(self) -> None:
         if self.horizon is None:
@@ -101,7 +104,7 @@ class BCChunkConfig(BCConfig):
             raise ConfigError(
                 f"config fields 'hidden_dim' and 'n_layers' must be >= 1, got {self.hidden_dim}, {self.n_layers}"
             )
-        AlgorithmConfig.validate(self)
+        PolicyConfig.validate(self)
 
 
 class _BCBase(Algorithm):
@@ -136,7 +139,7 @@ class _BCBase(Algorithm):
 class BCPolicy(_BCBase):
     """BC-MLP: MSE regression of the action at the current (last observed) step."""
 
-    config_class: ClassVar[type[AlgorithmConfig]] = BCConfig
+    config_class: ClassVar[type[PolicyConfig]] = BCConfig
 
     def _n_predicted(self) -> int:
         return 1
@@ -161,7 +164,7 @@ class BCPolicy(_BCBase):
 class BCChunkPolicy(_BCBase):
     """BC-chunk: MSE regression of the whole ``horizon`` action chunk (padding masked)."""
 
-    config_class: ClassVar[type[AlgorithmConfig]] = BCChunkConfig
+    config_class: ClassVar[type[PolicyConfig]] = BCChunkConfig
 
     def _n_predicted(self) -> int:
         return self.config.horizon

@@ -50,7 +50,7 @@ from typing import Any, ClassVar, Literal
 import gymnasium as gym
 import torch
 
-from rlox_dp.algorithms.base import AlgorithmConfig, register_algorithm
+from rlox_dp.algorithms.base import PolicyConfig, register_algorithm
 from rlox_dp.algorithms.bc import masked_mse
 from rlox_dp.algorithms.diffusion import DiffusionConfig, DiffusionPolicy
 from rlox_dp.algorithms.flow import global_batch_draws
@@ -65,7 +65,7 @@ from rlox_dp.distributed import GlobalBatch
 __all__ = ["ConsistencyConfig", "ConsistencyPolicy", "load_teacher", "teacher_ode_step",
            "teacher_step_table"]
 
-#: windows and normalization (AlgorithmConfig fields) that a student shares with its teacher.
+#: windows and normalization (PolicyConfig fields) that a student shares with its teacher.
 _SHARED_BASE_FIELDS = ("n_obs_steps", "horizon", "n_action_steps", "obs_normalization",
                        "action_normalization")
 #: DiffusionConfig fields that belong to the student: its sampler and its parametrization.
@@ -76,7 +76,7 @@ def inherited_fields() -> list[str]:
     """Config fields a student takes from its teacher: windows, normalization, observation
     encoder, denoiser architecture and noise schedule (every DiffusionConfig field that is not a
     training or inference setting)."""
-    base = {f.name for f in dataclasses.fields(AlgorithmConfig)}
+    base = {f.name for f in dataclasses.fields(PolicyConfig)}
     return [f.name for f in dataclasses.fields(DiffusionConfig)
             if (f.name not in base or f.name in _SHARED_BASE_FIELDS) and f.name not in _STUDENT_FIELDS]
 
@@ -93,6 +93,16 @@ def _read_teacher(path: str) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
             "consistency distillation needs a 'diffusion' (Diffusion Policy) teacher"
         )
     return tensors, meta
+
+
+def _teacher_config(meta: dict[str, Any]) -> dict[str, Any]:
+    """The teacher's policy config values from its checkpoint header, errors naming the field."""
+    from rlox_dp.training.config import policy_values_from_header
+
+    try:
+        return policy_values_from_header(DiffusionConfig, meta)
+    except ConfigError as err:
+        raise ConfigError(f"config field 'teacher': its checkpoint's config: {err}") from None
 
 
 @dataclasses.dataclass
@@ -139,7 +149,7 @@ class ConsistencyConfig(DiffusionConfig):
         """Like :meth:`Config.from_dict`, with the teacher's values under the inherited fields."""
         merged = cls.resolve_aliases({**(values or {}), **overrides})
         if merged.get("teacher_config") is None and merged.get("teacher") is not None:
-            merged["teacher_config"] = _read_teacher(os.fspath(merged["teacher"]))[1]["config"]
+            merged["teacher_config"] = _teacher_config(_read_teacher(os.fspath(merged["teacher"]))[1])
         teacher_config = merged.get("teacher_config")
         if isinstance(teacher_config, dict):
             for name in inherited_fields():
@@ -150,8 +160,12 @@ class ConsistencyConfig(DiffusionConfig):
     def validate(self) -> None:
         super().validate()
         if self.teacher is not None and self.teacher_config is None:
-            self.teacher_config = _read_teacher(self.teacher)[1]["config"]
+            self.teacher_config = _teacher_config(_read_teacher(self.teacher)[1])
         if self.teacher_config is not None:
+            from rlox_dp.training.config import split_config
+
+            # a student saved before the policy/training split holds its teacher's flat config
+            self.teacher_config = split_config(DiffusionConfig, self.teacher_config)[0]
             teacher = DiffusionConfig.from_dict(self.teacher_config)
             for name in inherited_fields():
                 if getattr(self, name) != getattr(teacher, name):
@@ -188,7 +202,7 @@ def load_teacher(
             f"teacher {path!r} was trained with observation/action spaces {spaces[0]}, {spaces[1]}; "
             f"the student's env has {observation_space}, {action_space}"
         )
-    teacher = DiffusionPolicy(DiffusionConfig.from_dict(meta["config"]), observation_space,
+    teacher = DiffusionPolicy(DiffusionConfig.from_dict(_teacher_config(meta)), observation_space,
                               action_space, Normalizer.from_spec(meta["normalizer"]))
     prefix = "ema/" if any(k.startswith("ema/") for k in tensors) else "policy/"
     teacher.load_state_dict({k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)})
@@ -283,7 +297,7 @@ def teacher_ode_step(
 class ConsistencyPolicy(DiffusionPolicy):
     """A consistency model distilled from a Diffusion Policy teacher (module docstring)."""
 
-    config_class: ClassVar[type[AlgorithmConfig]] = ConsistencyConfig
+    config_class: ClassVar[type[PolicyConfig]] = ConsistencyConfig
     config: ConsistencyConfig
 
     def __init__(

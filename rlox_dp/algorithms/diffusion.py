@@ -16,7 +16,7 @@ import gymnasium as gym
 import torch
 
 from rlox_dp.acceleration import Acceleration, accelerate
-from rlox_dp.algorithms.base import Algorithm, AlgorithmConfig, register_algorithm
+from rlox_dp.algorithms.base import Algorithm, PolicyConfig, register_algorithm
 from rlox_dp.algorithms.bc import masked_mse
 from rlox_dp.algorithms.observation import ObservationEncoder
 from rlox_dp.buffers import Batch, Normalizer
@@ -28,17 +28,16 @@ from rlox_dp.networks.unet1d import horizon_multiple
 
 __all__ = ["DiffusionConfig", "DiffusionPolicy"]
 
-#: optimizer fields left ``None``: (name, U-Net / MLP default, transformer default), the original
-#: repo's settings for its two denoisers (``train_diffusion_*_lowdim_pusht_workspace.yaml``).
-_OPTIMIZER_DEFAULTS: tuple[tuple[str, Any, Any], ...] = (
-    ("adam_betas", (0.95, 0.999), (0.9, 0.95)),
-    ("weight_decay", 1e-6, 0.1),
-    ("lr_warmup_steps", 500, 1000),
-)
+#: the transformer denoiser's AdamW settings, the original repo's
+#: (``train_diffusion_transformer_lowdim_pusht_workspace.yaml``; the U-Net and MLP keep
+#: ``PolicyConfig.training_defaults()``, its ``train_diffusion_unet_*`` settings).
+_TRANSFORMER_TRAINING_DEFAULTS: dict[str, Any] = {
+    "adam_betas": (0.9, 0.95), "weight_decay": 0.1, "lr_warmup_steps": 1000,
+}
 
 
 @dataclasses.dataclass
-class DiffusionConfig(AlgorithmConfig):
+class DiffusionConfig(PolicyConfig):
     """Diffusion Policy options (names follow LeRobot's ``DiffusionConfig``; rlox names are aliases).
 
     Attributes:
@@ -50,9 +49,6 @@ class DiffusionConfig(AlgorithmConfig):
         n_layer, n_head, n_emb, p_drop_emb, p_drop_attn, causal_attn, time_as_cond,
             n_cond_layers: transformer options (``TransformerForDiffusion``), defaults from the
             original's PushT low-dim config.
-        adam_betas, weight_decay, lr_warmup_steps: ``None`` picks the denoiser's defaults, the
-            original's: (0.95, 0.999), 1e-6, 500 for the U-Net and MLP; (0.9, 0.95), 0.1 (on the
-            weights of linear and attention layers only) and 1000 for the transformer.
         noise_scheduler_type: sampler used at inference, ``"DDPM"``, ``"DDIM"`` or
             ``"DPMSolver++"`` (deterministic 2nd-order multistep, ``rlox_dp.diffusion.dpm_solver``).
         num_train_timesteps: diffusion steps ``T`` (rlox: ``n_diffusion_steps``).
@@ -88,9 +84,6 @@ class DiffusionConfig(AlgorithmConfig):
     causal_attn: bool = True
     time_as_cond: bool = True
     n_cond_layers: int = 0
-    adam_betas: tuple[float, float] | None = None  # type: ignore[assignment]
-    weight_decay: float | None = None  # type: ignore[assignment]
-    lr_warmup_steps: int | None = None  # type: ignore[assignment]
     noise_scheduler_type: Literal["DDPM", "DDIM", "DPMSolver++"] = "DDPM"
     num_train_timesteps: int = 100
     beta_schedule: Literal["squaredcos_cap_v2", "cosine", "linear"] = "squaredcos_cap_v2"
@@ -112,7 +105,7 @@ class DiffusionConfig(AlgorithmConfig):
     pretrained_backbone_weights: str | None = None
 
     ALIASES: ClassVar[dict[str, str]] = {
-        **AlgorithmConfig.ALIASES,
+        **PolicyConfig.ALIASES,
         "n_diffusion_steps": "num_train_timesteps",
         "noise_schedule": "beta_schedule",
         "n_inference_steps": "num_inference_steps",
@@ -121,13 +114,16 @@ class DiffusionConfig(AlgorithmConfig):
         "denoiser_type": "denoiser",
     }
 
+    def training_defaults(self) -> dict[str, Any]:
+        """The original's AdamW settings for the denoiser: :class:`PolicyConfig`'s for the U-Net
+        and MLP; betas (0.9, 0.95), weight decay 0.1 (on the weights of linear and attention
+        layers only) and 1000 warmup steps for the transformer."""
+        defaults = super().training_defaults()
+        return {**defaults, **_TRANSFORMER_TRAINING_DEFAULTS} if self.denoiser == "transformer" else defaults
+
     def validate(self) -> None:
-        transformer = self.denoiser == "transformer"
-        for name, unet_value, transformer_value in _OPTIMIZER_DEFAULTS:
-            if getattr(self, name) is None:
-                setattr(self, name, transformer_value if transformer else unet_value)
         super().validate()
-        if transformer:
+        if self.denoiser == "transformer":
             self._validate_transformer()
         if self.denoiser == "unet":
             factor = horizon_multiple(self.down_dims)
@@ -204,7 +200,7 @@ class DiffusionConfig(AlgorithmConfig):
 class DiffusionPolicy(Algorithm):
     """Diffusion Policy with a U-Net or MLP denoiser and global observation conditioning."""
 
-    config_class: ClassVar[type[AlgorithmConfig]] = DiffusionConfig
+    config_class: ClassVar[type[PolicyConfig]] = DiffusionConfig
     config: DiffusionConfig
 
     def __init__(
@@ -260,13 +256,13 @@ class DiffusionPolicy(Algorithm):
         #: inference fast paths, set by :func:`rlox_dp.acceleration.accelerate` (None: plain).
         self.acceleration: Acceleration | None = None
 
-    def optimizer_param_groups(self) -> list[dict[str, Any]]:
+    def optimizer_param_groups(self, weight_decay: float) -> list[dict[str, Any]]:
         """One group, except with the transformer: its two groups (``weight_decay`` on the
         weights of linear and attention layers, none on the rest) plus the other parameters (an
         image encoder) at the original's obs-encoder decay, as the original's policies."""
         if not isinstance(self.denoiser, TransformerForDiffusion):
-            return super().optimizer_param_groups()
-        groups = self.denoiser.optim_groups(self.config.weight_decay)
+            return super().optimizer_param_groups(weight_decay)
+        groups = self.denoiser.optim_groups(weight_decay)
         others = [p for name, p in self.named_parameters() if not name.startswith("denoiser.")]
         if others:
             groups.append({"params": others,

@@ -25,7 +25,7 @@ from typing import ClassVar, Literal
 
 import torch
 
-from rlox_dp.algorithms.base import AlgorithmConfig, register_algorithm
+from rlox_dp.algorithms.base import PolicyConfig, register_algorithm
 from rlox_dp.algorithms.bc import masked_mse
 from rlox_dp.algorithms.diffusion import DiffusionConfig, DiffusionPolicy
 from rlox_dp.buffers import Batch
@@ -72,7 +72,7 @@ class FlowConfig(DiffusionConfig):
 class FlowPolicy(DiffusionPolicy):
     """Conditional flow matching over action chunks (module docstring)."""
 
-    config_class: ClassVar[type[AlgorithmConfig]] = FlowConfig
+    config_class: ClassVar[type[PolicyConfig]] = FlowConfig
     config: FlowConfig
 
     def _build_sampler(self, config: FlowConfig | None = None) -> FlowSampler:  # type: ignore[override]

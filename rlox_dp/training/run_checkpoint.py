@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from rlox_dp.algorithms import AlgorithmConfig, get_algorithm_class
+from rlox_dp.algorithms import PolicyConfig, get_algorithm_class
 from rlox_dp.buffers import Normalizer
 from rlox_dp.checkpoint import (
     CheckpointError,
@@ -36,6 +36,7 @@ from rlox_dp.checkpoint import (
 from rlox_dp.config import ConfigError
 from rlox_dp.policy_io import POLICY_KIND
 from rlox_dp.run_directory import legacy_run_id
+from rlox_dp.training.config import TrainingConfig, configs_from_header
 
 if TYPE_CHECKING:
     from rlox_dp.trainer import Trainer
@@ -65,7 +66,6 @@ def save_run(trainer: Trainer, path: str | os.PathLike) -> Path:
     tensors.update(trainer.state.rng_tensors())
     meta = {
         **trainer.describe(),
-        "config": trainer.config.to_dict(),
         "step": trainer.state.step,
         "ema_step": trainer.ema.step if trainer.ema is not None else None,
         "optimizer": opt_meta,
@@ -90,7 +90,9 @@ class RunCheckpoint:
         path: the file.
         tensors: every tensor by name (CPU).
         meta: the JSON header.
-        config: the algorithm's config, rebuilt and validated.
+        config: the algorithm's policy config, rebuilt and validated.
+        training: the run's training config (split from the one flat ``"config"`` of a checkpoint
+            written before the policy/training split).
         normalizer: the normalizer the policy was trained with.
         resume: what a resumed :class:`~rlox_dp.Trainer` needs (run id, step, run directory, path).
     """
@@ -98,7 +100,8 @@ class RunCheckpoint:
     path: Path
     tensors: dict[str, torch.Tensor]
     meta: dict[str, Any]
-    config: AlgorithmConfig
+    config: PolicyConfig
+    training: TrainingConfig
     normalizer: Normalizer
     resume: dict[str, Any]
 
@@ -120,13 +123,13 @@ def read_run(path: str | os.PathLike) -> RunCheckpoint:
         )
     validate_trainer_header(meta, path)
     try:
-        config = get_algorithm_class(meta["algorithm"]).config_class.from_dict(meta["config"])
+        config, training = configs_from_header(get_algorithm_class(meta["algorithm"]).config_class, meta)
         normalizer = Normalizer.from_spec(meta["normalizer"])
     except (KeyError, ConfigError, ValueError, TypeError) as err:
         raise CheckpointError(f"checkpoint {str(path)!r} has an invalid or incompatible header: {err}") from None
     run_id = meta.get("run_id") or (legacy_run_id(meta["log_dir"]) if meta.get("log_dir") else None)
     resume = {"run_id": run_id, "step": meta["step"], "log_dir": meta.get("log_dir"), "path": str(path)}
-    return RunCheckpoint(Path(path), tensors, meta, config, normalizer, resume)
+    return RunCheckpoint(Path(path), tensors, meta, config, training, normalizer, resume)
 
 
 def restore_run(trainer: Trainer, run: RunCheckpoint) -> None:

@@ -1,7 +1,7 @@
 """One gradient step of the training loop, and the batch it trains on.
 
-    step = TrainStep(policy, config, device=torch.device("cpu"))
-    batch, global_batch = sample_batch(buffer, config.batch_size, data_generator, device, dist)
+    step = TrainStep(policy, training, device=torch.device("cpu"))  # a resolved TrainingConfig
+    batch, global_batch = sample_batch(buffer, training.batch_size, data_generator, device, dist)
     result = step(batch, step=0, total_steps=1000, generator=model_generator, global_batch=global_batch)
 
 :class:`TrainStep` owns what a gradient step needs besides the policy: the fused AdamW optimizer,
@@ -39,7 +39,7 @@ __all__ = ["StepResult", "TrainStep", "TrainStepSettings", "sample_batch"]
 
 
 class TrainStepSettings(Protocol):
-    """The fields :class:`TrainStep` reads (an algorithm config has them all)."""
+    """The fields :class:`TrainStep` reads (a resolved :class:`~rlox_dp.training.TrainingConfig`)."""
 
     lr: float
     adam_betas: tuple[float, float]
@@ -130,7 +130,7 @@ class TrainStep:
         # (about 10x faster on CPU for a 250 M-parameter U-Net; see benchmarks/speed.py); it also
         # skips a step on the device when told to (``found_inf``).
         self.optimizer = torch.optim.AdamW(
-            policy.optimizer_param_groups(), lr=settings.lr, betas=settings.adam_betas,
+            policy.optimizer_param_groups(settings.weight_decay), lr=settings.lr, betas=settings.adam_betas,
             eps=settings.adam_eps, weight_decay=settings.weight_decay, fused=device.type in ("cpu", "cuda"),
         )
         self.ema = (
