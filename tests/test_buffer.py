@@ -212,6 +212,8 @@ def test_the_buffer_cuts_the_window_it_is_given() -> None:
     window = Window(n_obs_steps=2, horizon=4, n_action_steps=2, drop_n_last_frames=1)
     buf = DemonstrationBuffer(encoded_demos([6]), window)
     assert buf.window_spec is window
+    with pytest.raises(TypeError, match="window must be a rlox_dp.Window"):
+        DemonstrationBuffer(encoded_demos([6]), (2, 4, 2))  # the int form is gone: one Window
     assert (buf.n_obs_steps, buf.horizon, buf.n_action_steps) == (2, 4, 2)
     # starts -1 .. 6 - 4 + 1 - 1 = 2: four windows
     assert len(buf) == 4

@@ -143,16 +143,13 @@ class DemonstrationBuffer:
         self,
         demos: Demonstrations,
         window: Window,
-        _horizon: int | None = None,
-        _n_action_steps: int | None = None,
         *,
-        drop_n_last_frames: int = 0,
         normalization: Mapping[str, NormMode] | None = None,
         normalizer: Normalizer | None = None,
         device: str | torch.device = "cpu",
     ) -> None:
-        if not isinstance(window, Window):  # the Trainer's int form, until it hands a Window
-            window = Window(int(window), int(_horizon), int(_n_action_steps), int(drop_n_last_frames))
+        if not isinstance(window, Window):
+            raise TypeError(f"window must be a rlox_dp.Window (a policy config's .window), got {window!r}")
         self._window = window
         self._n_obs_steps, self._horizon = window.n_obs_steps, window.horizon
         self._n_action_steps, self._drop = window.n_action_steps, window.drop_n_last_frames
