@@ -44,8 +44,6 @@ def test_defaults_and_aliases() -> None:
 def test_every_algorithm_config_checks_its_window_through_window(algorithm, monkeypatch) -> None:
     """A config's window errors are Window's: same message, raised from Window.validate."""
     cls = get_algorithm_class(algorithm).config_class
-    if algorithm == "consistency":
-        pytest.skip("a consistency config needs a teacher checkpoint (tests/test_consistency.py)")
     with pytest.raises(ConfigError, match=r"'n_obs_steps' must be >= 1, got 0"):
         cls.from_dict({"n_obs_steps": 0})
     calls = []
