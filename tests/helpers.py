@@ -6,16 +6,22 @@ through pytest's ``pythonpath`` setting in ``pyproject.toml``); fixtures live in
 from __future__ import annotations
 
 import importlib.util
+import socket
+from collections.abc import Callable
 from pathlib import Path
 from types import ModuleType
 
+import gymnasium as gym
 import numpy as np
 import pytest
+import torch
 
-from rlox_dp.buffers import Demonstrations
+from rlox_dp.buffers import DemonstrationBuffer, Demonstrations
+from rlox_dp.diffusion import NoiseSchedule, make_schedule
 
-__all__ = ["BENCHMARKS", "TINY", "assert_conditioned_matches_forward", "load_benchmark", "pendulum_demos",
-           "record_losses"]
+__all__ = ["ACT_SPACE", "BENCHMARKS", "COSINE_100", "MU", "OBS_SPACE", "SIGMA", "TINY",
+           "assert_conditioned_matches_forward", "build", "free_port", "gaussian_denoiser", "load_benchmark",
+           "loss_before_and_after_training", "pendulum_demos", "policy_config", "record_losses"]
 
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 
@@ -102,3 +108,63 @@ def record_losses(trainer) -> list[float]:
 
     trainer.policy.compute_loss = record
     return losses
+
+
+#: the spaces of :func:`pendulum_demos` (3-D state, 1-D action in [-2, 2]).
+OBS_SPACE = gym.spaces.Dict({"state": gym.spaces.Box(-np.inf, np.inf, (3,), np.float32)})
+ACT_SPACE = gym.spaces.Box(-2.0, 2.0, (1,), np.float32)
+
+
+def build(name: str, **overrides):
+    """A tiny ``name`` policy (``TINY`` settings + ``overrides``) and the buffer of
+    :func:`pendulum_demos` whose normalizer it uses: ``(policy, buffer)``."""
+    from rlox_dp.algorithms import get_algorithm_class
+
+    cls = get_algorithm_class(name)
+    config = policy_config(name, {**TINY[name], **overrides})
+    buffer = DemonstrationBuffer(pendulum_demos(), config.window)
+    return cls(config, OBS_SPACE, ACT_SPACE, buffer.normalizer), buffer
+
+
+#: Gaussian data ``x0 ~ N(MU, diag(SIGMA^2))`` (float64, 2-D) and the paper's 100-step cosine
+#: schedule: the closed-form setting of the sampler tests.
+MU = torch.tensor([0.5, -1.0], dtype=torch.float64)
+SIGMA = torch.tensor([0.3, 1.5], dtype=torch.float64)
+COSINE_100 = make_schedule("squaredcos_cap_v2", 100)
+
+
+def gaussian_denoiser(
+    sched: NoiseSchedule, prediction_type: str, mu: torch.Tensor, sigma: torch.Tensor
+) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+    """Exact E[eps | x_t] or E[x0 | x_t] for x0 ~ N(mu, diag(sigma^2)); x_t is (B, D)."""
+    ab_table = sched.alphas_cumprod
+
+    def denoise(x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        ab = ab_table[t].unsqueeze(-1).to(x_t.dtype)
+        m, s2 = mu.to(x_t.dtype), (sigma**2).to(x_t.dtype)
+        resid = (x_t - ab.sqrt() * m) / (ab * s2 + 1 - ab)
+        if prediction_type == "epsilon":
+            return (1 - ab).sqrt() * resid
+        return m + ab.sqrt() * s2 * resid
+
+    return denoise
+
+
+def loss_before_and_after_training(trainer) -> tuple[float, float]:
+    """The policy's loss on one fixed batch and noise, before and after ``trainer.train()``."""
+    batch = trainer.buffer.sample(128, generator=torch.Generator().manual_seed(1))
+
+    def fixed_loss() -> float:
+        with torch.no_grad():
+            return trainer.policy.compute_loss(batch, torch.Generator().manual_seed(2))[0].item()
+
+    before = fixed_loss()
+    trainer.train(evaluate=False)
+    return before, fixed_loss()
+
+
+def free_port() -> int:
+    """A free TCP port on localhost (for a torch.distributed rendezvous)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]

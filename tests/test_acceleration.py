@@ -10,8 +10,7 @@ import copy
 
 import pytest
 import torch
-from helpers import TINY, assert_conditioned_matches_forward, pendulum_demos
-from test_algorithms import build
+from helpers import TINY, assert_conditioned_matches_forward, build, pendulum_demos
 from torch import nn
 
 from rlox_dp import Trainer, acceleration, load_policy

@@ -3,25 +3,14 @@ algorithm meets, from defaults to policy files, is tested in test_contracts.py).
 
 from __future__ import annotations
 
-import gymnasium as gym
 import numpy as np
 import pytest
 import torch
-from helpers import TINY, pendulum_demos, policy_config
+from helpers import build
 
-from rlox_dp import ConfigError, DemonstrationBuffer, available_algorithms, get_algorithm_class
+from rlox_dp import ConfigError, available_algorithms, get_algorithm_class
 from rlox_dp.algorithms import Algorithm, DiffusionConfig, register_algorithm
 from rlox_dp.training.config import build_configs
-
-OBS_SPACE = gym.spaces.Dict({"state": gym.spaces.Box(-np.inf, np.inf, (3,), np.float32)})
-ACT_SPACE = gym.spaces.Box(-2.0, 2.0, (1,), np.float32)
-
-
-def build(name: str, **overrides):
-    cls = get_algorithm_class(name)
-    config = policy_config(name, {**TINY[name], **overrides})
-    buffer = DemonstrationBuffer(pendulum_demos(), config.window)
-    return cls(config, OBS_SPACE, ACT_SPACE, buffer.normalizer), buffer
 
 
 def test_registry_lists_builtin_algorithms():

@@ -7,7 +7,7 @@ import shutil
 
 import pytest
 import torch
-from test_algorithms import build
+from helpers import build
 
 pytestmark = pytest.mark.skipif(shutil.which("cc") is None and shutil.which("gcc") is None,
                                 reason="torch.compile on CPU needs a C compiler")

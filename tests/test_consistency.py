@@ -14,10 +14,17 @@ import gymnasium as gym
 import numpy as np
 import pytest
 import torch
-from helpers import TINY, pendulum_demos
-from test_algorithms import ACT_SPACE, OBS_SPACE
-from test_flow import loss_before_and_after_training
-from test_samplers import COSINE_100, MU, SIGMA, gaussian_denoiser
+from helpers import (
+    ACT_SPACE,
+    COSINE_100,
+    MU,
+    OBS_SPACE,
+    SIGMA,
+    TINY,
+    gaussian_denoiser,
+    loss_before_and_after_training,
+    pendulum_demos,
+)
 
 from rlox_dp import ConfigError, DemonstrationBuffer, Trainer
 from rlox_dp.acceleration import accelerate

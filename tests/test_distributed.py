@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 
 import torch
 import torch.multiprocessing as mp
-from helpers import TINY, pendulum_demos, record_losses
+from helpers import TINY, free_port, pendulum_demos, record_losses
 
 from rlox_dp import Trainer
 
@@ -37,14 +36,8 @@ def _worker(rank: int, world: int, port: int, tmp: str) -> None:
     torch.distributed.destroy_process_group()
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_two_cpu_processes_match_single_process(tmp_path):
-    mp.spawn(_worker, args=(2, _free_port(), str(tmp_path)), nprocs=2, join=True)
+    mp.spawn(_worker, args=(2, free_port(), str(tmp_path)), nprocs=2, join=True)
     single = _train(str(tmp_path), "single")
     p0, p1 = (torch.load(tmp_path / f"params-rank{r}.pt") for r in (0, 1))
     ps = torch.load(tmp_path / "params-single.pt")

@@ -18,11 +18,19 @@ import warnings
 import numpy as np
 import pytest
 import torch
-from helpers import TINY, policy_config
+from helpers import (
+    ACT_SPACE,
+    COSINE_100,
+    MU,
+    OBS_SPACE,
+    SIGMA,
+    TINY,
+    build,
+    gaussian_denoiser,
+    policy_config,
+)
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from test_algorithms import ACT_SPACE, OBS_SPACE, build
-from test_samplers import COSINE_100, MU, SIGMA, gaussian_denoiser
 
 from rlox_dp.algorithms import get_algorithm_class
 from rlox_dp.diffusion import (

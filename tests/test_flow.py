@@ -13,10 +13,16 @@ import math
 import numpy as np
 import pytest
 import torch
-from helpers import TINY, pendulum_demos, policy_config
+from helpers import (
+    ACT_SPACE,
+    OBS_SPACE,
+    TINY,
+    loss_before_and_after_training,
+    pendulum_demos,
+    policy_config,
+)
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from test_algorithms import ACT_SPACE, OBS_SPACE
 
 from rlox_dp import ConfigError, DemonstrationBuffer, Trainer
 from rlox_dp.algorithms import FlowPolicy, get_algorithm_class
@@ -82,6 +88,7 @@ def test_plan_grid_and_evaluation_count(T: int, data: st.DataObject, method: str
     assert ks[0] == T and ks[-1] == 0 and all(k1 < k0 for k0, k1 in zip(ks, ks[1:], strict=False))
     plan = sampler.plan(n)
     pairs, steps = plan.pairs, plan.steps
+    assert list(pairs) == list(zip(ks[:-1], ks[1:], strict=True))  # the plan chains the timesteps
     assert math.isclose(sum(s.dt for s in steps), -1.0, abs_tol=1e-12)
     calls: list[int] = []
 
@@ -133,19 +140,6 @@ def test_registered_config_and_inference_settings() -> None:
     assert len(calls) == 2
     with pytest.raises(ConfigError, match="num_inference_steps"):
         policy.configure_inference(num_inference_steps=101)
-
-
-def loss_before_and_after_training(trainer: Trainer) -> tuple[float, float]:
-    """The policy's loss on one fixed batch and noise, before and after ``trainer.train()``."""
-    batch = trainer.buffer.sample(128, generator=torch.Generator().manual_seed(1))
-
-    def fixed_loss() -> float:
-        with torch.no_grad():
-            return trainer.policy.compute_loss(batch, torch.Generator().manual_seed(2))[0].item()
-
-    before = fixed_loss()
-    trainer.train(evaluate=False)
-    return before, fixed_loss()
 
 
 def test_training_reduces_the_loss_and_checkpoint_round_trip(tmp_path) -> None:

@@ -15,11 +15,11 @@ import dataclasses
 import itertools
 import math
 import warnings
-from collections.abc import Callable
 
 import numpy as np
 import pytest
 import torch
+from helpers import COSINE_100, MU, SIGMA, gaussian_denoiser
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -37,8 +37,6 @@ FAST = settings(max_examples=30, deadline=None)
 
 
 
-MU = torch.tensor([0.5, -1.0], dtype=torch.float64)
-SIGMA = torch.tensor([0.3, 1.5], dtype=torch.float64)
 N_SAMPLES = 20_000
 
 
@@ -56,21 +54,7 @@ def ddpm_posterior(sched: NoiseSchedule, t: torch.Tensor) -> tuple[torch.Tensor,
     return ab_prev.sqrt() * b / (1 - ab), (1 - b).sqrt() * (1 - ab_prev) / (1 - ab), b * (1 - ab_prev) / (1 - ab)
 
 
-def gaussian_denoiser(
-    sched: NoiseSchedule, prediction_type: str, mu: torch.Tensor, sigma: torch.Tensor
-) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
-    """Exact E[eps | x_t] or E[x0 | x_t] for x0 ~ N(mu, diag(sigma^2)); x_t is (B, D)."""
-    ab_table = sched.alphas_cumprod
 
-    def denoise(x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        ab = ab_table[t].unsqueeze(-1).to(x_t.dtype)
-        m, s2 = mu.to(x_t.dtype), (sigma**2).to(x_t.dtype)
-        resid = (x_t - ab.sqrt() * m) / (ab * s2 + 1 - ab)
-        if prediction_type == "epsilon":
-            return (1 - ab).sqrt() * resid
-        return m + ab.sqrt() * s2 * resid
-
-    return denoise
 
 
 def _chain_moments(
@@ -128,7 +112,6 @@ def _assert_moments(samples: torch.Tensor, mean: np.ndarray, std: np.ndarray) ->
     assert np.all(np.abs(got_std - std) < 5 * std / math.sqrt(2 * n)), (got_std, std)
 
 
-COSINE_100 = make_schedule("squaredcos_cap_v2", 100)
 CASES = [  # (sampler factory, num_inference_steps, kind, eta)
     (lambda s, p: DDPMSampler(s, p, clip_sample=False), 100, "ddpm", 0.0),
     (lambda s, p: DDPMSampler(s, p, clip_sample=False), 10, "ddpm", 0.0),

@@ -10,9 +10,14 @@ import numpy as np
 import pytest
 import torch
 import torch.multiprocessing as mp
-from helpers import TINY, assert_conditioned_matches_forward, pendulum_demos, record_losses
-from test_algorithms import build
-from test_distributed import _free_port
+from helpers import (
+    TINY,
+    assert_conditioned_matches_forward,
+    build,
+    free_port,
+    pendulum_demos,
+    record_losses,
+)
 
 from rlox_dp import Trainer
 from rlox_dp.diffusion import SAMPLERS
@@ -378,7 +383,7 @@ def _ddp_worker(rank: int, world: int, port: int, tmp: str) -> None:
 def test_two_ddp_processes_match_one_process(tmp_path):
     """DDP (gloo, 2 CPU processes) with the transformer's two parameter groups: the same steps
     as one process with the global batch."""
-    mp.spawn(_ddp_worker, args=(2, _free_port(), str(tmp_path)), nprocs=2, join=True)
+    mp.spawn(_ddp_worker, args=(2, free_port(), str(tmp_path)), nprocs=2, join=True)
     _ddp_train(str(tmp_path), "single")
     p0, p1, ps = (torch.load(tmp_path / f"params-{t}.pt") for t in ("rank0", "rank1", "single"))
     assert torch.equal(p0, p1)
