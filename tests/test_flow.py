@@ -102,7 +102,7 @@ def test_plan_grid_and_evaluation_count(T: int, data: st.DataObject, method: str
 
 
 def test_sampler_validation() -> None:
-    with pytest.raises(ValueError, match="method"):
+    with pytest.raises(ValueError, match="unknown flow sampler .rk4."):
         FlowSampler(10, "rk4")
     with pytest.raises(ValueError, match="num_inference_steps"):
         FlowSampler(10).plan(11)
@@ -155,3 +155,13 @@ def test_training_reduces_the_loss_and_checkpoint_round_trip(tmp_path) -> None:
     a = trainer.eval_policy.eval().predict_action_chunk(obs, torch.Generator().manual_seed(3))
     b = loaded.eval_policy.eval().predict_action_chunk(obs, torch.Generator().manual_seed(3))
     assert torch.equal(a, b)
+
+
+def test_flow_sampler_names_follow_the_registry_rule() -> None:
+    from rlox_dp.diffusion.flow_samplers import FLOW_SAMPLERS, FlowSampler
+
+    assert FLOW_SAMPLERS == ("euler", "heun")
+    assert FlowSampler(10, "HEUN").method == "heun"
+    assert [FlowSampler(10, m).network_evaluations(4) for m in FLOW_SAMPLERS] == [4, 7]
+    with pytest.raises(ValueError, match=r"unknown flow sampler 'huen'. Did you mean 'heun'\?"):
+        FlowSampler(10, "huen")

@@ -36,10 +36,17 @@ from rlox_dp.diffusion.plan import (
     draw_start_noise,
 )
 from rlox_dp.diffusion.samplers import Sampler
+from rlox_dp.registry import Registry
 
-__all__ = ["FLOW_SAMPLERS", "FlowSampler", "FlowStep"]
+__all__ = ["FLOW_SAMPLERS", "FLOW_SAMPLER_REGISTRY", "FlowSampler", "FlowStep"]
 
-FLOW_SAMPLERS: tuple[str, ...] = ("euler", "heun")
+#: The integration methods of :class:`FlowSampler`, by name (the shared registry rule: any case,
+#: did-you-mean on a miss); the value is the number of network evaluations per step before the
+#: last one (Heun's corrector adds one).
+FLOW_SAMPLER_REGISTRY: Registry[int] = Registry("flow sampler")
+FLOW_SAMPLER_REGISTRY.register("euler", 1)
+FLOW_SAMPLER_REGISTRY.register("heun", 2)
+FLOW_SAMPLERS: tuple[str, ...] = tuple(FLOW_SAMPLER_REGISTRY.names())
 """Methods accepted by :class:`FlowSampler` (case-insensitive)."""
 
 
@@ -64,9 +71,7 @@ class FlowSampler:
         if num_train_timesteps < 1:
             raise ValueError(f"num_train_timesteps must be >= 1; got {num_train_timesteps}")
         self.num_train_timesteps = num_train_timesteps
-        if not isinstance(method, str) or method.lower() not in FLOW_SAMPLERS:
-            raise ValueError(f"method must be one of {FLOW_SAMPLERS} (case-insensitive); got {method!r}")
-        self.method = method.lower()
+        self.method = FLOW_SAMPLER_REGISTRY.canonical(method)  # UnknownNameError (a ValueError) on a miss
 
     def __repr__(self) -> str:
         return f"FlowSampler(T={self.num_train_timesteps}, method={self.method!r})"
@@ -74,7 +79,8 @@ class FlowSampler:
     def network_evaluations(self, num_inference_steps: int) -> int:
         """Denoiser calls of an ``n``-step loop: ``n`` (Euler) or ``2n - 1`` (Heun)."""
         n = check_num_steps(num_inference_steps, self.num_train_timesteps)
-        return n if self.method == "euler" else 2 * n - 1
+        per_step = FLOW_SAMPLER_REGISTRY.get(self.method)
+        return per_step * n - (per_step - 1)
 
     def timesteps(self, num_inference_steps: int) -> Tensor:
         """Descending ``(n + 1,)`` int64 grid ``k_i = round((n - i) T / n)``, from ``T`` to 0."""
