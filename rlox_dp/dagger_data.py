@@ -21,7 +21,7 @@ import numpy as np
 
 from rlox_dp.buffers import Demonstrations
 from rlox_dp.buffers.loaders import load_demonstrations, save_demonstrations
-from rlox_dp.envs.pusht import PUSHT_ENV_ID, block_keypoints, load_pusht_demonstrations
+from rlox_dp.envs.pusht import PUSHT_ENV_ID, block_keypoints
 from rlox_dp.experts.labelling import pusht_raw_state
 
 __all__ = ["VisitedEpisode", "aggregate", "append_labelled", "concat", "episodes_to_demonstrations",
@@ -114,14 +114,13 @@ def concat(parts: list[Demonstrations], metadata: dict[str, Any]) -> Demonstrati
 def load_labelled(path: Path, env_id: str, obs_keys: list[str], obs_mode: str | None,
                   max_round: int) -> Demonstrations | None:
     """The labelled episodes of rounds ``<= max_round`` in ``path``, observed as the policy does
-    (PushT: computed from ``data/state`` by the PushT loader in ``obs_mode``)."""
+    (read by the env's own demonstration loader, :meth:`EnvSpec.load_demonstrations`: for PushT
+    computed from ``data/state`` in ``obs_mode``)."""
+    from rlox_dp.envs import env_spec
+
     if not path.exists():
         return None
-    if env_id == PUSHT_ENV_ID:
-        demos = load_pusht_demonstrations(path, obs_mode or "keypoints")
-    else:
-        demos = load_demonstrations(path, obs_keys=obs_keys)
-    return rounds_prefix(demos, max_round)
+    return rounds_prefix(env_spec(env_id).load_demonstrations(path, obs_mode, obs_keys), max_round)
 
 
 def append_labelled(path: Path, episodes: list[dict[str, Any]], env_id: str, keep_round: int) -> None:
