@@ -48,8 +48,10 @@ __all__ = [
     "check_writable_dir",
     "claim_run_dir",
     "default_run_dir",
+    "enter_run_dir",
     "legacy_run_id",
     "newest_checkpoint_step",
+    "run_dir_for",
     "step_checkpoints",
     "write_step_checkpoint",
 ]
@@ -76,6 +78,16 @@ def default_run_dir(parent: str | os.PathLike, algorithm: str, env_id: str) -> P
         n += 1
         path = base.with_name(f"{base.name}-{n}")
     return path
+
+
+def run_dir_for(log_dir: str | os.PathLike | None, resumed_log_dir: str | os.PathLike | None,
+                algorithm: str, env_id: str) -> Path:
+    """``log_dir``, or (``None``) a new :func:`default_run_dir`: beside ``resumed_log_dir`` (the
+    directory of the run this one resumes) when given, so resuming never replaces anything, else
+    under ``runs``."""
+    if log_dir is not None:
+        return Path(log_dir)
+    return default_run_dir(Path(resumed_log_dir).parent if resumed_log_dir else "runs", algorithm, env_id)
 
 
 def step_checkpoints(run_dir: str | os.PathLike) -> dict[int, Path]:
@@ -298,6 +310,19 @@ class RunLock:
 
     def __exit__(self, *exc: object) -> None:
         self.release()
+
+
+def enter_run_dir(run_dir: str | os.PathLike, run_id: str, step: int, *, overwrite: bool,
+                  info: dict[str, Any]) -> RunLock:
+    """Lock ``run_dir`` (:class:`RunLock`) and claim it for run ``run_id`` at ``step``
+    (:func:`claim_run_dir`); returns the held lock (released again if the claim fails)."""
+    lock = RunLock(run_dir).acquire()
+    try:
+        claim_run_dir(run_dir, run_id, step, overwrite=overwrite, info=info)
+    except BaseException:
+        lock.release()
+        raise
+    return lock
 
 
 def _point_last_at(target: Path) -> Path:

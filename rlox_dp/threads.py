@@ -37,6 +37,7 @@ __all__ = [
     "CpuLoad",
     "choose_num_threads",
     "configure_threads",
+    "configure_threads_for_batch",
     "cpu_load",
     "policy_flops_per_sample",
     "restore_threads",
@@ -231,6 +232,16 @@ def configure_threads(requested: int | None, device: torch.device | str = "cpu",
         logger.info("torch threads%s: %d (%s)", f" for {what}" if what else "", threads, reason)
         _state["logged"][what] = threads
     return threads
+
+
+def configure_threads_for_batch(requested: int | None, device: torch.device | str,
+                                flops_per_sample: float | None, batch: int, what: str) -> int:
+    """:func:`configure_threads` for work on ``batch`` samples of ``flops_per_sample`` FLOPs per
+    matmul each (None: unknown); returns the thread count *before* (for :func:`restore_threads`)."""
+    before = torch.get_num_threads()
+    flops = flops_per_sample * batch if flops_per_sample is not None else None
+    configure_threads(requested, device, flops, what)
+    return before
 
 
 def restore_threads(count: int) -> None:

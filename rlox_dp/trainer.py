@@ -5,13 +5,13 @@
 looks the algorithm up in the registry, validates its config, loads (or collects from the
 built-in expert) the demonstrations, builds the :class:`DemonstrationBuffer`, trains with AdamW,
 warmup + cosine learning rate, gradient clipping and an EMA of the weights, logs to TensorBoard,
-writes atomic checkpoints, and evaluates the EMA policy in vectorized Gymnasium envs.
+writes atomic checkpoints, and evaluates the EMA policy in vectorized Gymnasium envs. The parts
+it composes live in :mod:`rlox_dp.training`.
 """
 
 from __future__ import annotations
 
 import logging
-import math
 import os
 import time
 import uuid
@@ -19,14 +19,11 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-import gymnasium as gym
 import torch
 
 from rlox_dp.acceleration import accelerate
 from rlox_dp.algorithms import Algorithm, PolicyConfig, get_algorithm_class
 from rlox_dp.buffers import DemonstrationBuffer, Demonstrations, Normalizer
-from rlox_dp.config import ConfigError
-from rlox_dp.demo_sources import check_demonstrations, load_demonstrations_for
 from rlox_dp.distributed import init_distributed
 from rlox_dp.ema import EMA
 from rlox_dp.envs.spec import env_spec
@@ -34,38 +31,34 @@ from rlox_dp.policy_io import save_policy
 from rlox_dp.run_directory import (
     RunLock,
     check_run_dir,
-    check_writable_dir,
-    claim_run_dir,
-    default_run_dir,
+    enter_run_dir,
+    run_dir_for,
     write_step_checkpoint,
 )
-from rlox_dp.runtime import NonFiniteLossError, TrainState, resolve_device, seed_everything
-from rlox_dp.threads import configure_threads, policy_flops_per_sample, restore_threads
+from rlox_dp.runtime import NonFiniteLossError, TrainState, seed_everything
+from rlox_dp.threads import configure_threads, configure_threads_for_batch, policy_flops_per_sample
 from rlox_dp.training.callbacks import (
     Callback,
     CallbackList,
-    CheckpointCallback,
-    EvalCallback,
-    LoggingCallback,
     NullWriter,
+    builtin_callbacks,
     tensorboard_writer,
 )
-from rlox_dp.training.config import TrainingConfig, build_configs
-from rlox_dp.training.run_checkpoint import read_run, restore_run, save_run
+from rlox_dp.training.config import TrainingConfig
+from rlox_dp.training.data import TrainingData
+from rlox_dp.training.evaluation import evaluate_run_policy
+from rlox_dp.training.run_checkpoint import load_run, save_run
+from rlox_dp.training.setup import (
+    check_global_batch,
+    checked_env_spaces,
+    run_settings,
+    total_steps_for,
+)
 from rlox_dp.training.train_step import TrainStep, sample_batch
 
 __all__ = ["NonFiniteLossError", "Trainer"]
 
 logger = logging.getLogger("rlox_dp")
-
-
-def _count(name: str, value: Any, minimum: int) -> int:
-    """``value`` as an int >= ``minimum`` (not a bool, float or string), else a ValueError naming ``name``."""
-    import numpy as np
-
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
-        raise ValueError(f"{name} must be an int >= {minimum}, got {value!r}")
-    return int(value)
 
 
 class Trainer:
@@ -129,23 +122,13 @@ class Trainer:
         self.use_preset = preset
         self.env_spec = env_spec(env)  # what rlox_dp knows about the env (generic if unregistered)
         self.env_id = self.env_spec.env_id
-        self.env_kwargs = dict(env_kwargs or {})
-        self.config, self.training, config_seed = self._build_config(config, training)
-        if seed is not None and config_seed is not None and seed != config_seed:
-            raise ConfigError(f"seed given twice with different values: seed={seed}, config seed={config_seed}")
-        self.seed = int(seed if seed is not None else (config_seed if config_seed is not None else 0))
-        self.device = resolve_device(device, local_rank=int(os.environ.get("LOCAL_RANK", "0")))
-        if threads is not None and self._config_threads is not None and threads != self._config_threads:
-            raise ConfigError(f"threads given twice with different values: threads={threads}, "
-                              f"config threads={self._config_threads}")
-        self.threads = threads if threads is not None else self._config_threads
+        settings = run_settings(self.algorithm_class, self.env_spec, config, training, env_kwargs=env_kwargs,
+                                seed=seed, device=device, threads=threads, use_preset=preset)
+        self.config, self.training, self.env_kwargs = settings.config, settings.training, settings.env_kwargs
+        self.seed, self.device, self.threads = settings.seed, settings.device, settings.threads
         configure_threads(self.threads, self.device, what="setup")  # expert training, demos
         self.dist = init_distributed(self.device)
-        if self.training.batch_size % self.dist.world_size:
-            raise ConfigError(
-                f"config field 'batch_size' ({self.training.batch_size}) is the global batch and must be "
-                f"divisible by the number of processes ({self.dist.world_size})"
-            )
+        check_global_batch(self.training, self.dist.world_size)
         self.cache_dir = Path(cache_dir) if cache_dir is not None else None
         self.progress = progress
         # A run id is shared by a run and its resumptions: it decides whose directory is whose.
@@ -153,20 +136,16 @@ class Trainer:
         self.run_id: str = resume.get("run_id") or uuid.uuid4().hex
         self.resumed_from: str | None = resume.get("path")
         self.overwrite = bool(overwrite)
-        if log_dir is None:  # a resumed run gets a new directory beside the original one
-            self.log_dir = default_run_dir(Path(resume["log_dir"]).parent if resume.get("log_dir") else "runs",
-                                           algorithm, env)
-        else:
-            self.log_dir = Path(log_dir)
+        self.log_dir = run_dir_for(log_dir, resume.get("log_dir"), algorithm, env)  # resumed: beside the original
         if self.dist.is_main:  # only rank 0 writes the run directory
             check_run_dir(self.log_dir, self.run_id, int(resume.get("step", 0)), overwrite=self.overwrite,
                           check_writable=log_dir is not None)
         self.env_kwargs = self.env_spec.obs_mode_for_demos(demos, self.env_kwargs)  # video: image mode
-        self.observation_space, self.action_space = self._env_spaces()
-        self.demos_source = demos if isinstance(demos, (str, os.PathLike)) else None
-        self._demos_arg = demos
-        self._buffer: DemonstrationBuffer | None = None
-        self.demo_info: dict[str, float] = {}
+        self.observation_space, self.action_space = checked_env_spaces(self.env_id, self.env_kwargs)
+        #: the demonstrations: loaded (or collected by the built-in expert) on first use, checked, windowed.
+        self.data = TrainingData(demos, self.env_id, self.observation_space, self.action_space,
+                                 self.env_spec.obs_mode(self.env_kwargs), self.training.n_demos, self.cache_dir,
+                                 self.progress)
         seed_everything(self.seed)
         if _normalizer is None:
             _normalizer = self.buffer.normalizer
@@ -184,88 +163,36 @@ class Trainer:
         #: (every ``eval_every`` steps and at the end), oldest first.
         self.eval_history: list[dict[str, float]] = []
 
-    # -- construction helpers -----------------------------------------------------------------------
-    def _build_config(self, config: Any, training: Any) -> tuple[PolicyConfig, TrainingConfig, int | None]:
-        """The policy and training configs (:func:`~rlox_dp.training.config.build_configs`); a
-        dict config may also hold ``seed``, ``threads`` (a run setting, not saved) and the env's
-        observation-mode key (PushT's ``obs``)."""
-        self._config_threads: int | None = None
-        seed = None
-        if isinstance(config, Mapping):
-            values = dict(config)
-            seed = values.pop("seed", None)
-            self._config_threads = values.pop("threads", None)
-            self.env_kwargs.update(self.env_spec.pop_env_config(values))  # "obs": the env's observation mode
-            config = values
-        preset = (self.env_spec.preset(self.algorithm_name, self.env_spec.obs_mode(self.env_kwargs))
-                  if self.use_preset else None)
-        policy, run = build_configs(self.algorithm_class.config_class, config, training, preset)
-        return policy, run, seed
+    # -- demonstrations ------------------------------------------------------------------------
+    @property
+    def demos_source(self) -> str | os.PathLike | None:
+        """The path the demonstrations came from (recorded in checkpoints), else ``None``."""
+        return self.data.source
 
-    def _env_spaces(self) -> tuple[gym.spaces.Dict, gym.spaces.Box]:
-        from rlox_dp.envs import env_spaces
+    @property
+    def demo_info(self) -> dict[str, float]:
+        """The built-in expert's ``expert_*`` numbers (its return ...), reported in the metrics."""
+        return self.data.info
 
-        try:
-            obs_space, action_space = env_spaces(self.env_id, env_kwargs=self.env_kwargs)
-        except ImportError as err:  # "module:EnvId" whose module is not installed
-            raise ValueError(f"env {self.env_id!r}: cannot import its module: {err}") from None
-        nested = [k for k, v in obs_space.spaces.items() if not isinstance(v, gym.spaces.Box)]
-        if nested:
-            raise ValueError(
-                f"env {self.env_id!r}: observation keys {nested} are not Box spaces "
-                f"({[type(obs_space[k]).__name__ for k in nested]}); rlox_dp takes a Box or a flat "
-                "Dict of Boxes (flatten nested Dicts with a gymnasium ObservationWrapper)"
-            )
-        return obs_space, action_space
-
-    def _load_demonstrations(self) -> Demonstrations:
-        demos, info = load_demonstrations_for(
-            self.env_id, self._demos_arg, list(self.observation_space.spaces), self.env_spec.obs_mode(self.env_kwargs),
-            self.training.n_demos, self.cache_dir, self.progress,
-        )
-        if info:  # the built-in expert's numbers, reported in the metrics
-            self.demo_info = info
-        return demos
-
-    def _check_demos(self, demos: Demonstrations) -> None:
-        check_demonstrations(demos, self.observation_space, self.action_space, self.env_id)
+    @demo_info.setter
+    def demo_info(self, info: dict[str, float]) -> None:
+        self.data.info = info
 
     def load_demonstrations(self) -> Demonstrations:
         """The demonstrations given at construction (loaded, or the built-in expert's, cached)."""
-        if isinstance(self._demos_arg, DemonstrationBuffer):
-            raise TypeError("this trainer was given a DemonstrationBuffer, not demonstrations")
-        return self._load_demonstrations()
+        return self.data.load()
 
     def set_demonstrations(self, demos: Demonstrations) -> None:
         """Train on ``demos`` from the next step on (e.g. DAgger's aggregated data); they are
         normalized with the policy's existing statistics. Checkpoints then record no demos path."""
-        self._check_demos(demos)
-        self._demos_arg, self.demos_source, self._buffer = demos, None, None
+        self.data.replace(demos)
 
     @property
     def buffer(self) -> DemonstrationBuffer:
         """The training windows (built on first use; loads or collects demonstrations)."""
-        if self._buffer is None:
-            if isinstance(self._demos_arg, DemonstrationBuffer):
-                buf = self._demos_arg
-                if buf.window_spec != self.config.window:
-                    raise ValueError(f"demos buffer window {buf.window_spec} differs from the policy "
-                                     f"config's {self.config.window}")
-                self._buffer = buf
-            else:
-                demos = self._load_demonstrations()
-                self._check_demos(demos)
-                normalization = {k: self.config.obs_normalization for k in self.observation_space.spaces
-                                 if len(self.observation_space[k].shape) == 1}
-                normalization["action"] = self.config.action_normalization
-                existing = getattr(self, "policy", None)
-                self._buffer = DemonstrationBuffer(
-                    demos, self.config.window,
-                    normalization=None if existing is not None else normalization,
-                    normalizer=existing.normalizer if existing is not None else None,
-                    device=self.device if self.training.buffer_device == "auto" else "cpu",
-                )
-        return self._buffer
+        existing = getattr(self, "policy", None)  # none yet while __init__ fits the normalizer
+        return self.data.buffer(self.config, normalizer=existing.normalizer if existing is not None else None,
+                                device=self.device if self.training.buffer_device == "auto" else "cpu")
 
     # -- training -------------------------------------------------------------------------------
     @property
@@ -310,16 +237,10 @@ class Trainer:
             total_timesteps: rlox-compatible alternative: the number of training windows
                 (demonstration samples) to draw; gradient steps = ceil(total_timesteps / batch_size).
             evaluate: evaluate the EMA policy at the end (``training.n_eval_episodes`` episodes).
-            callbacks: your :class:`~rlox_dp.training.Callback` objects, run after the built-in
-                ones; one whose ``on_step`` returns ``False`` stops training (then checkpoint and
-                final evaluation as at the end)::
-
-                    class Every100(Callback):
-                        def on_step(self, trainer, result):
-                            if trainer.state.step % 100 == 0:
-                                print(trainer.state.step, result.loss.item())
-
-                    trainer.train(1000, callbacks=[Every100()])
+            callbacks: your :class:`~rlox_dp.training.Callback` objects (example in
+                :mod:`rlox_dp.training.callbacks`), run after the built-in ones; one whose
+                ``on_step`` returns ``False`` stops training (then checkpoint and final evaluation
+                as at the end).
 
         Returns:
             metrics: ``loss`` (mean over the last ``log_every`` steps), ``step``, ``train_time_s``
@@ -337,11 +258,7 @@ class Trainer:
                 ``log_every`` steps, before checkpoints and evaluations, and at the end; the
                 error names the first such step, whose update was skipped).
         """
-        if total_steps is not None and total_timesteps is not None:
-            raise ValueError("give total_steps or total_timesteps, not both")
-        if total_timesteps is not None:
-            total_steps = math.ceil(_count("total_timesteps", total_timesteps, 1) / self.training.batch_size)
-        total = _count("total_steps", total_steps, 1) if total_steps is not None else self.training.total_steps
+        total = total_steps_for(total_steps, total_timesteps, self.training)
         lock = self._enter_run_dir() if self.dist.is_main else None
         try:
             return self._train(total, evaluate, callbacks)
@@ -351,14 +268,9 @@ class Trainer:
 
     def _enter_run_dir(self) -> RunLock:
         """Lock :attr:`log_dir` and claim it for this run (see :mod:`rlox_dp.run_directory`)."""
-        lock = RunLock(self.log_dir).acquire()
-        try:
-            claim_run_dir(self.log_dir, self.run_id, self.state.step, overwrite=self.overwrite,
-                          info={"algorithm": self.algorithm_name, "env": self.env_id,
-                                "resumed_from": self.resumed_from})
-        except BaseException:
-            lock.release()
-            raise
+        lock = enter_run_dir(self.log_dir, self.run_id, self.state.step, overwrite=self.overwrite,
+                             info={"algorithm": self.algorithm_name, "env": self.env_id,
+                                   "resumed_from": self.resumed_from})
         self.overwrite = False  # from now on the directory is this run's
         return lock
 
@@ -371,14 +283,10 @@ class Trainer:
         self._configure_threads(batch_size // self.dist.world_size, "training")
         recheck = None if self.threads is not None else (
             lambda: self._configure_threads(batch_size // self.dist.world_size, "training"))
-        self._callbacks = CallbackList([
-            LoggingCallback(log_every=cfg.log_every, writer=self.writer, progress=self.progress,
-                            description=f"{self.algorithm_name} {self.env_id}", recheck_threads=recheck),
-            CheckpointCallback(every=cfg.checkpoint_every, save=self._save_run_checkpoint),
-            EvalCallback(every=cfg.eval_every, final=evaluate and cfg.n_eval_episodes > 0, evaluate=self.evaluate,
-                         save=self._save_run_checkpoint),
-            *callbacks,
-        ])
+        self._callbacks = CallbackList([*builtin_callbacks(
+            cfg, writer=self.writer, progress=self.progress, description=f"{self.algorithm_name} {self.env_id}",
+            recheck_threads=recheck, evaluate=self.evaluate, final_evaluation=evaluate and cfg.n_eval_episodes > 0,
+            save=self._save_run_checkpoint), *callbacks])
         self.policy.train()
         t0, start, interrupted = time.perf_counter(), self.state.step, False
         try:
@@ -428,46 +336,26 @@ class Trainer:
                  n_videos: int = 0) -> dict[str, float]:
         """Evaluate the (EMA) policy on ``n_episodes`` episodes with seeds ``seed, seed+1, ...``.
 
+        ``None``: the training config's ``n_eval_episodes`` / ``n_eval_envs`` / ``eval_seed``.
+
         Returns:
             ``EvalResult.summary()``: ``eval/return_mean``, ``eval/success_rate`` (when the env
             reports success), ``eval/score_mean`` (PushT coverage score) ...
 
         Raises:
+            ValueError: a count that is not a non-negative int, or an unwritable ``video_dir``.
             rlox_dp.evaluation.EvaluationInterrupted: Ctrl-C; its ``summary()`` covers the
                 episodes finished before it.
         """
-        from rlox_dp.evaluation import evaluate_policy
-
-        n_episodes = _count("n_episodes", self.training.n_eval_episodes if n_episodes is None else n_episodes, 1)
-        n_envs = _count("n_envs", self.training.n_eval_envs if n_envs is None else n_envs, 1)
-        seed = _count("seed", self.training.eval_seed if seed is None else seed, 0)
-        n_videos = _count("n_videos", n_videos, 0)
-        if video_dir is not None and n_videos > 0:
-            check_writable_dir("video_dir", video_dir)
-        policy = self.eval_policy
-        was_training = policy.training
-        policy.eval()
-        policy.reset()
-        threads_before = self._configure_threads(n_envs, "evaluation")
-        try:
-            result = evaluate_policy(
-                policy, self.env_id, n_episodes=n_episodes, n_envs=n_envs, seed=seed,
-                env_kwargs=self.env_kwargs, video_dir=None if video_dir is None else str(video_dir),
-                n_videos=n_videos, progress=self.progress,
-            )
-        finally:
-            policy.reset()
-            policy.train(was_training)
-            restore_threads(threads_before)
-        self.last_eval = result
-        return result.summary()
+        self.last_eval = evaluate_run_policy(
+            self.eval_policy, self.env_id, self.env_kwargs, self.training, n_episodes=n_episodes, n_envs=n_envs,
+            seed=seed, video_dir=video_dir, n_videos=n_videos, progress=self.progress,
+            configure_threads=self._configure_threads)
+        return self.last_eval.summary()
 
     def _configure_threads(self, batch: int, what: str) -> int:
         """Choose the torch threads for ``what`` on ``batch`` samples; returns the count before."""
-        before = torch.get_num_threads()
-        flops = self._flops_per_sample * batch if self._flops_per_sample is not None else None
-        configure_threads(self.threads, self.device, flops, what)
-        return before
+        return configure_threads_for_batch(self.threads, self.device, self._flops_per_sample, batch, what)
 
     # -- checkpoints ----------------------------------------------------------------------------
     def save_policy(self, path: str | os.PathLike) -> Path:
@@ -505,13 +393,5 @@ class Trainer:
             CheckpointError: the file is corrupted (integrity digests), not a trainer checkpoint,
                 or does not fit the algorithm/config/env it names.
         """
-        run = read_run(path)
-        meta = run.meta
-        trainer = cls(
-            meta["algorithm"], meta["env"], config=run.config, training=run.training,
-            demos=demos if demos is not None else meta.get("demos"), seed=meta["seed"], device=device,
-            log_dir=log_dir, env_kwargs=meta.get("env_kwargs"), cache_dir=cache_dir, progress=progress,
-            overwrite=overwrite, _normalizer=run.normalizer, _resume=run.resume,
-        )
-        restore_run(trainer, run)
-        return trainer
+        return load_run(cls, path, demos=demos, device=device, log_dir=log_dir, cache_dir=cache_dir,
+                        progress=progress, overwrite=overwrite)

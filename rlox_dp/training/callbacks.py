@@ -34,6 +34,7 @@ from rlox_dp.training.train_step import StepResult
 
 if TYPE_CHECKING:
     from rlox_dp.trainer import Trainer
+    from rlox_dp.training.config import TrainingConfig
 
 __all__ = [
     "Callback",
@@ -42,6 +43,7 @@ __all__ = [
     "EvalCallback",
     "LoggingCallback",
     "NullWriter",
+    "builtin_callbacks",
     "tensorboard_writer",
 ]
 
@@ -306,3 +308,18 @@ class EvalCallback(Callback):
             metrics.update(stop.summary())
             logger.warning("final evaluation interrupted after %d of %d episodes",
                            stop.n_finished, stop.n_requested)
+
+
+def builtin_callbacks(training: TrainingConfig, *, writer: Any, progress: bool, description: str,
+                      recheck_threads: Callable[[], None] | None, evaluate: Callable[[], dict[str, float]],
+                      final_evaluation: bool, save: Callable[[], Path]) -> list[Callback]:
+    """The Trainer's own callbacks, in the order they run, from the training config:
+    :class:`LoggingCallback` (``log_every``), :class:`CheckpointCallback` (``checkpoint_every``)
+    and :class:`EvalCallback` (``eval_every``; ``final_evaluation``: also after the last step).
+    The other arguments are theirs."""
+    return [
+        LoggingCallback(log_every=training.log_every, writer=writer, progress=progress, description=description,
+                        recheck_threads=recheck_threads),
+        CheckpointCallback(every=training.checkpoint_every, save=save),
+        EvalCallback(every=training.eval_every, final=final_evaluation, evaluate=evaluate, save=save),
+    ]

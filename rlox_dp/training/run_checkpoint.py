@@ -10,6 +10,8 @@ bit-exactly (:meth:`rlox_dp.Trainer.load`), nothing pickled.
     run = read_run(path)                 # validated header, config, normalizer
     trainer = Trainer(run.algorithm, run.env, config=run.config, ...)
     restore_run(trainer, run)            # spaces checked, tensors loaded
+
+(the last three lines are :func:`load_run`).
 """
 
 from __future__ import annotations
@@ -41,7 +43,7 @@ from rlox_dp.training.config import TrainingConfig, configs_from_header
 if TYPE_CHECKING:
     from rlox_dp.trainer import Trainer
 
-__all__ = ["RunCheckpoint", "read_run", "restore_run", "save_run"]
+__all__ = ["RunCheckpoint", "load_run", "read_run", "restore_run", "save_run"]
 
 
 def save_run(trainer: Trainer, path: str | os.PathLike) -> Path:
@@ -165,3 +167,24 @@ def restore_run(trainer: Trainer, run: RunCheckpoint) -> None:
     except (RuntimeError, KeyError, ValueError, TypeError) as err:
         raise CheckpointError(f"checkpoint {str(run.path)!r} does not fit this model/config: {err}") from None
     trainer.state.step = int(meta["step"])
+
+
+def load_run(trainer_class: type[Trainer], path: str | os.PathLike, *, demos: Any, device: str | torch.device,
+             log_dir: str | os.PathLike | None, cache_dir: str | os.PathLike | None, progress: bool,
+             overwrite: bool) -> Trainer:
+    """A ``trainer_class`` rebuilt from the run checkpoint ``path`` (:meth:`rlox_dp.Trainer.load`):
+    built from its header (``demos`` defaults to the recorded path), then :func:`restore_run`.
+
+    Raises:
+        CheckpointError: as :func:`read_run` and :func:`restore_run`.
+    """
+    run = read_run(path)
+    meta = run.meta
+    trainer = trainer_class(
+        meta["algorithm"], meta["env"], config=run.config, training=run.training,
+        demos=demos if demos is not None else meta.get("demos"), seed=meta["seed"], device=device,
+        log_dir=log_dir, env_kwargs=meta.get("env_kwargs"), cache_dir=cache_dir, progress=progress,
+        overwrite=overwrite, _normalizer=run.normalizer, _resume=run.resume,
+    )
+    restore_run(trainer, run)
+    return trainer
