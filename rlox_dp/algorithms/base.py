@@ -19,6 +19,12 @@ import numpy as np
 import torch
 from torch import nn
 
+from rlox_dp.algorithms.predict import (
+    as_tensor,
+    batch_observation,
+    checked_observation_batch,
+    episode_start_mask,
+)
 from rlox_dp.buffers import Batch, Normalizer
 from rlox_dp.config import Config
 from rlox_dp.distributed import GlobalBatch
@@ -108,12 +114,6 @@ def available_algorithms() -> list[str]:
 def get_algorithm_class(name: str) -> type[Algorithm]:
     """Look ``name`` up (any case); an unknown name raises a ValueError listing the known ones."""
     return ALGORITHMS.get(name)
-
-
-def _as_tensor(x: Any, device: torch.device) -> torch.Tensor:
-    if isinstance(x, torch.Tensor):
-        return x.to(device)
-    return torch.as_tensor(np.asarray(x), device=device)
 
 
 class Algorithm(nn.Module, ABC):
@@ -243,7 +243,7 @@ class Algorithm(nn.Module, ABC):
         if missing:
             raise KeyError(f"observation is missing keys {missing}; got keys {sorted(obs)}")
         return {
-            k: self.normalizer.normalize(k, _as_tensor(obs[k], self.device))
+            k: self.normalizer.normalize(k, as_tensor(obs[k], self.device))
             for k in self.observation_space.spaces
         }
 
@@ -297,8 +297,6 @@ class Algorithm(nn.Module, ABC):
             one observation, clipped to the action space. As SB3 does, the policy is put in eval
             mode.
         """
-        from rlox_dp.algorithms.predict import batch_observation, episode_start_mask
-
         obs, single = batch_observation(self.observation_space, observation)
         batch = next(iter(obs.values())).shape[0]
         mask = episode_start_mask(episode_start, batch, single)
@@ -345,7 +343,7 @@ class Algorithm(nn.Module, ABC):
         if env_mask is None or self._obs_history is None:
             self._obs_history = self._action_queue = self._queue_pos = self._fresh = None
             return
-        mask = _as_tensor(env_mask, self.device).bool()
+        mask = as_tensor(env_mask, self.device).bool()
         if tuple(mask.shape) != tuple(self._queue_pos.shape):
             raise ValueError(
                 f"reset: env_mask must have shape ({self._queue_pos.shape[0]},), one flag per env of "
@@ -353,35 +351,6 @@ class Algorithm(nn.Module, ABC):
             )
         self._fresh |= mask
         self._queue_pos[mask] = self.config.n_action_steps
-
-    def _observation_batch(self, obs: Mapping[str, Any]) -> dict[str, torch.Tensor]:
-        """:meth:`select_action`'s input as tensors on the policy's device, checked: every key,
-        shape ``(B, *obs_shape)`` with one ``B``, finite values. Errors name the key."""
-        if not isinstance(obs, Mapping):
-            raise TypeError(f"select_action: expected a dict of observation arrays, got {type(obs).__name__}")
-        missing = [k for k in self.observation_space.spaces if k not in obs]
-        if missing:
-            raise KeyError(f"select_action: observation is missing keys {missing}; got keys {sorted(obs)}")
-        batch: dict[str, torch.Tensor] = {}
-        for key, space in self.observation_space.spaces.items():
-            value = _as_tensor(obs[key], self.device)
-            expected = tuple(space.shape)
-            if value.ndim != len(expected) + 1 or tuple(value.shape[1:]) != expected or value.shape[0] < 1:
-                hint = ("; it has no batch dimension: pass a batch of one, e.g. obs[None] / "
-                        "x[np.newaxis]") if tuple(value.shape) == expected else ""
-                raise ValueError(f"select_action: observation {key!r} must have shape (B, "
-                                 f"{', '.join(map(str, expected))}), got {tuple(value.shape)}{hint}")
-            if value.is_floating_point():
-                finite = torch.isfinite(value.reshape(value.shape[0], -1)).all(dim=1)
-                if not bool(finite.all()):
-                    rows = torch.nonzero(~finite).flatten().tolist()
-                    raise ValueError(f"select_action: observation {key!r} contains NaN or inf (batch "
-                                     f"rows {rows[:10]}); the policy would act on garbage")
-            batch[key] = value
-        sizes = {k: v.shape[0] for k, v in batch.items()}
-        if len(set(sizes.values())) > 1:
-            raise ValueError(f"select_action: observation keys disagree on the batch size B: {sizes}")
-        return batch
 
     @torch.no_grad()
     def select_action(self, obs: Mapping[str, Any]) -> np.ndarray:
@@ -397,7 +366,7 @@ class Algorithm(nn.Module, ABC):
                 holds NaN/inf (naming the key and the rows).
         """
         t_o, n_a = self.config.n_obs_steps, self.config.n_action_steps
-        current = self._observation_batch(obs)
+        current = checked_observation_batch(self.observation_space, obs, self.device)
         batch = next(iter(current.values())).shape[0]
         if self._obs_history is None or self._queue_pos.shape[0] != batch:
             self._obs_history = {
