@@ -5,16 +5,14 @@ from __future__ import annotations
 from rlox_dp.diffusion.consistency_sampler import ConsistencySampler
 from rlox_dp.diffusion.dpm_solver import DPMSolverMultistepSampler
 from rlox_dp.diffusion.plan import ReverseSampler, SamplingPlan
+from rlox_dp.diffusion.sampler_registry import SAMPLER_REGISTRY, available_samplers, make_sampler
 from rlox_dp.diffusion.samplers import (
-    SAMPLER_REGISTRY,
     SAMPLERS,
     DDIMSampler,
     DDPMSampler,
     Sampler,
     StepCoefficients,
     StepOutput,
-    available_samplers,
-    make_sampler,
 )
 from rlox_dp.diffusion.schedules import (
     PRIOR_MISMATCH_THRESHOLD,

@@ -24,7 +24,8 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-from rlox_dp.diffusion.samplers import SAMPLER_REGISTRY, PredictionType, Sampler
+from rlox_dp.diffusion.sampler_registry import SAMPLER_REGISTRY
+from rlox_dp.diffusion.samplers import PredictionType, Sampler
 from rlox_dp.diffusion.schedules import NoiseSchedule
 
 __all__ = ["ConsistencySampler"]

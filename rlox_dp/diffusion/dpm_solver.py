@@ -34,8 +34,8 @@ import torch
 from torch import Tensor
 
 from rlox_dp.diffusion.plan import DenoiseFn, SamplingPlan, as_int, check_output
+from rlox_dp.diffusion.sampler_registry import SAMPLER_REGISTRY
 from rlox_dp.diffusion.samplers import (
-    SAMPLER_REGISTRY,
     DDIMSampler,
     PredictionType,
     Sampler,

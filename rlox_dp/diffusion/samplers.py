@@ -41,24 +41,20 @@ from rlox_dp.diffusion.plan import (
     draw_start_noise,
 )
 from rlox_dp.diffusion.schedules import NoiseSchedule
-from rlox_dp.registry import Registry
 
 __all__ = [
     "SAMPLERS",
-    "SAMPLER_REGISTRY",
     "DDIMSampler",
     "DDPMSampler",
     "Sampler",
     "StepCoefficients",
     "StepOutput",
-    "available_samplers",
     "draw_start_noise",
-    "make_sampler",
 ]
 
 SAMPLERS: tuple[str, ...] = ("ddpm", "ddim", "dpmsolver++")
 """The samplers a diffusion policy chooses with ``noise_scheduler_type`` (any case);
-:func:`make_sampler` builds any of :func:`available_samplers`."""
+:func:`~rlox_dp.diffusion.sampler_registry.make_sampler` builds any registered sampler."""
 
 PredictionType = Literal["epsilon", "sample"]
 _PREDICTION_TYPES: tuple[str, ...] = ("epsilon", "sample")
@@ -373,30 +369,3 @@ class DDIMSampler(Sampler):
         coef_xt = (1.0 - alpha_bar_prev - var).clamp(min=0.0).sqrt() / one_minus_ab.sqrt()
         coef_x0 = alpha_bar_prev.sqrt() - coef_xt * alpha_bar_t.sqrt()
         return coef_x0, coef_xt, var.sqrt()
-
-
-#: sampler name -> :class:`Sampler` subclass built by :func:`make_sampler` as ``cls(schedule,
-#: **kwargs)``; DPM-Solver++ and consistency sampling register themselves in their own modules.
-SAMPLER_REGISTRY: Registry[type[Sampler]] = Registry("sampler")
-SAMPLER_REGISTRY.register("ddpm", DDPMSampler)
-SAMPLER_REGISTRY.register("ddim", DDIMSampler)
-
-
-def available_samplers() -> list[str]:
-    """Names accepted by :func:`make_sampler`, in registration order."""
-    return SAMPLER_REGISTRY.names()
-
-
-def make_sampler(name: str, schedule: NoiseSchedule, **kwargs: object) -> Sampler:
-    """Build a sampler by name, case-insensitive (``"DDPM"`` / ``"DDIM"`` as in LeRobot configs,
-    ``"DPMSolver++"``).
-
-    Args:
-        name: one of :func:`available_samplers`, any case.
-        schedule: the training noise schedule.
-        **kwargs: forwarded to the sampler (``prediction_type``, ``clip_sample``,
-            ``clip_sample_range``; ``eta`` for DDIM; ``solver_order`` for DPM-Solver++).
-    """
-    if not isinstance(name, str):
-        raise TypeError(f"name must be a str, one of {available_samplers()}; got {type(name).__name__}")
-    return SAMPLER_REGISTRY.get(name)(schedule, **kwargs)
