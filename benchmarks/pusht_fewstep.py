@@ -19,11 +19,15 @@ evaluated under every sampler setting of :data:`SETTINGS` (DDPM-100 as the refer
 interval) and success (95 % Wilson interval) pooled over seeds, network evaluations per chunk, and
 the latency of one chunk at batch 1 with ``--threads`` threads, eager and with
 ``torch.compile`` (compiled outputs are checked against eager; timings alternate between the
-two in rounds, median of round medians). Writes ``<out>/<name>.json`` and ``<out>/<name>.png``
-(success vs compiled latency, the Pareto front drawn) and prints a table.
+two in rounds, median of round medians). Each measured setting is stored at once in
+``<keep>/eval/`` (keyed by the checkpoint's SHA-256 and the protocol) and reused by later runs;
+``--score-only`` scores without timing, so one process per seed can score in parallel and a final
+run times every chunk on an otherwise idle machine. Writes ``<out>/<name>.json`` and
+``<out>/<name>.png`` (success vs compiled latency, the Pareto front drawn) and prints a table.
 
     python benchmarks/pusht_fewstep.py --keep runs/fewstep                 # 2 seeds: ~2 x (58 + 58 + CD) min train
     python benchmarks/pusht_fewstep.py --keep runs/fewstep --train-only --models diffusion --seeds 1 --first-seed 1
+    python benchmarks/pusht_fewstep.py --keep runs/fewstep --score-only --seeds 1 --first-seed 1   # then without
     python benchmarks/pusht_fewstep.py --quick --keep runs/fewstep_quick        # smoke run (a minute)
 """
 
@@ -31,6 +35,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import hashlib
 import json
 import os
 import platform
@@ -113,16 +118,13 @@ def train_missing(model: str, seed: int, args: argparse.Namespace, demos: Any) -
     return info
 
 
-def latencies(policy: Any, window: dict[str, torch.Tensor], args: argparse.Namespace) -> dict[str, Any]:
-    """Eager and compiled chunk latency, alternating in ``--rounds`` rounds (median of medians);
-    ``compiled_ms`` is None with ``--no-compile``."""
-    policies = {"eager": policy}
-    if args.compile:
-        policies["compiled"] = copy.deepcopy(policy)
-        policies["compiled"].compile_networks()
+def latencies(policies: dict[str, Any], window: dict[str, torch.Tensor],
+              args: argparse.Namespace) -> dict[str, Any]:
+    """Chunk latency of each policy (``eager``, optionally ``compiled``, configured alike),
+    alternating in ``--rounds`` rounds (median of medians); ``compiled_ms`` is None without one."""
+    if "compiled" in policies:
         with torch.no_grad():
-            a = policy.predict_action_chunk(window, torch.Generator().manual_seed(0))
-            b = policies["compiled"].predict_action_chunk(window, torch.Generator().manual_seed(0))
+            a, b = (p.predict_action_chunk(window, torch.Generator().manual_seed(0)) for p in policies.values())
         torch.testing.assert_close(a, b, rtol=1e-3, atol=1e-3)  # compiled = eager
     rounds: dict[str, list[float]] = {kind: [] for kind in policies}
     for _ in range(args.rounds):
@@ -133,31 +135,65 @@ def latencies(policy: Any, window: dict[str, torch.Tensor], args: argparse.Names
     return out
 
 
+def file_digest(path: Path) -> str:
+    """SHA-256 of a checkpoint file: cached evaluations are only reused for the same weights."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
 def evaluate(model: str, seed: int, args: argparse.Namespace) -> list[dict[str, Any]]:
-    """Every sampler setting of ``model``'s checkpoint for ``seed``: score, success, latency."""
-    trainer = Trainer.load(Path(args.keep) / f"{model}-{seed}.safetensors", device="cpu",
-                           progress=False)
+    """Every sampler setting of ``model``'s checkpoint for ``seed``: score, success, latency.
+
+    Each setting's row is stored in ``<keep>/eval/`` as soon as it is measured, keyed by the
+    checkpoint's digest and the evaluation protocol, so an interrupted session continues where it
+    stopped. Scores (``--train-threads``) and latencies (``--threads``) are filled separately:
+    ``--score-only`` processes (one per seed, in parallel) leave the latencies to a later run on
+    an otherwise idle machine.
+    """
+    path = Path(args.keep) / f"{model}-{seed}.safetensors"
+    digest = file_digest(path)
+    trainer = Trainer.load(path, device="cpu", progress=False)
     policy = trainer.eval_policy
     policy.eval()
     policy.requires_grad_(False)
     window = observation_window(trainer)
+    compiled = None
     rows = []
     for sampler, steps in SETTINGS[model]:
         steps = min(steps, trainer.config.num_train_timesteps)
+        cache = Path(args.keep) / "eval" / f"{model}-{seed}-{sampler}{steps}-ep{args.episodes}-s{args.eval_seed}.json"
+        row = json.loads(cache.read_text()) if cache.exists() else {}
+        if row.get("checkpoint_sha256") != digest:
+            row = {"model": model, "seed": seed, "sampler": sampler, "num_inference_steps": steps,
+                   "network_evaluations": network_evaluations(sampler, steps), "checkpoint_sha256": digest}
         policy.configure_inference(sampler, steps)
-        torch.set_num_threads(args.threads)
-        latency = latencies(policy, window, args)
-        torch.set_num_threads(args.train_threads)
-        summary = trainer.evaluate(args.episodes, min(EVAL_ENVS, args.episodes), seed=args.eval_seed)
-        result = trainer.last_eval
-        rows.append({"model": model, "seed": seed, "sampler": sampler, "num_inference_steps": steps,
-                     "network_evaluations": network_evaluations(sampler, steps),
-                     "score": summary["eval/score_mean"], "success_rate": summary["eval/success_rate"],
-                     "scores": result.scores.tolist(), "successes": result.successes.astype(int).tolist(),
-                     **latency})
-        print(f"{model}-{seed} {sampler}{steps}: score {rows[-1]['score']:.3f} success "
-              f"{rows[-1]['success_rate']:.2f} chunk {latency['eager_ms']:.1f} ms eager, "
-              f"{latency['compiled_ms'] or float('nan'):.1f} ms compiled", flush=True)
+        if "scores" not in row:
+            torch.set_num_threads(args.train_threads)
+            summary = trainer.evaluate(args.episodes, min(EVAL_ENVS, args.episodes), seed=args.eval_seed)
+            row.update(score=summary["eval/score_mean"], success_rate=summary["eval/success_rate"],
+                       scores=trainer.last_eval.scores.tolist(),
+                       successes=trainer.last_eval.successes.astype(int).tolist())
+        timed = "eager_ms" in row and (row["compiled_ms"] is not None or not args.compile)
+        if not args.score_only and not timed:
+            if args.compile and compiled is None:
+                compiled = copy.deepcopy(policy)
+                compiled.compile_networks()
+            policies = {"eager": policy}
+            if args.compile:
+                compiled.configure_inference(sampler, steps)
+                policies["compiled"] = compiled
+            torch.set_num_threads(args.threads)
+            row.update(latencies(policies, window, args), latency_threads=args.threads)
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        cache.write_text(json.dumps(row))
+        rows.append(row)
+        latency = (f"chunk {row['eager_ms']:.1f} ms eager, {row['compiled_ms'] or float('nan'):.1f} ms compiled"
+                   if "eager_ms" in row else "latency not measured")
+        print(f"{model}-{seed} {sampler}{steps}: score {row['score']:.3f} success "
+              f"{row['success_rate']:.2f} {latency}", flush=True)
     return rows
 
 
@@ -245,6 +281,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--no-compile", dest="compile", action="store_false",
                         help="time eager chunks only (default with --quick: compiling is slow)")
     parser.add_argument("--train-only", action="store_true", help="train what is missing, do not evaluate")
+    parser.add_argument("--score-only", action="store_true",
+                        help="train what is missing and evaluate scores, no latency and no results "
+                             "(one process per seed; a later run times the chunks)")
     parser.add_argument("--quick", action="store_true", help="tiny networks and budgets (smoke run)")
     parser.add_argument("--progress", action="store_true", help="progress bars")
     parser.add_argument("--out", default=str(RESULTS), help="results directory")
@@ -277,6 +316,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     if args.train_only:
         return {"training": training}
     rows = [r for model in args.models for seed in seeds for r in evaluate(model, seed, args)]
+    if args.score_only:
+        return {"training": training, "rows": rows}
     pooled = pool(rows, training)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

@@ -38,3 +38,35 @@ def test_pusht_quick_run_writes_json_and_png(tmp_path):
     assert {p["model"] for p in result["pooled"]} == {"diffusion", "consistency"}
     assert all(p["eager_ms"] > 0 and p["compiled_ms"] is None for p in result["pooled"])
     assert (tmp_path / "pusht_fewstep.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.mark.skipif(not os.environ.get("RLOX_DP_PUSHT_ZARR"), reason="needs $RLOX_DP_PUSHT_ZARR")
+def test_pusht_evaluation_resumes_from_cached_rows(tmp_path, monkeypatch):
+    """Scores are cached per setting and reused; a retrained checkpoint (new digest) is evaluated
+    again; ``--score-only`` leaves the latencies to a later run, which only times."""
+    from rlox_dp import Trainer
+
+    bench = load_benchmark("pusht_fewstep")
+    monkeypatch.setitem(bench.SETTINGS, "diffusion", [("DDIM", 1), ("DDIM", 2)])
+    keep = tmp_path / "ckpt"
+    argv = ["--quick", "--seeds", "1", "--models", "diffusion", "--keep", str(keep), "--out", str(tmp_path)]
+    calls = []
+    evaluate = Trainer.evaluate
+    monkeypatch.setattr(Trainer, "evaluate", lambda self, *a, **k: calls.append(a) or evaluate(self, *a, **k))
+
+    scored = bench.main([*argv, "--score-only"])
+    assert len(calls) == 2 and "pooled" not in scored
+    assert all("eager_ms" not in r and 0 <= r["score"] <= 1 for r in scored["rows"])
+    result = bench.main(argv)  # scores reused, only the chunks are timed
+    assert len(calls) == 2
+    assert [r["scores"] for r in result["rows"]] == [r["scores"] for r in scored["rows"]]
+    assert all(r["eager_ms"] > 0 for r in result["rows"])
+    again = bench.main(argv)  # nothing left to measure: the same rows
+    assert len(calls) == 2 and again["rows"] == result["rows"]
+
+    ckpt = keep / "diffusion-0.safetensors"
+    trainer = Trainer.load(ckpt, demos=os.environ["RLOX_DP_PUSHT_ZARR"], device="cpu", progress=False)
+    trainer.train(trainer.state.step + 1, evaluate=False)
+    trainer.save(ckpt)  # other weights: the cached rows no longer apply
+    bench.main(argv)
+    assert len(calls) == 4
