@@ -6,10 +6,10 @@ executed actions), then the expert's chunk from the state at ``t`` (its observat
 actions). Stored (:func:`append_labelled`) in the zarr replay-buffer layout, rounds in order,
 with ``data/sim_state`` (the simulator state before each action) and one provenance entry per
 episode in the ``metadata`` attribute (``source`` ``"expert_labelled"``, ``round``,
-``rollout_seed``, ``step``, ``expert_drove``, ``label_length``). PushT episodes are stored like the
-human dataset (``data/state`` ``(N, 5)`` float64, ``data/keypoint``, ``data/img`` for images), so
-:func:`~rlox_dp.envs.pusht.load_pusht_demonstrations` gives back exactly the observations the
-policy saw.
+``rollout_seed``, ``step``, ``expert_drove``, ``label_length``). Observations are stored in the
+env's dataset layout (:attr:`EnvSpec.dataset_columns`; PushT: the human dataset's ``data/state``
+``(N, 5)`` float64, ``data/keypoint``, ``data/img`` for images), so the env's own loader gives back
+exactly the observations the policy saw.
 """
 
 from __future__ import annotations
@@ -21,8 +21,6 @@ import numpy as np
 
 from rlox_dp.buffers import Demonstrations
 from rlox_dp.buffers.loaders import load_demonstrations, save_demonstrations
-from rlox_dp.envs.pusht import PUSHT_ENV_ID, block_keypoints
-from rlox_dp.experts.labelling import pusht_raw_state
 
 __all__ = ["VisitedEpisode", "aggregate", "append_labelled", "concat", "episodes_to_demonstrations",
            "labelled_episodes", "load_labelled", "rounds_prefix"]
@@ -70,15 +68,11 @@ def labelled_episodes(rollout: VisitedEpisode, n_obs_steps: int, round_index: in
 
 def episodes_to_demonstrations(episodes: list[dict[str, Any]], env_id: str) -> Demonstrations:
     """Labelled episodes -> :class:`Demonstrations` in the env's dataset layout (module docstring)."""
+    from rlox_dp.envs import env_spec
+
     sim = np.concatenate([e["sim_state"] for e in episodes])
-    if env_id == PUSHT_ENV_ID:
-        raw = pusht_raw_state(sim)
-        observations = {"state": raw, "keypoint": block_keypoints(raw[:, 2:5]).astype(np.float32)}
-        if "image" in episodes[0]["obs"]:
-            images = np.concatenate([e["obs"]["image"] for e in episodes])
-            observations["img"] = np.moveaxis(images, 1, -1).astype(np.float32)
-    else:
-        observations = {k: np.concatenate([e["obs"][k] for e in episodes]) for k in episodes[0]["obs"]}
+    seen = {k: np.concatenate([e["obs"][k] for e in episodes]) for k in episodes[0]["obs"]}
+    observations = env_spec(env_id).dataset_observations(sim, seen)
     observations["sim_state"] = sim
     lengths = [len(e["action"]) for e in episodes]
     return Demonstrations(

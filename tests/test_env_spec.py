@@ -137,6 +137,39 @@ def test_registration_refuses_clashes_and_bad_specs(isolated_registries):
         EnvSpec("x", obs_modes=("a",), obs_mode_presets={"b": {}})
     with pytest.raises(TypeError, match="load_demos"):
         EnvSpec("x", load_demos="loader.py")  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="dataset_columns"):
+        EnvSpec("x", dataset_columns={"state": 0})  # type: ignore[arg-type]
+
+
+def test_dataset_columns_store_recorded_steps_in_the_loaders_layout(tmp_path):
+    """Without ``dataset_columns`` the observations are stored as seen; PushT's are the human
+    dataset's columns, which its loader turns back into the observations the policy saw."""
+    from rlox_dp.buffers.loaders import save_demonstrations
+    from rlox_dp.envs.pusht import make_pusht_env
+    from rlox_dp.experts.labelling import get_labeller
+
+    seen = {"obs": np.arange(6.0).reshape(3, 2)}
+    assert EnvSpec("x").dataset_observations(np.zeros((3, 4)), seen) == seen
+
+    spec = env_spec("gym_pusht/PushT-v0")
+    labeller = get_labeller("gym_pusht/PushT-v0", 4, env_kwargs={"obs_mode": "keypoints"})
+    env = make_pusht_env(obs_mode="keypoints")
+    sim, obs = [], []
+    o, _ = env.reset(seed=3)
+    for _ in range(5):
+        sim.append(labeller.capture(env))
+        obs.append(o)
+        o, *_ = env.step(env.action_space.sample())
+    env.close()
+    seen = {k: np.stack([x[k] for x in obs]) for k in obs[0]} if isinstance(obs[0], dict) else {"obs": np.stack(obs)}
+    columns = spec.dataset_observations(np.stack(sim), seen)
+    assert set(columns) == {"state", "keypoint"} and columns["state"].shape == (5, 5)
+    demos = Demonstrations(observations=columns, actions=np.zeros((5, 2), np.float32),
+                           episode_ends=np.array([5]), metadata={})
+    save_demonstrations(demos, tmp_path / "d.zarr")
+    loaded = spec.load_demonstrations(tmp_path / "d.zarr", "keypoints", ["obs"])
+    (key,) = loaded.observations
+    np.testing.assert_allclose(loaded.observations[key], next(iter(seen.values())), atol=1e-4)
 
 
 def test_observation_mode_keys():

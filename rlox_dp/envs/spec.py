@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import gymnasium as gym
+import numpy as np
 
 from rlox_dp.config import ConfigError, did_you_mean
 from rlox_dp.registry import Registry
@@ -34,6 +35,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "ENV_REGISTRY",
+    "DatasetColumns",
     "DefaultDemos",
     "DemoLoader",
     "EnvSpec",
@@ -50,6 +52,9 @@ DemoLoader = Callable[[Path, "str | None", Sequence[str]], "Demonstrations"]
 
 DefaultDemos = Callable[["str | None", int, "Path | None", bool], "Demonstrations"]
 """``(obs_mode or None, n_episodes, cache_dir or None, progress) -> Demonstrations``."""
+
+DatasetColumns = Callable[[np.ndarray, Mapping[str, np.ndarray]], dict[str, np.ndarray]]
+"""``(sim_states (N, D_state), observations {key: (N, *obs_shape)}) -> {column: (N, ...)}``."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -73,6 +78,9 @@ class EnvSpec:
             loader.
         default_demos: the demonstrations used when none are given (:data:`DefaultDemos`); None:
             collected with the expert registered for this env, and cached.
+        dataset_columns: the columns of recorded steps in the layout :attr:`load_demos` reads
+            (:data:`DatasetColumns`; DAgger stores its labelled episodes so); None: the
+            observations as the policy saw them.
         expert: ``factory(cache_dir, progress, seed) -> EvalPolicy``, registered with
             :func:`rlox_dp.experts.register_expert` by :func:`register_env`.
         state_access: a :class:`rlox_dp.experts.StateAccess` (DAgger labels), registered with
@@ -90,6 +98,7 @@ class EnvSpec:
     video_obs_mode: str | None = None
     load_demos: DemoLoader | None = None
     default_demos: DefaultDemos | None = None
+    dataset_columns: DatasetColumns | None = None
     expert: Callable[..., Any] | None = None
     state_access: Any = None
     presets: Mapping[str, Mapping[str, Any]] = dataclasses.field(default_factory=dict)
@@ -103,7 +112,7 @@ class EnvSpec:
         where = f"EnvSpec({self.env_id!r})"
         if len(set(self.obs_modes)) != len(self.obs_modes):
             raise ValueError(f"{where}.obs_modes: repeated modes in {self.obs_modes}")
-        for field in ("make", "load_demos", "default_demos", "expert"):
+        for field in ("make", "load_demos", "default_demos", "dataset_columns", "expert"):
             value = getattr(self, field)
             if value is not None and not callable(value):
                 raise TypeError(f"{where}.{field}: expected a callable or None, got {value!r}")
@@ -185,6 +194,14 @@ class EnvSpec:
         return gym.make(self.env_id, max_episode_steps=max_episode_steps, **env_kwargs)
 
     # -- demonstrations ----------------------------------------------------------------------
+    def dataset_observations(self, sim_states: np.ndarray,
+                             observations: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Recorded steps as stored columns (:attr:`dataset_columns`, else ``observations``):
+        ``sim_states`` ``(N, D_state)``, ``observations`` ``{key: (N, *obs_shape)}``."""
+        if self.dataset_columns is None:
+            return dict(observations)
+        return self.dataset_columns(sim_states, observations)
+
     def load_demonstrations(self, path: str | os.PathLike, obs_mode: str | None,
                             obs_keys: Sequence[str]) -> Demonstrations:
         """Demonstrations from ``path``: a LeRobot dataset folder, else :attr:`load_demos` (or the
