@@ -40,8 +40,8 @@ from rlox_dp.evaluation import rollout
 from rlox_dp.experts import default_demonstrations
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from intervals import wilson_interval  # noqa: E402
 from multimodal import DEMO_SEED, EVAL_ENVS, EVAL_SEED, VARIANTS, episode_side  # noqa: E402
-from pusht import wilson_interval  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
 #: the multimodal benchmark's Diffusion Policy (MLP denoiser, H=8, x0 prediction, T=100).

@@ -33,7 +33,6 @@ DAgger run continues after its last completed round (``DAgger.resume``). Writes
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import os
 import platform
@@ -52,6 +51,7 @@ from rlox_dp.envs.pusht import PUSHT_ENV_ID
 from rlox_dp.presets import preset_for
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from intervals import mean_interval, wilson_interval  # noqa: E402
 from plotting import pyplot  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -61,14 +61,6 @@ FAILURE_COVERAGE = 0.5
 #: smoke settings of --quick (checks the pipeline, not the numbers).
 QUICK_MODEL = {"down_dims": (16, 32), "n_groups": 4, "diffusion_step_embed_dim": 16, "num_train_timesteps": 10,
                "num_inference_steps": 2, "batch_size": 8}
-
-
-def _pusht_benchmark() -> Any:
-    """``benchmarks/pusht.py`` (its intervals and variant table), imported by path."""
-    spec = importlib.util.spec_from_file_location("rlox_dp_bench_pusht", Path(__file__).with_name("pusht.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def _cached(work: Path, name: str, run) -> dict[str, Any]:
@@ -170,7 +162,6 @@ def run_pusht_human(seed: int, steps: int, args: argparse.Namespace, work: Path)
 
 def summarize(runs: list[dict[str, Any]]) -> dict[str, Any]:
     """Per variant and sampler: pooled score/success intervals, failures, CPU time."""
-    bench = _pusht_benchmark()
     out: dict[str, Any] = {}
     for variant in ("human", "dagger"):
         rows = [r for r in runs if r["variant"] == variant]
@@ -179,8 +170,8 @@ def summarize(runs: list[dict[str, Any]]) -> dict[str, Any]:
             successes = np.concatenate([r["final"][sampler]["successes"] for r in rows]).astype(int)
             out[f"{variant}/{sampler}"] = {
                 "uses_expert": variant == "dagger", "seeds": len(rows), "episodes": int(len(scores)),
-                "score": bench.mean_interval(scores),
-                "success_rate": bench.wilson_interval(int(successes.sum()), len(successes)),
+                "score": mean_interval(scores),
+                "success_rate": wilson_interval(int(successes.sum()), len(successes)),
                 "failures": int(np.sum(scores < FAILURE_COVERAGE / 0.95)),
                 "steps": [r["steps"] for r in rows], "total_cpu_s": [r["total_cpu_s"] for r in rows]}
     return out
@@ -275,8 +266,7 @@ def run_idp_variant(variant: str, seed: int, args: argparse.Namespace, work: Pat
 def run_idp(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     runs = [_cached(work, f"idp_{v}_{s}", lambda v=v, s=s: run_idp_variant(v, s, args, work))
             for s in (args.seed_list or range(args.seeds)) for v in ("clean", "dart", "dagger")]
-    bench = _pusht_benchmark()
-    summary = {v: {"return": bench.mean_interval(np.concatenate([r["returns"] for r in runs if r["variant"] == v]),
+    summary = {v: {"return": mean_interval(np.concatenate([r["returns"] for r in runs if r["variant"] == v]),
                                                  bounds=(-np.inf, np.inf)),
                    "expert_labels": [r["expert_labels"] for r in runs if r["variant"] == v],
                    "uses_expert_online": v == "dagger"} for v in ("clean", "dart", "dagger")}

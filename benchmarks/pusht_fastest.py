@@ -45,7 +45,7 @@ from rlox_dp.envs import make_env
 from rlox_dp.envs.pusht import PUSHT_ENV_ID
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from pusht import mean_interval, wilson_interval  # noqa: E402  (benchmarks/pusht.py)
+from intervals import mean_interval, wilson_interval  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
 

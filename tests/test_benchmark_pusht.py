@@ -1,4 +1,4 @@
-"""benchmarks/pusht.py: interval maths, a smoke run per observation mode, merging result files."""
+"""benchmarks/pusht.py: a smoke run per observation mode, merging result files; pusht_fastest.py."""
 
 from __future__ import annotations
 
@@ -7,7 +7,6 @@ import math
 import os
 from pathlib import Path
 
-import numpy as np
 import pytest
 from helpers import load_benchmark
 
@@ -19,31 +18,6 @@ needs_zarr = pytest.mark.skipif(not ZARR or not Path(ZARR).exists(),
 @pytest.fixture(scope="module")
 def bench():
     return load_benchmark("pusht")
-
-
-def test_wilson_interval_closed_form(bench):
-    # 30 / 50: p = 0.6, z = 1.96 -> the textbook Wilson interval [0.4618, 0.7239]
-    ci = bench.wilson_interval(30, 50)
-    assert ci["mean"] == 0.6
-    assert ci["low"] == pytest.approx(0.4618, abs=1e-4) and ci["high"] == pytest.approx(0.7239, abs=1e-4)
-    # all successes: the upper end is 1, the lower one stays below 1 (unlike the normal interval)
-    ci = bench.wilson_interval(50, 50)
-    assert ci["high"] == 1.0 and 0.92 < ci["low"] < 0.93
-    with pytest.raises(ValueError, match="n: expected a positive"):
-        bench.wilson_interval(0, 0)
-
-
-def test_mean_interval_matches_t_quantiles(bench):
-    rng = np.random.default_rng(0)
-    x = rng.uniform(0.4, 0.6, size=50)
-    ci = bench.mean_interval(x)
-    half = 1.96 * x.std(ddof=1) / math.sqrt(50)
-    assert ci["mean"] == pytest.approx(x.mean())
-    assert ci["high"] - ci["mean"] == pytest.approx(half)
-    small = bench.mean_interval(np.array([0.4, 0.5, 0.6]))  # t(2) = 4.30, sd 0.1
-    assert small["high"] - small["mean"] == pytest.approx(4.30 * 0.1 / math.sqrt(3))
-    clipped = bench.mean_interval(np.array([0.0, 1.0, 1.0]))
-    assert clipped["low"] >= 0.0 and clipped["high"] <= 1.0
 
 
 def test_missing_dataset_is_a_clear_error(bench, tmp_path, monkeypatch, capsys):
