@@ -41,7 +41,7 @@ from rlox_dp.presets import preset_for
 from rlox_dp.training import Callback
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from intervals import mean_interval, wilson_interval  # noqa: E402,F401  (re-exported)
+from intervals import mean_interval, wilson_interval  # noqa: E402
 from plotting import pyplot  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"

@@ -177,7 +177,9 @@ def evaluate(model: str, seed: int, args: argparse.Namespace) -> list[dict[str, 
             row.update(score=summary["eval/score_mean"], success_rate=summary["eval/success_rate"],
                        scores=trainer.last_eval.scores.tolist(),
                        successes=trainer.last_eval.successes.astype(int).tolist())
-        timed = "eager_ms" in row and (row["compiled_ms"] is not None or not args.compile)
+        # timed before with these threads (and compiled when asked): other settings time again
+        timed = ("eager_ms" in row and row.get("latency_threads") == args.threads
+                 and (row["compiled_ms"] is not None or not args.compile))
         if not args.score_only and not timed:
             if args.compile and compiled is None:
                 compiled = copy.deepcopy(policy)

@@ -63,6 +63,9 @@ def test_pusht_evaluation_resumes_from_cached_rows(tmp_path, monkeypatch):
     assert all(r["eager_ms"] > 0 for r in result["rows"])
     again = bench.main(argv)  # nothing left to measure: the same rows
     assert len(calls) == 2 and again["rows"] == result["rows"]
+    other_threads = bench.main([*argv, "--threads", "1"])  # timings with 2 threads are not reused
+    assert len(calls) == 2 and all(r["latency_threads"] == 1 for r in other_threads["rows"])
+    assert [r["scores"] for r in other_threads["rows"]] == [r["scores"] for r in result["rows"]]
 
     ckpt = keep / "diffusion-0.safetensors"
     trainer = Trainer.load(ckpt, demos=os.environ["RLOX_DP_PUSHT_ZARR"], device="cpu", progress=False)
