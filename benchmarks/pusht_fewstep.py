@@ -54,8 +54,8 @@ from rlox_dp.envs.pusht import PUSHT_ENV_ID, load_pusht_demonstrations
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from intervals import mean_interval, wilson_interval  # noqa: E402
 from plotting import pyplot  # noqa: E402
-from pusht import LOWDIM_VARIANTS  # noqa: E402
 from pusht_fastest import chunk_latency, observation_window  # noqa: E402
+from pusht_variants import LOWDIM_VARIANTS  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
 EVAL_ENVS = 10
