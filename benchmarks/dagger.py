@@ -127,12 +127,15 @@ def run_pusht_dagger(seed: int, args: argparse.Namespace, work: Path) -> dict[st
 
         labeller = PushTMPCLabeller(pusht_config(args)["horizon"], {"obs_mode": "keypoints"},
                                     PushTMPCConfig(horizon=4, n_knots=2, n_samples=8, n_iterations=1, n_elites=2))
+    train_dir, last = work / f"pusht_dagger_{seed}_train", work / f"pusht_dagger_{seed}_train" / "checkpoints" / "last.safetensors"
     if (out_dir / "dagger.json").exists():
         dagger = DAgger.resume(out_dir, device=args.device, progress=args.progress, labeller=labeller)
     else:
-        trainer = Trainer("diffusion", env=PUSHT_ENV_ID, demos=args.demos, config=pusht_config(args), seed=seed,
-                          device=args.device, log_dir=_fresh(work / f"pusht_dagger_{seed}_train"), progress=args.progress,
-                          preset=False)
+        if last.exists():  # round 0 was interrupted: continue it from its last checkpoint
+            trainer = Trainer.load(last, demos=args.demos, device=args.device, log_dir=train_dir, progress=args.progress)
+        else:
+            trainer = Trainer("diffusion", env=PUSHT_ENV_ID, demos=args.demos, config=pusht_config(args), seed=seed,
+                              device=args.device, log_dir=_fresh(train_dir), progress=args.progress, preset=False)
         dagger = DAgger(trainer, {"rounds": args.rounds, "episodes": args.episodes, "initial_steps": args.initial_steps,
                                   "steps_per_round": args.steps_per_round, "n_envs": args.rollout_envs,
                                   "max_episode_steps": 16 if args.quick else None},

@@ -189,7 +189,7 @@ class DAgger:
         if self.state["completed_round"] < 0:
             steps = cfg.initial_steps if cfg.initial_steps is not None else self.trainer.training.total_steps
             self.trainer.set_demonstrations(aggregate(self.base, None, self.state["base_source"]))
-            self._train_and_save(0, max(steps, self.trainer.state.step), {"beta": 1.0})
+            self._train_and_save(0, max(steps, self.trainer.state.step), {"beta": 1.0}, round_start=0)
         for r in range(self.state["completed_round"] + 1, cfg.rounds + 1):
             used = sum(row.get("label_steps", 0) for row in self.state["history"])
             if cfg.label_budget is not None and used >= cfg.label_budget:
@@ -200,7 +200,8 @@ class DAgger:
             self.trainer.set_demonstrations(data)
             stats["demo_episodes"] = data.n_episodes
             stats["label_actions_outside_range"] = self._outside_action_range()
-            self._train_and_save(r, self.trainer.state.step + cfg.steps_per_round, stats)
+            self._train_and_save(r, self.trainer.state.step + cfg.steps_per_round, stats,
+                                 round_start=self.trainer.state.step)
         return self.state["history"]
 
     def _outside_action_range(self) -> float:
@@ -217,11 +218,19 @@ class DAgger:
                            "[-1, 1] (clip_sample) cannot reach them", 100 * fraction)
         return fraction
 
-    def _train_and_save(self, r: int, total_steps: int, stats: dict[str, Any]) -> None:
-        """Train to ``total_steps``, evaluate (CPU time apart), save round ``r``."""
-        cpu = time.process_time()
-        metrics = self.trainer.train(total_steps, evaluate=False) if total_steps > self.trainer.state.step else {}
-        row = {"round": r, **stats, "step": self.trainer.state.step, "train_cpu_s": time.process_time() - cpu}
+    def _train_and_save(self, r: int, total_steps: int, stats: dict[str, Any], *, round_start: int) -> None:
+        """Train to ``total_steps``, evaluate (CPU time apart), save round ``r``.
+
+        A round-0 trainer resumed from an interrupted run's checkpoint (at a step past
+        ``round_start``) trains only the rest: its ``train_cpu_s`` is this process's CPU time per
+        step times all the round's steps, and ``resumed_at`` says from which step.
+        """
+        cpu, start = time.process_time(), self.trainer.state.step
+        metrics = self.trainer.train(total_steps, evaluate=False) if total_steps > start else {}
+        cpu, trained = time.process_time() - cpu, self.trainer.state.step - start
+        row = {"round": r, **stats, "step": self.trainer.state.step, "train_cpu_s": cpu}
+        if start > round_start and trained > 0:
+            row.update(train_cpu_s=cpu * (self.trainer.state.step - round_start) / trained, resumed_at=start)
         if "loss" in metrics:
             row["loss"] = metrics["loss"]
         if self.config.evaluate:

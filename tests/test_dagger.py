@@ -103,6 +103,19 @@ def test_resume_between_rounds_equals_an_uninterrupted_run(bimodal_demos, tmp_pa
     assert resumed.run() == resumed_history  # nothing left to do
 
 
+def test_round_0_continues_from_an_interrupted_trainer(bimodal_demos, tmp_path):
+    """A trainer checkpointed part-way through round 0 trains only the rest of it; the round's CPU
+    time is extrapolated to all its steps and marked with the step it resumed at."""
+    config = {**ROUNDS, "rounds": 1, "episodes": 2, "evaluate": False}
+    partial = make_trainer(bimodal_demos, tmp_path, "diffusion", "partial")
+    partial.train(2, evaluate=False)
+    partial.save(tmp_path / "partial.safetensors")
+    resumed = Trainer.load(tmp_path / "partial.safetensors", demos=bimodal_demos, progress=False)
+    history = DAgger(resumed, config, out_dir=tmp_path / "dagger").run()
+    assert history[0]["step"] == 4 and history[0]["resumed_at"] == 2 and history[0]["train_cpu_s"] > 0
+    assert "resumed_at" not in history[1] and resumed.state.step == 4 + 4
+
+
 def test_pusht_round_writes_the_human_dataset_layout(tmp_path):
     """PushT: labelled episodes are stored like the human zarr (data/state (N, 5)), so the PushT
     loader gives back exactly the keypoint observations the policy saw."""
