@@ -28,7 +28,9 @@ labelled episodes ``labelled.zarr`` (zarr replay-buffer layout; PushT: the human
 and per-episode provenance in the ``metadata`` attribute: source ``"expert_labelled"``, round,
 rollout seed, step, whether the expert drove) and ``checkpoints/round_<r>.safetensors``. Resuming
 from round ``r`` gives the same result as an uninterrupted run: every round seeds its rollouts and
-labels from (seed, round), and the training RNG states are in the checkpoint.
+labels from (seed, round), and the training RNG states are in the checkpoint. A round stopped
+while training keeps its collected labels (``dagger.json``'s ``collected``): the resumed run
+trains on them instead of asking the expert again.
 """
 
 from __future__ import annotations
@@ -195,7 +197,7 @@ class DAgger:
             if cfg.label_budget is not None and used >= cfg.label_budget:
                 logger.info("DAgger: label budget spent (%d of %d expert actions)", used, cfg.label_budget)
                 break
-            stats = self._collect(r)
+            stats = self._collected_or_collect(r)
             data = aggregate(self.base, self.labelled, self.state["base_source"])
             self.trainer.set_demonstrations(data)
             stats["demo_episodes"] = data.n_episodes
@@ -203,6 +205,20 @@ class DAgger:
             self._train_and_save(r, self.trainer.state.step + cfg.steps_per_round, stats,
                                  round_start=self.trainer.state.step)
         return self.state["history"]
+
+    def _collected_or_collect(self, r: int) -> dict[str, Any]:
+        """Round ``r``'s rollouts and labels: collected now, or read back when an interrupted run
+        had already collected (and saved) them before its training stopped."""
+        collected = self.state.get("collected")
+        if collected is not None and collected["round"] == r:
+            logger.info("DAgger round %d: reusing the %d labels collected before the interruption", r,
+                        collected["stats"]["labels"])
+            self.labelled = self._load_labelled(r)
+            return dict(collected["stats"])
+        stats = self._collect(r)
+        self.state["collected"] = {"round": r, "stats": stats}
+        atomic_write_bytes(self.out_dir / STATE_FILE, json.dumps(self.state, indent=1).encode())
+        return stats
 
     def _outside_action_range(self) -> float:
         """Fraction of labelled action values outside the min-max range the policy normalizes
@@ -243,6 +259,7 @@ class DAgger:
         self.trainer.save(self.out_dir / "checkpoints" / f"round_{r:02d}.safetensors")
         self.state["completed_round"] = r
         self.state["history"].append(row)
+        self.state.pop("collected", None)
         atomic_write_bytes(self.out_dir / STATE_FILE, json.dumps(self.state, indent=1).encode())
         logger.info("DAgger round %d: %s", r, ", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}"
                                                         for k, v in row.items() if k not in ("round", "eval_episodes")))

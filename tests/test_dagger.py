@@ -103,6 +103,38 @@ def test_resume_between_rounds_equals_an_uninterrupted_run(bimodal_demos, tmp_pa
     assert resumed.run() == resumed_history  # nothing left to do
 
 
+def test_labels_collected_before_an_interruption_are_not_collected_again(bimodal_demos, tmp_path, monkeypatch):
+    """Stopped while training round 2: the resumed run trains on the round's saved labels (no new
+    rollouts or expert calls) and ends where an uninterrupted run does."""
+    config = {**ROUNDS, "beta": 0.7, "episodes": 2, "evaluate": False}
+    straight = make_trainer(bimodal_demos, tmp_path, "diffusion", "a")
+    history = DAgger(straight, config, out_dir=tmp_path / "a_dagger").run()
+
+    original_train = DAgger._train_and_save
+
+    def stop_training_round_2(self, r, *args, **kwargs):
+        if r == 2:
+            raise KeyboardInterrupt
+        return original_train(self, r, *args, **kwargs)
+
+    monkeypatch.setattr(DAgger, "_train_and_save", stop_training_round_2)
+    with pytest.raises(KeyboardInterrupt):
+        DAgger(make_trainer(bimodal_demos, tmp_path, "diffusion", "b"), config, out_dir=tmp_path / "b_dagger").run()
+    monkeypatch.setattr(DAgger, "_train_and_save", original_train)
+    state = json.loads((tmp_path / "b_dagger" / "dagger.json").read_text())
+    assert state["completed_round"] == 1 and state["collected"]["round"] == 2
+
+    collect_calls = []
+    monkeypatch.setattr(DAgger, "_collect", lambda self, r: collect_calls.append(r))
+    resumed = DAgger.resume(tmp_path / "b_dagger", progress=False)
+    resumed_history = resumed.run()
+    assert collect_calls == []
+    final_a, final_b = straight.policy.state_dict(), resumed.trainer.policy.state_dict()
+    assert all(torch.equal(final_a[k], final_b[k]) for k in final_a)
+    assert resumed_history[2]["labels"] == history[2]["labels"] > 0
+    assert "collected" not in json.loads((tmp_path / "b_dagger" / "dagger.json").read_text())
+
+
 def test_round_0_continues_from_an_interrupted_trainer(bimodal_demos, tmp_path):
     """A trainer checkpointed part-way through round 0 trains only the rest of it; the round's CPU
     time is extrapolated to all its steps and marked with the step it resumed at."""
