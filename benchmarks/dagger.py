@@ -149,7 +149,8 @@ def run_pusht_dagger(seed: int, args: argparse.Namespace, work: Path) -> dict[st
 
 def run_pusht_human(seed: int, steps: int, args: argparse.Namespace, work: Path) -> dict[str, Any]:
     """Human data only for ``steps`` steps; continues from its last checkpoint after an interruption
-    (its CPU time then counts this process only; ``resumed_at`` says from which step)."""
+    (its CPU time is then this process's CPU time per step times all steps; ``resumed_at`` says
+    from which step)."""
     log_dir = work / f"pusht_human_{seed}_train"
     last = log_dir / "checkpoints" / "last.safetensors"
     if last.exists():
@@ -159,8 +160,9 @@ def run_pusht_human(seed: int, steps: int, args: argparse.Namespace, work: Path)
                           device=args.device, log_dir=_fresh(log_dir), progress=args.progress, preset=False)
     resumed_at, cpu = trainer.state.step, time.process_time()
     trainer.train(steps, evaluate=False)
+    cpu = (time.process_time() - cpu) * steps / max(1, trainer.state.step - resumed_at)
     return {"variant": "human", "seed": seed, "steps": steps, "resumed_at": resumed_at,
-            "total_cpu_s": time.process_time() - cpu, "final": _final_eval(trainer, args)}
+            "total_cpu_s": cpu, "final": _final_eval(trainer, args)}
 
 
 def summarize(runs: list[dict[str, Any]]) -> dict[str, Any]:
