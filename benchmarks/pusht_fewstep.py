@@ -19,7 +19,8 @@ evaluated under every sampler setting of :data:`SETTINGS` (DDPM-100 as the refer
 interval) and success (95 % Wilson interval) pooled over seeds, network evaluations per chunk, and
 the latency of one chunk at batch 1 with ``--threads`` threads, eager and with
 ``torch.compile`` (compiled outputs are checked against eager; timings alternate between the
-two in rounds, median of round medians). Each measured setting is stored at once in
+two in rounds, median of round medians), timed on the first ``--latency-seeds`` seeds'
+checkpoints (default 1: the latency depends on the network and the sampler, not on the weights). Each measured setting is stored at once in
 ``<keep>/eval/`` (keyed by the checkpoint's SHA-256 and the protocol) and reused by later runs;
 ``--score-only`` scores without timing, so one process per seed can score in parallel and a final
 run times every chunk on an otherwise idle machine. Writes ``<out>/<name>.json`` and
@@ -180,7 +181,7 @@ def evaluate(model: str, seed: int, args: argparse.Namespace) -> list[dict[str, 
         # timed before with these threads (and compiled when asked): other settings time again
         timed = ("eager_ms" in row and row.get("latency_threads") == args.threads
                  and (row["compiled_ms"] is not None or not args.compile))
-        if not args.score_only and not timed:
+        if not args.score_only and not timed and seed < args.first_seed + args.latency_seeds:
             if args.compile and compiled is None:
                 compiled = copy.deepcopy(policy)
                 compiled.compile_networks()
@@ -208,6 +209,7 @@ def pool(rows: list[dict[str, Any]], training: dict[str, dict[int, dict[str, Any
     out = []
     for (model, sampler, steps), members in groups.items():
         scores = np.concatenate([np.asarray(r["scores"], dtype=float) for r in members])
+        timed = [r for r in members if "eager_ms" in r]
         successes = int(sum(sum(r["successes"]) for r in members))
         train = [training.get(model, {}).get(r["seed"], {}).get("train_time_s") for r in members]
         teacher = [training.get("diffusion", {}).get(r["seed"], {}).get("train_time_s")
@@ -217,9 +219,10 @@ def pool(rows: list[dict[str, Any]], training: dict[str, dict[int, dict[str, Any
                     "network_evaluations": members[0]["network_evaluations"],
                     "seeds": [r["seed"] for r in members],
                     "score": mean_interval(scores), "success_rate": wilson_interval(successes, len(scores)),
-                    "eager_ms": statistics.median(r["eager_ms"] for r in members),
-                    "compiled_ms": (statistics.median(r["compiled_ms"] for r in members)
-                                    if all(r["compiled_ms"] is not None for r in members) else None),
+                    "latency_seeds": [r["seed"] for r in timed],
+                    "eager_ms": statistics.median(r["eager_ms"] for r in timed),
+                    "compiled_ms": (statistics.median(r["compiled_ms"] for r in timed)
+                                    if all(r["compiled_ms"] is not None for r in timed) else None),
                     "total_train_time_s": statistics.fmean(total) if total else None})
     return out
 
@@ -277,6 +280,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--episodes", type=int, default=50, help="held-out evaluation episodes")
     parser.add_argument("--eval-seed", type=int, default=0, help="first held-out reset seed")
     parser.add_argument("--threads", type=int, default=2, help="torch threads for the latency")
+    parser.add_argument("--latency-seeds", type=int, default=1,
+                        help="time the chunks of the first N seeds' checkpoints (latency depends on the "
+                             "network and the sampler, not on the weights)")
     parser.add_argument("--train-threads", type=int, default=1, help="torch threads for training/eval")
     parser.add_argument("--rounds", type=int, default=3, help="alternating eager/compiled timing rounds")
     parser.add_argument("--repeats", type=int, default=30, help="timed chunks per round")
@@ -297,6 +303,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args.models = [m.strip() for m in args.models.split(",") if m.strip()]
     if any(m not in MODELS for m in args.models):
         parser.error(f"--models: expected a subset of {list(MODELS)}, got {args.models}")
+    if args.latency_seeds < 1:
+        parser.error(f"--latency-seeds: expected >= 1 (the first seed is always timed), got {args.latency_seeds}")
     if args.quick:
         args.steps, args.cd_steps = min(args.steps, 20), min(args.cd_steps, 20)
         args.episodes, args.rounds, args.repeats, args.warmup = min(args.episodes, 2), 1, 2, 1

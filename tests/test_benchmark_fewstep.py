@@ -73,3 +73,19 @@ def test_pusht_evaluation_resumes_from_cached_rows(tmp_path, monkeypatch):
     trainer.save(ckpt)  # other weights: the cached rows no longer apply
     bench.main(argv)
     assert len(calls) == 4
+
+
+@pytest.mark.skipif(not os.environ.get("RLOX_DP_PUSHT_ZARR"), reason="needs $RLOX_DP_PUSHT_ZARR")
+def test_pusht_latency_is_timed_on_the_first_seeds_and_scores_pool_all(tmp_path, monkeypatch):
+    bench = load_benchmark("pusht_fewstep")
+    monkeypatch.setitem(bench.SETTINGS, "diffusion", [("DDIM", 1)])
+    argv = ["--quick", "--seeds", "2", "--models", "diffusion", "--keep", str(tmp_path / "ckpt"), "--out", str(tmp_path)]
+    result = bench.main(argv)
+    assert ["eager_ms" in r for r in result["rows"]] == [True, False]
+    (pooled,) = result["pooled"]
+    assert pooled["seeds"] == [0, 1] and pooled["latency_seeds"] == [0]
+    assert pooled["eager_ms"] == result["rows"][0]["eager_ms"] and pooled["score"]["n"] == 4
+    both = bench.main([*argv, "--latency-seeds", "2"])  # seed 1 timed now, seed 0's timing reused
+    assert both["pooled"][0]["latency_seeds"] == [0, 1] and both["rows"][0] == result["rows"][0]
+    with pytest.raises(SystemExit):
+        bench.main([*argv, "--latency-seeds", "0"])
