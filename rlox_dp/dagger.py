@@ -217,8 +217,12 @@ class DAgger:
             return dict(collected["stats"])
         stats = self._collect(r)
         self.state["collected"] = {"round": r, "stats": stats}
-        atomic_write_bytes(self.out_dir / STATE_FILE, json.dumps(self.state, indent=1).encode())
+        self._write_state()
         return stats
+
+    def _write_state(self) -> None:
+        """``dagger.json`` (config, history, collected labels) written atomically."""
+        atomic_write_bytes(self.out_dir / STATE_FILE, json.dumps(self.state, indent=1).encode())
 
     def _outside_action_range(self) -> float:
         """Fraction of labelled action values outside the min-max range the policy normalizes
@@ -260,7 +264,7 @@ class DAgger:
         self.state["completed_round"] = r
         self.state["history"].append(row)
         self.state.pop("collected", None)
-        atomic_write_bytes(self.out_dir / STATE_FILE, json.dumps(self.state, indent=1).encode())
+        self._write_state()
         logger.info("DAgger round %d: %s", r, ", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}"
                                                         for k, v in row.items() if k not in ("round", "eval_episodes")))
 
