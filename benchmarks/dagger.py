@@ -141,10 +141,37 @@ def run_pusht_dagger(seed: int, args: argparse.Namespace, work: Path) -> dict[st
                                   "max_episode_steps": 16 if args.quick else None},
                         out_dir=out_dir, labeller=labeller)
     history = dagger.run()
-    cpu = sum(r.get("train_cpu_s", 0) + r.get("label_cpu_s", 0) + r.get("rollout_cpu_s", 0) for r in history)
-    return {"variant": "dagger", "seed": seed, "history": history, "total_cpu_s": cpu,
-            "cpu_per_step_s": history[0]["train_cpu_s"] / max(1, history[0]["step"]),
-            "steps": dagger.trainer.state.step, "final": _final_eval(dagger.trainer, args)}
+    per_step = train_cpu_per_step(history)
+    return {"variant": "dagger", "seed": seed, "history": history, "total_cpu_s": float(sum(round_cpu_s(history))),
+            "cpu_per_step_s": per_step, "steps": dagger.trainer.state.step, "final": _final_eval(dagger.trainer, args)}
+
+
+def _round_steps(history: list[dict[str, Any]]) -> list[int]:
+    """Gradient steps trained in each round of a DAgger history."""
+    return list(np.diff([0] + [row["step"] for row in history]))
+
+
+def train_cpu_per_step(history: list[dict[str, Any]]) -> float:
+    """Training CPU seconds per gradient step: round 0's (human data only, what the human-only arm
+    runs); from the later rounds when round 0 was not measured (``train_cpu_s`` None: a resumed run
+    whose interrupted process had trained all of it)."""
+    measured = {row["round"]: (row["train_cpu_s"], n) for row, n in zip(history, _round_steps(history), strict=True)
+                if row.get("train_cpu_s") is not None and n > 0}
+    if not measured:
+        raise ValueError("no DAgger round measured its training CPU time")
+    cpu, steps = measured[0] if 0 in measured else np.sum(list(measured.values()), axis=0)
+    return float(cpu / steps)
+
+
+def round_cpu_s(history: list[dict[str, Any]]) -> list[float]:
+    """CPU seconds of each DAgger round (training + rollouts + labelling); a round whose training
+    time was not measured counts its steps at :func:`train_cpu_per_step`."""
+    out = []
+    for row, steps in zip(history, _round_steps(history), strict=True):
+        train = row.get("train_cpu_s")
+        train = train_cpu_per_step(history) * steps if train is None else train
+        out.append(train + row.get("label_cpu_s", 0.0) + row.get("rollout_cpu_s", 0.0))
+    return out
 
 
 def run_pusht_human(seed: int, steps: int, args: argparse.Namespace, work: Path) -> dict[str, Any]:
@@ -191,7 +218,7 @@ def plot(path: Path, runs: list[dict[str, Any]], episodes: int) -> None:
         for r in runs:
             if r["variant"] == "dagger":
                 h = r["history"]
-                cpu = np.cumsum([x.get("train_cpu_s", 0) + x.get("label_cpu_s", 0) + x.get("rollout_cpu_s", 0) for x in h])
+                cpu = np.cumsum(round_cpu_s(h))
                 ax.plot(cpu / 3600, [x.get(key, np.nan) for x in h], "o-", label=f"DAgger (MPC expert), seed {r['seed']}")
             else:
                 value = r["final"]["preset"][key]

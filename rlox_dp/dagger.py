@@ -243,14 +243,17 @@ class DAgger:
 
         A round-0 trainer resumed from an interrupted run's checkpoint (at a step past
         ``round_start``) trains only the rest: its ``train_cpu_s`` is this process's CPU time per
-        step times all the round's steps, and ``resumed_at`` says from which step.
+        step times all the round's steps, and ``resumed_at`` says from which step. When the
+        interrupted run had already trained all of them, this process measured nothing and
+        ``train_cpu_s`` is None (unknown), not the ~0 s it spent.
         """
         cpu, start = time.process_time(), self.trainer.state.step
         metrics = self.trainer.train(total_steps, evaluate=False) if total_steps > start else {}
         cpu, trained = time.process_time() - cpu, self.trainer.state.step - start
         row = {"round": r, **stats, "step": self.trainer.state.step, "train_cpu_s": cpu}
-        if start > round_start and trained > 0:
-            row.update(train_cpu_s=cpu * (self.trainer.state.step - round_start) / trained, resumed_at=start)
+        if start > round_start:
+            all_steps = self.trainer.state.step - round_start
+            row.update(train_cpu_s=cpu * all_steps / trained if trained > 0 else None, resumed_at=start)
         if "loss" in metrics:
             row["loss"] = metrics["loss"]
         if self.config.evaluate:

@@ -148,6 +148,35 @@ def test_round_0_continues_from_an_interrupted_trainer(bimodal_demos, tmp_path):
     assert "resumed_at" not in history[1] and resumed.state.step == 4 + 4
 
 
+def test_round_0_trained_before_the_interruption_has_unknown_cpu_time(bimodal_demos, tmp_path):
+    """A trainer checkpointed at round 0's last step (killed before dagger.json was written) trains
+    nothing more in round 0: its CPU time is unknown (None), not the ~0 s this process spent."""
+    config = {**ROUNDS, "rounds": 1, "episodes": 2, "evaluate": False}
+    partial = make_trainer(bimodal_demos, tmp_path, "diffusion", "partial")
+    partial.train(4, evaluate=False)
+    partial.save(tmp_path / "partial.safetensors")
+    resumed = Trainer.load(tmp_path / "partial.safetensors", demos=bimodal_demos, progress=False)
+    history = DAgger(resumed, config, out_dir=tmp_path / "dagger").run()
+    assert history[0]["step"] == 4 and history[0]["resumed_at"] == 4 and history[0]["train_cpu_s"] is None
+    assert history[1]["train_cpu_s"] > 0
+
+
+def test_benchmark_cpu_accounting_fills_an_unmeasured_round():
+    """benchmarks/dagger.py: CPU per step from round 0 when measured, else from the later rounds;
+    an unmeasured round counts its steps at that rate."""
+    bench = load_benchmark("dagger")
+    history = [{"round": 0, "step": 100, "train_cpu_s": 50.0},
+               {"round": 1, "step": 150, "train_cpu_s": 40.0, "label_cpu_s": 7.0, "rollout_cpu_s": 3.0},
+               {"round": 2, "step": 200, "train_cpu_s": 60.0, "label_cpu_s": 1.0}]
+    assert bench.train_cpu_per_step(history) == 0.5
+    assert bench.round_cpu_s(history) == [50.0, 50.0, 61.0]
+    history[0]["train_cpu_s"] = None
+    assert bench.train_cpu_per_step(history) == 1.0  # (40 + 60) / (50 + 50)
+    assert bench.round_cpu_s(history) == [100.0, 50.0, 61.0]
+    with pytest.raises(ValueError, match="no DAgger round measured"):
+        bench.train_cpu_per_step([{"round": 0, "step": 10, "train_cpu_s": None}])
+
+
 def test_pusht_round_writes_the_human_dataset_layout(tmp_path):
     """PushT: labelled episodes are stored like the human zarr (data/state (N, 5)), so the PushT
     loader gives back exactly the keypoint observations the policy saw."""
