@@ -135,15 +135,20 @@ def test_labels_collected_before_an_interruption_are_not_collected_again(bimodal
     assert "collected" not in json.loads((tmp_path / "b_dagger" / "dagger.json").read_text())
 
 
+def _dagger_after_interrupted_round_0(demos, tmp_path, trained: int) -> tuple[list[dict], Trainer]:
+    """One-round DAgger (round 0: 4 steps) run on a trainer checkpointed after ``trained`` steps."""
+    partial = make_trainer(demos, tmp_path, "diffusion", "partial")
+    partial.train(trained, evaluate=False)
+    partial.save(tmp_path / "partial.safetensors")
+    resumed = Trainer.load(tmp_path / "partial.safetensors", demos=demos, progress=False)
+    config = {**ROUNDS, "rounds": 1, "episodes": 2, "evaluate": False}
+    return DAgger(resumed, config, out_dir=tmp_path / "dagger").run(), resumed
+
+
 def test_round_0_continues_from_an_interrupted_trainer(bimodal_demos, tmp_path):
     """A trainer checkpointed part-way through round 0 trains only the rest of it; the round's CPU
     time is extrapolated to all its steps and marked with the step it resumed at."""
-    config = {**ROUNDS, "rounds": 1, "episodes": 2, "evaluate": False}
-    partial = make_trainer(bimodal_demos, tmp_path, "diffusion", "partial")
-    partial.train(2, evaluate=False)
-    partial.save(tmp_path / "partial.safetensors")
-    resumed = Trainer.load(tmp_path / "partial.safetensors", demos=bimodal_demos, progress=False)
-    history = DAgger(resumed, config, out_dir=tmp_path / "dagger").run()
+    history, resumed = _dagger_after_interrupted_round_0(bimodal_demos, tmp_path, trained=2)
     assert history[0]["step"] == 4 and history[0]["resumed_at"] == 2 and history[0]["train_cpu_s"] > 0
     assert "resumed_at" not in history[1] and resumed.state.step == 4 + 4
 
@@ -151,12 +156,7 @@ def test_round_0_continues_from_an_interrupted_trainer(bimodal_demos, tmp_path):
 def test_round_0_trained_before_the_interruption_has_unknown_cpu_time(bimodal_demos, tmp_path):
     """A trainer checkpointed at round 0's last step (killed before dagger.json was written) trains
     nothing more in round 0: its CPU time is unknown (None), not the ~0 s this process spent."""
-    config = {**ROUNDS, "rounds": 1, "episodes": 2, "evaluate": False}
-    partial = make_trainer(bimodal_demos, tmp_path, "diffusion", "partial")
-    partial.train(4, evaluate=False)
-    partial.save(tmp_path / "partial.safetensors")
-    resumed = Trainer.load(tmp_path / "partial.safetensors", demos=bimodal_demos, progress=False)
-    history = DAgger(resumed, config, out_dir=tmp_path / "dagger").run()
+    history, _ = _dagger_after_interrupted_round_0(bimodal_demos, tmp_path, trained=4)
     assert history[0]["step"] == 4 and history[0]["resumed_at"] == 4 and history[0]["train_cpu_s"] is None
     assert history[1]["train_cpu_s"] > 0
 
