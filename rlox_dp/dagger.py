@@ -3,6 +3,7 @@
     trainer = Trainer("diffusion", env="gym_pusht/PushT-v0", demos="pusht.zarr", config={"obs": "keypoints"})
     DAgger(trainer, {"rounds": 4, "episodes": 50, "steps_per_round": 5000}, out_dir="runs/dagger").run()
     DAgger.resume("runs/dagger").run()             # after an interruption: continues at the next round
+    Trainer(..., config={"dagger_rounds": 4, "dagger_episodes": 50}).train()  # the same, in <log_dir>/dagger
 
 Round 0 trains on the given demonstrations (``initial_steps``). Each round ``r = 1..rounds`` then
 
@@ -35,12 +36,11 @@ trains on them instead of asking the expert again.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging
 import os
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -51,7 +51,7 @@ from tqdm.auto import tqdm
 from rlox_dp.buffers import Demonstrations
 from rlox_dp.buffers.loaders import load_demonstrations, save_demonstrations
 from rlox_dp.checkpoint import atomic_write_bytes
-from rlox_dp.config import Config, ConfigError
+from rlox_dp.dagger_config import DAggerConfig
 from rlox_dp.dagger_data import (
     VisitedEpisode,
     aggregate,
@@ -62,63 +62,12 @@ from rlox_dp.dagger_data import (
 from rlox_dp.envs.factory import make_env
 from rlox_dp.experts.labelling import ExpertLabeller, LabellingError, get_labeller
 from rlox_dp.trainer import Trainer
+from rlox_dp.training.callbacks import Callback
 
-__all__ = ["DAgger", "DAggerConfig"]
+__all__ = ["DAgger", "DAggerConfig", "train_with_dagger"]
 
 logger = logging.getLogger("rlox_dp")
 STATE_FILE, LABELLED_FILE, BASE_FILE = "dagger.json", "labelled.zarr", "base_demos.npz"
-
-
-@dataclasses.dataclass
-class DAggerConfig(Config):
-    """DAgger settings (see the module docstring).
-
-    Attributes:
-        rounds: rollout/label/train rounds after round 0.
-        episodes: rollout episodes per round.
-        steps_per_round: gradient steps after each aggregation.
-        initial_steps: gradient steps on the given demonstrations before round 1 (None: the
-            trainer's ``total_steps``; a trainer already past it is not trained further).
-        beta, beta_decay: the expert drives a labelled chunk with probability
-            ``beta * beta_decay ** (r - 1)`` in round ``r``.
-        label_every: label every this many steps of a rollout (None: ``n_action_steps``).
-        label_horizon: expert actions per label (None: the policy's ``horizon``).
-        n_envs: envs rolled out in lockstep.
-        max_episode_steps: time limit of the rollouts (None: the env's own).
-        first_seed: reset seed of the first rollout episode.
-        evaluate: evaluate after every round (the trainer's protocol: ``n_eval_episodes`` ...).
-        label_budget: start no further round once the rounds' labels hold this many expert
-            actions (None: no budget; the round that crosses it is completed).
-    """
-
-    rounds: int = 4
-    episodes: int = 50
-    steps_per_round: int = 5000
-    initial_steps: int | None = None
-    beta: float = 0.5
-    beta_decay: float = 0.5
-    label_every: int | None = None
-    label_horizon: int | None = None
-    n_envs: int = 8
-    max_episode_steps: int | None = None
-    first_seed: int = 200_000
-    evaluate: bool = True
-    label_budget: int | None = None
-
-    def validate(self) -> None:
-        """Ranges of every field."""
-        for name in ("rounds", "episodes", "n_envs"):
-            if getattr(self, name) < 1:
-                raise ConfigError(f"config field {name!r} must be >= 1, got {getattr(self, name)}")
-        for name in ("steps_per_round", "initial_steps", "first_seed"):
-            if getattr(self, name) is not None and getattr(self, name) < 0:
-                raise ConfigError(f"config field {name!r} must be >= 0, got {getattr(self, name)}")
-        for name in ("label_every", "label_horizon", "max_episode_steps", "label_budget"):
-            if getattr(self, name) is not None and getattr(self, name) < 1:
-                raise ConfigError(f"config field {name!r} must be >= 1 or None, got {getattr(self, name)}")
-        for name in ("beta", "beta_decay"):
-            if not 0.0 <= getattr(self, name) <= 1.0:
-                raise ConfigError(f"config field {name!r} must be in [0, 1], got {getattr(self, name)}")
 
 
 class DAgger:
@@ -155,9 +104,12 @@ class DAgger:
         if _state is None and (self.out_dir / STATE_FILE).exists():
             raise FileExistsError(f"out_dir {str(self.out_dir)!r} holds a DAgger run; continue it with "
                                   "DAgger.resume(out_dir) or choose another out_dir")
+        if Path(trainer.log_dir).resolve() in self.out_dir.resolve().parents and not (self.out_dir / STATE_FILE).exists():
+            trainer.claim_log_dir().release()  # the run directory is this run's before DAgger writes there
         self.out_dir.mkdir(parents=True, exist_ok=True)
         self.state = _state or {"completed_round": -1, "history": [], **self._describe_base(self.base)}
         self.labelled = self._load_labelled(self.state["completed_round"])
+        self._callbacks: Sequence[Callback] = ()
 
     def _describe_base(self, base: Demonstrations) -> dict[str, Any]:
         """Where the round-0 demonstrations come from, so that :meth:`resume` finds them again."""
@@ -185,8 +137,10 @@ class DAgger:
         """Probability that the expert drives a labelled chunk in round ``round_index`` (>= 1)."""
         return self.config.beta * self.config.beta_decay ** (round_index - 1)
 
-    def run(self) -> list[dict[str, float]]:
-        """Train round 0 (if not done) and the remaining rounds; returns the per-round history."""
+    def run(self, callbacks: Sequence[Callback] = ()) -> list[dict[str, Any]]:
+        """Train round 0 (if not done) and the remaining rounds; returns the per-round history.
+        ``callbacks`` go to every round's :meth:`Trainer.train <rlox_dp.trainer.Trainer.train>`."""
+        self._callbacks = callbacks
         cfg = self.config
         if self.state["completed_round"] < 0:
             steps = cfg.initial_steps if cfg.initial_steps is not None else self.trainer.training.total_steps
@@ -248,7 +202,8 @@ class DAgger:
         ``train_cpu_s`` is None (unknown), not the ~0 s it spent.
         """
         cpu, start = time.process_time(), self.trainer.state.step
-        metrics = self.trainer.train(total_steps, evaluate=False) if total_steps > start else {}
+        metrics = (self.trainer.train(total_steps, evaluate=False, callbacks=self._callbacks, dagger=False)
+                   if total_steps > start else {})
         cpu, trained = time.process_time() - cpu, self.trainer.state.step - start
         row = {"round": r, **stats, "step": self.trainer.state.step, "train_cpu_s": cpu}
         if start > round_start:
@@ -366,3 +321,27 @@ class DAgger:
         t = self.trainer
         return load_labelled(self.out_dir / LABELLED_FILE, t.env_id, list(t.observation_space.spaces),
                              t.env_kwargs.get("obs_mode"), max_round)
+
+
+def train_with_dagger(trainer: Trainer, total_steps: int, *, evaluate: bool = True,
+                      callbacks: Sequence[Callback] = ()) -> dict[str, float]:
+    """What :meth:`Trainer.train <rlox_dp.trainer.Trainer.train>` does when the trainer's config has
+    ``dagger_<field>`` keys (:attr:`~rlox_dp.trainer.Trainer.dagger_config`): DAgger rounds saved in
+    ``<log_dir>/dagger`` (continue an interrupted one with ``DAgger.resume(<log_dir>/dagger)``).
+    Round 0 trains ``total_steps`` unless ``dagger_initial_steps`` is set; with ``evaluate`` and
+    ``dagger_evaluate=False`` the final policy is evaluated once at the end.
+
+    Returns:
+        the last round's numbers (``step``, ``loss``, ``labels``, ``label_cpu_s``, ``eval/...``)
+        and ``dagger_rounds`` (rounds completed after round 0).
+    """
+    config = trainer.dagger_config or DAggerConfig()
+    if config.initial_steps is None:
+        config = config.replace(initial_steps=total_steps)
+    history = DAgger(trainer, config, out_dir=Path(trainer.log_dir) / "dagger").run(callbacks)
+    metrics = {k: float(v) for k, v in history[-1].items()
+               if isinstance(v, (int, float)) and not isinstance(v, bool) and k != "round"}
+    if evaluate and not config.evaluate:
+        metrics.update(trainer.evaluate())
+    return {**metrics, "dagger_rounds": float(len(history) - 1)}
+

@@ -69,8 +69,8 @@ class Trainer:
         env: Gymnasium env id with a continuous (Box) action space.
         config: the algorithm's policy config (``DiffusionConfig`` ...), or a flat dict of its
             fields and :class:`~rlox_dp.training.TrainingConfig`'s, split by the dataclass that owns
-            each key (documented aliases accepted; ``"seed"``, ``"threads"`` and the env option
-            ``"obs"`` also allowed).
+            each key (documented aliases accepted; ``"seed"``, ``"threads"``, the env option
+            ``"obs"`` and DAgger's ``"dagger_<field>"`` settings also allowed).
         training: a :class:`~rlox_dp.training.TrainingConfig` or a dict of its fields (optimizer,
             EMA, budget, logging, evaluation ...); optimizer fields left unset take the policy's
             defaults (``config.training_defaults()``).
@@ -126,6 +126,7 @@ class Trainer:
                                 seed=seed, device=device, threads=threads, use_preset=preset)
         self.config, self.training, self.env_kwargs = settings.config, settings.training, settings.env_kwargs
         self.seed, self.device, self.threads = settings.seed, settings.device, settings.threads
+        self.dagger_config = settings.dagger  #: the config's ``dagger_<field>`` keys (None: no DAgger)
         configure_threads(self.threads, self.device, what="setup")  # expert training, demos
         self.dist = init_distributed(self.device)
         check_global_batch(self.training, self.dist.world_size)
@@ -221,12 +222,11 @@ class Trainer:
 
     def describe(self) -> dict[str, Any]:
         """JSON-able summary of the run: algorithm, env, seed, device, policy and training configs."""
-        return {"algorithm": self.algorithm_name, "env": self.env_id, "env_kwargs": self.env_kwargs,
-                "seed": self.seed, "device": str(self.device), "config": self.config.to_dict(),
-                "training": self.training.to_dict()}
+        return {"algorithm": self.algorithm_name, "env": self.env_id, "env_kwargs": self.env_kwargs, "seed": self.seed,
+                "device": str(self.device), "config": self.config.to_dict(), "training": self.training.to_dict()}
 
     def train(self, total_steps: int | None = None, *, total_timesteps: int | None = None,
-              evaluate: bool = True, callbacks: Sequence[Callback] = ()) -> dict[str, float]:
+              evaluate: bool = True, callbacks: Sequence[Callback] = (), dagger: bool = True) -> dict[str, float]:
         """Train until ``total_steps`` gradient steps in all (resumed runs continue counting).
 
         Each step samples a batch of windows, runs :attr:`train_step` on it, then the callbacks:
@@ -241,6 +241,8 @@ class Trainer:
                 :mod:`rlox_dp.training.callbacks`), run after the built-in ones; one whose
                 ``on_step`` returns ``False`` stops training (then checkpoint and final evaluation
                 as at the end).
+            dagger: with ``dagger_<field>`` config keys, run DAgger rounds (round 0: ``total_steps``;
+                :func:`rlox_dp.dagger.train_with_dagger`); False: the current demonstrations only.
 
         Returns:
             metrics: ``loss`` (mean over the last ``log_every`` steps), ``step``, ``train_time_s``
@@ -259,15 +261,18 @@ class Trainer:
                 error names the first such step, whose update was skipped).
         """
         total = total_steps_for(total_steps, total_timesteps, self.training)
-        lock = self._enter_run_dir() if self.dist.is_main else None
+        if dagger and self.dagger_config is not None:  # (rlox_dp.dagger imports this module)
+            from rlox_dp.dagger import train_with_dagger
+            return train_with_dagger(self, total, evaluate=evaluate, callbacks=callbacks)
+        lock = self.claim_log_dir() if self.dist.is_main else None
         try:
             return self._train(total, evaluate, callbacks)
         finally:
             if lock is not None:
                 lock.release()
 
-    def _enter_run_dir(self) -> RunLock:
-        """Lock :attr:`log_dir` and claim it for this run (see :mod:`rlox_dp.run_directory`)."""
+    def claim_log_dir(self) -> RunLock:
+        """Lock :attr:`log_dir` and claim it for this run (:mod:`rlox_dp.run_directory`); release the lock."""
         lock = enter_run_dir(self.log_dir, self.run_id, self.state.step, overwrite=self.overwrite,
                              info={"algorithm": self.algorithm_name, "env": self.env_id,
                                    "resumed_from": self.resumed_from})
@@ -334,9 +339,8 @@ class Trainer:
     def evaluate(self, n_episodes: int | None = None, n_envs: int | None = None, *,
                  seed: int | None = None, video_dir: str | os.PathLike | None = None,
                  n_videos: int = 0) -> dict[str, float]:
-        """Evaluate the (EMA) policy on ``n_episodes`` episodes with seeds ``seed, seed+1, ...``.
-
-        ``None``: the training config's ``n_eval_episodes`` / ``n_eval_envs`` / ``eval_seed``.
+        """Evaluate the (EMA) policy on ``n_episodes`` episodes with seeds ``seed, seed+1, ...``
+        (``None``: the training config's ``n_eval_episodes`` / ``n_eval_envs`` / ``eval_seed``).
 
         Returns:
             ``EvalResult.summary()``: ``eval/return_mean``, ``eval/success_rate`` (when the env
@@ -348,9 +352,8 @@ class Trainer:
                 episodes finished before it.
         """
         self.last_eval = evaluate_run_policy(
-            self.eval_policy, self.env_id, self.env_kwargs, self.training, n_episodes=n_episodes, n_envs=n_envs,
-            seed=seed, video_dir=video_dir, n_videos=n_videos, progress=self.progress,
-            configure_threads=self._configure_threads)
+            self.eval_policy, self.env_id, self.env_kwargs, self.training, n_episodes=n_episodes, n_envs=n_envs, seed=seed,
+            video_dir=video_dir, n_videos=n_videos, progress=self.progress, configure_threads=self._configure_threads)
         return self.last_eval.summary()
 
     def _configure_threads(self, batch: int, what: str) -> int:

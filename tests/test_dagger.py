@@ -177,6 +177,33 @@ def test_benchmark_cpu_accounting_fills_an_unmeasured_round():
         bench.train_cpu_per_step([{"round": 0, "step": 10, "train_cpu_s": None}])
 
 
+def test_trainer_config_dagger_keys_run_the_same_rounds_as_dagger(bimodal_demos, tmp_path):
+    """``Trainer(config={"dagger_rounds": ...}).train(steps)`` runs DAgger in ``<log_dir>/dagger``
+    (round 0: ``steps``) and ends with the same weights and labels as ``DAgger(trainer, {...})``."""
+    keys = {"rounds": 1, "episodes": 2, "steps_per_round": 3, "n_envs": 2, "evaluate": False}
+    trainer = Trainer("bc_chunk", env=BIMODAL_ENV_ID, demos=bimodal_demos, seed=0, log_dir=tmp_path / "cfg",
+                      config={**TINY["bc_chunk"], **{f"dagger_{k}": v for k, v in keys.items()}}, progress=False)
+    assert trainer.dagger_config == DAggerConfig(**keys)
+    metrics = trainer.train(4, evaluate=False)
+    assert metrics["dagger_rounds"] == 1 and metrics["step"] == 4 + 3 and metrics["labels"] > 0
+    explicit = make_trainer(bimodal_demos, tmp_path, name="explicit")
+    DAgger(explicit, {**keys, "initial_steps": 4}, out_dir=tmp_path / "explicit_dagger").run()
+    for a, b in zip(trainer.policy.parameters(), explicit.policy.parameters(), strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+    ours = load_demonstrations(tmp_path / "cfg" / "dagger" / "labelled.zarr")
+    theirs = load_demonstrations(tmp_path / "explicit_dagger" / "labelled.zarr")
+    np.testing.assert_array_equal(ours.actions, theirs.actions)
+    assert json.loads((tmp_path / "cfg" / "dagger" / "dagger.json").read_text())["config"]["initial_steps"] == 4
+
+
+def test_trainer_config_dagger_key_errors_name_the_key(bimodal_demos, tmp_path):
+    for bad, match in [({"dagger_round": 3}, r"dagger_round: unknown config key 'round'.*Did you mean 'rounds'"),
+                       ({"dagger_beta": 2.0}, r"dagger_beta: config field 'beta' must be in \[0, 1\]")]:
+        with pytest.raises(ConfigError, match=match):
+            Trainer("bc", env=BIMODAL_ENV_ID, demos=bimodal_demos, config={**TINY["bc"], **bad},
+                    log_dir=tmp_path / "r", progress=False)
+
+
 def test_pusht_round_writes_the_human_dataset_layout(tmp_path):
     """PushT: labelled episodes are stored like the human zarr (data/state (N, 5)), so the PushT
     loader gives back exactly the keypoint observations the policy saw."""

@@ -25,6 +25,7 @@ import numpy as np
 import torch
 
 from rlox_dp.config import ConfigError
+from rlox_dp.dagger_config import DAggerConfig, pop_dagger_config
 from rlox_dp.runtime import resolve_device
 from rlox_dp.training.config import TrainingConfig, build_configs
 
@@ -68,6 +69,7 @@ class RunSettings:
         seed: the run's seed (``seed=`` or the config's ``"seed"``; default 0).
         device: the resolved torch device.
         threads: torch threads (``threads=`` or the config's ``"threads"``); None: chosen per phase.
+        dagger: the config's ``dagger_<field>`` keys as a DAgger config (None: no DAgger).
     """
 
     config: PolicyConfig
@@ -76,6 +78,7 @@ class RunSettings:
     seed: int
     device: torch.device
     threads: int | None
+    dagger: DAggerConfig | None = None
 
 
 def run_settings(
@@ -86,8 +89,9 @@ def run_settings(
     """The policy and training configs (:func:`~rlox_dp.training.config.build_configs`), the seed,
     the device and the threads of a run.
 
-    A dict ``config`` may also hold ``seed``, ``threads`` (a run setting, not saved) and the env's
-    observation-mode key (PushT's ``obs``, moved to the env kwargs); with ``use_preset``, the env
+    A dict ``config`` may also hold ``seed``, ``threads`` (a run setting, not saved), the env's
+    observation-mode key (PushT's ``obs``, moved to the env kwargs) and ``dagger_<field>`` keys
+    (:func:`~rlox_dp.dagger_config.pop_dagger_config`; not saved); with ``use_preset``, the env
     spec's preset for the algorithm (in the selected observation mode) goes under the config.
     ``device`` ``"auto"`` picks the GPU of this torchrun rank (``LOCAL_RANK``).
 
@@ -97,9 +101,10 @@ def run_settings(
         ValueError: an unknown or unavailable device.
     """
     env_kwargs = dict(env_kwargs or {})
-    config_seed = config_threads = None
+    config_seed = config_threads = dagger = None
     if isinstance(config, Mapping):
         values = dict(config)
+        dagger = pop_dagger_config(values)
         config_seed = values.pop("seed", None)
         config_threads = values.pop("threads", None)
         env_kwargs.update(spec.pop_env_config(values))  # "obs": the env's observation mode
@@ -113,7 +118,7 @@ def run_settings(
     if threads is not None and config_threads is not None and threads != config_threads:
         raise ConfigError(f"threads given twice with different values: threads={threads}, "
                           f"config threads={config_threads}")
-    return RunSettings(policy, run, env_kwargs, seed, resolved, threads if threads is not None else config_threads)
+    return RunSettings(policy, run, env_kwargs, seed, resolved, threads if threads is not None else config_threads, dagger)
 
 
 def check_global_batch(training: TrainingConfig, world_size: int) -> None:
