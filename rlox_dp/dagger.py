@@ -218,6 +218,10 @@ class DAgger:
             row["eval_episodes"] = {name: values.tolist() for name, values in
                                     [("returns", result.returns), ("successes", result.successes),
                                      ("scores", result.scores)] if values is not None}
+        for key, value in row.items():  # the per-round curve in TensorBoard, at the round's last step
+            if isinstance(value, (int, float)) and not isinstance(value, bool) and key != "round":
+                self.trainer.writer.add_scalar(f"dagger/{key}", value, row["step"])
+        self.trainer.writer.flush()
         self.trainer.save(self.out_dir / "checkpoints" / f"round_{r:02d}.safetensors")
         self.state["completed_round"] = r
         self.state["history"].append(row)

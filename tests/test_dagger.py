@@ -194,6 +194,11 @@ def test_trainer_config_dagger_keys_run_the_same_rounds_as_dagger(bimodal_demos,
     theirs = load_demonstrations(tmp_path / "explicit_dagger" / "labelled.zarr")
     np.testing.assert_array_equal(ours.actions, theirs.actions)
     assert json.loads((tmp_path / "cfg" / "dagger" / "dagger.json").read_text())["config"]["initial_steps"] == 4
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(tmp_path / "cfg")).Reload()  # the per-round curve
+    assert [(e.step, e.value) for e in events.Scalars("dagger/labels")] == [(7, metrics["labels"])]
+    assert [e.step for e in events.Scalars("dagger/train_cpu_s")] == [4, 7]
 
 
 def test_trainer_config_dagger_key_errors_name_the_key(bimodal_demos, tmp_path):
