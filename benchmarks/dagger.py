@@ -209,6 +209,25 @@ def summarize(runs: list[dict[str, Any]]) -> dict[str, Any]:
     return out
 
 
+def round_curve(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The DAgger curve pooled over training seeds: per round, score / success with 95 % intervals
+    (held-out episodes, preset sampler), failures, labels and cumulative CPU hours (mean over seeds)."""
+    histories = [r["history"] for r in runs if r["variant"] == "dagger"]
+    out = []
+    for i in range(min((len(h) for h in histories), default=0)):
+        rows = [h[i] for h in histories]
+        if any("eval_episodes" not in row for row in rows):
+            continue
+        scores = np.concatenate([row["eval_episodes"]["scores"] for row in rows])
+        successes = np.concatenate([row["eval_episodes"]["successes"] for row in rows]).astype(int)
+        out.append({"round": i, "score": mean_interval(scores),
+                    "success_rate": wilson_interval(int(successes.sum()), len(successes)),
+                    "failures": int(np.sum(scores < FAILURE_COVERAGE / 0.95)),
+                    "labels": sum(row.get("labels", 0) for row in rows),
+                    "cpu_h": float(np.mean([np.sum(round_cpu_s(h)[: i + 1]) for h in histories]) / 3600)})
+    return out
+
+
 def plot(path: Path, runs: list[dict[str, Any]], episodes: int) -> None:
     """Score and success per DAgger round against cumulative CPU time; human-only as stars."""
     plt = pyplot()
@@ -247,7 +266,7 @@ def run_pusht(args: argparse.Namespace, work: Path) -> dict[str, Any]:
               f"human only ({steps} steps) {human['final']['preset']['eval/score_mean']:.3f} / "
               f"{human['final']['preset']['eval/success_rate']:.2f} in {human['total_cpu_s'] / 60:.0f} CPU min", flush=True)
     result = {"benchmark": "dagger_pusht", "demos": str(args.demos), "seeds": list(args.seed_list or range(args.seeds)), "quick": args.quick,
-              "failure_coverage": FAILURE_COVERAGE, "summary": summarize(runs), "runs": runs,
+              "failure_coverage": FAILURE_COVERAGE, "summary": summarize(runs), "curve": round_curve(runs), "runs": runs,
               "settings": {k: v for k, v in vars(args).items() if k not in ("demos",)},
               "machine": {"platform": platform.platform(), "torch": torch.__version__,
                           "threads": torch.get_num_threads()}}
@@ -255,6 +274,10 @@ def run_pusht(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     out.mkdir(parents=True, exist_ok=True)
     (out / "dagger_pusht.json").write_text(json.dumps(result, indent=1, default=str))
     plot(out / "dagger_pusht.png", runs, args.eval_episodes)
+    for row in result["curve"]:
+        print(f"round {row['round']} ({row['cpu_h']:.2f} CPU h, {row['labels']} labels): score {row['score']['mean']:.3f}"
+              f"  success {row['success_rate']['mean']:.2f} [{row['success_rate']['low']:.2f}, "
+              f"{row['success_rate']['high']:.2f}]  failures {row['failures']}/{row['score']['n']}")
     for name, row in result["summary"].items():
         print(f"{name:>18}: score {row['score']['mean']:.3f} [{row['score']['low']:.3f}, {row['score']['high']:.3f}]"
               f"  success {row['success_rate']['mean']:.2f} [{row['success_rate']['low']:.2f}, "

@@ -298,6 +298,10 @@ def test_benchmark_quick_pusht_and_resume(tmp_path):
     dagger, human = result["runs"]
     assert human["steps"] == max(1, round(dagger["total_cpu_s"] / dagger["cpu_per_step_s"]))
     assert [row["round"] for row in dagger["history"]] == [0, 1] and dagger["history"][1]["labels"] > 0
+    curve = result["curve"]  # pooled over seeds, per round
+    assert [row["round"] for row in curve] == [0, 1] and curve[1]["labels"] == dagger["history"][1]["labels"]
+    assert curve[1]["success_rate"]["mean"] == dagger["history"][1]["eval/success_rate"]
+    assert 0 < curve[0]["cpu_h"] < curve[1]["cpu_h"] <= dagger["total_cpu_s"] / 3600 + 1e-9
     assert (tmp_path / "out" / "dagger_pusht.png").stat().st_size > 0
     assert json.loads((tmp_path / "out" / "dagger_pusht.json").read_text())["runs"] == result["runs"]
     assert bench.main(args)["pusht"]["runs"] == result["runs"]  # finished runs are reused
