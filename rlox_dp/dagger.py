@@ -218,6 +218,7 @@ class DAgger:
             row["eval_episodes"] = {name: values.tolist() for name, values in
                                     [("returns", result.returns), ("successes", result.successes),
                                      ("scores", result.scores)] if values is not None}
+        self.trainer.claim_log_dir().release()  # the events' directory is this run's (also when nothing trained)
         for key, value in row.items():  # the per-round curve in TensorBoard, at the round's last step
             if isinstance(value, (int, float)) and not isinstance(value, bool) and key != "round":
                 self.trainer.writer.add_scalar(f"dagger/{key}", value, row["step"])
