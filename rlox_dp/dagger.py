@@ -104,8 +104,9 @@ class DAgger:
         if _state is None and (self.out_dir / STATE_FILE).exists():
             raise FileExistsError(f"out_dir {str(self.out_dir)!r} holds a DAgger run; continue it with "
                                   "DAgger.resume(out_dir) or choose another out_dir")
-        if Path(trainer.log_dir).resolve() in self.out_dir.resolve().parents and not (self.out_dir / STATE_FILE).exists():
-            trainer.claim_log_dir().release()  # the run directory is this run's before DAgger writes there
+        # the trainer's run directory is this run's before anything is written there (out_dir may lie
+        # inside it; the rounds' TensorBoard scalars do, also when a resumed round trains nothing)
+        trainer.claim_log_dir().release()
         self.out_dir.mkdir(parents=True, exist_ok=True)
         self.state = _state or {"completed_round": -1, "history": [], **self._describe_base(self.base)}
         self.labelled = self._load_labelled(self.state["completed_round"])
@@ -218,7 +219,6 @@ class DAgger:
             row["eval_episodes"] = {name: values.tolist() for name, values in
                                     [("returns", result.returns), ("successes", result.successes),
                                      ("scores", result.scores)] if values is not None}
-        self.trainer.claim_log_dir().release()  # the events' directory is this run's (also when nothing trained)
         for key, value in row.items():  # the per-round curve in TensorBoard, at the round's last step
             if isinstance(value, (int, float)) and not isinstance(value, bool) and key != "round":
                 self.trainer.writer.add_scalar(f"dagger/{key}", value, row["step"])
