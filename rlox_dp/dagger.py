@@ -148,9 +148,10 @@ class DAgger:
             self.trainer.set_demonstrations(aggregate(self.base, None, self.state["base_source"]))
             self._train_and_save(0, max(steps, self.trainer.state.step), {"beta": 1.0}, round_start=0)
         for r in range(self.state["completed_round"] + 1, cfg.rounds + 1):
-            used = sum(row.get("label_steps", 0) for row in self.state["history"])
-            if cfg.label_budget is not None and used >= cfg.label_budget:
-                logger.info("DAgger: label budget spent (%d of %d expert actions)", used, cfg.label_budget)
+            left = self._labels_left()
+            if left is not None and left < self.labeller.horizon:
+                logger.info("DAgger: label budget spent (%d of %d expert actions)", cfg.label_budget - left,
+                            cfg.label_budget)
                 break
             stats = self._collected_or_collect(r)
             data = aggregate(self.base, self.labelled, self.state["base_source"])
@@ -174,6 +175,12 @@ class DAgger:
         self.state["collected"] = {"round": r, "stats": stats}
         self._write_state()
         return stats
+
+    def _labels_left(self) -> int | None:
+        """Expert actions the label budget still allows the rounds (None: no budget)."""
+        if self.config.label_budget is None:
+            return None
+        return self.config.label_budget - sum(row.get("label_steps", 0) for row in self.state["history"])
 
     def _write_state(self) -> None:
         """``dagger.json`` (config, history, collected labels) written atomically."""
@@ -246,7 +253,7 @@ class DAgger:
         running: list[VisitedEpisode | None] = [None] * len(envs)
         obs: list[dict[str, np.ndarray]] = [{}] * len(envs)
         cost = {"label_cpu_s": 0.0, "label_wall_s": 0.0, "labels": 0, "label_steps": 0}
-        start_cpu, calls = time.process_time(), 0
+        start_cpu, calls, left, cut = time.process_time(), 0, self._labels_left(), 0
         bar = tqdm(total=len(seeds), desc=f"DAgger round {r}/{cfg.rounds} (beta {beta:.2f})",
                    disable=not trainer.progress, dynamic_ncols=True, leave=False)
         try:
@@ -255,8 +262,14 @@ class DAgger:
                 obs[i], _ = env.reset(seed=running[i].seed)
             policy.reset(None)
             while any(e is not None for e in running):
+                if left is not None and left - cost["label_steps"] < self.labeller.horizon:
+                    cut = sum(e is not None for e in running)  # the budget is spent: stop mid-round
+                    done += [e for e in running if e is not None]
+                    break
                 actions = policy.select_action({k: np.stack([o[k] for o in obs]) for k in obs[0]})
                 due = [i for i, e in enumerate(running) if e is not None and e.t % self.label_every == 0]
+                if left is not None:  # only whole labels that fit the budget
+                    due = due[: (left - cost["label_steps"]) // self.labeller.horizon]
                 if due:
                     calls += 1
                     self._label(r, calls, [envs[i] for i in due], [obs[i] for i in due],
@@ -291,7 +304,7 @@ class DAgger:
                     for e in labelled_episodes(ep, trainer.config.n_obs_steps, r)]
         self._save_labelled(episodes)
         steps = sum(ep.t for ep in done)
-        return {"beta": beta, "episodes": len(done), "env_steps": steps,
+        return {"beta": beta, "episodes": len(done), "episodes_cut_by_budget": cut, "env_steps": steps,
                 "expert_driven_steps": sum(min(self.label_every, len(c.actions)) for ep in done for _, c, d in ep.labels if d),
                 **cost, "rollout_cpu_s": time.process_time() - start_cpu - cost["label_cpu_s"]}
 

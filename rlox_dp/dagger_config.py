@@ -37,8 +37,9 @@ class DAggerConfig(Config):
         max_episode_steps: time limit of the rollouts (None: the env's own).
         first_seed: reset seed of the first rollout episode.
         evaluate: evaluate after every round (the trainer's protocol: ``n_eval_episodes`` ...).
-        label_budget: start no further round once the rounds' labels hold this many expert
-            actions (None: no budget; the round that crosses it is completed).
+        label_budget: the rounds label at most this many expert actions in all (None: no
+            budget): labelling stops before the first whole label that would exceed it, the
+            rollouts in progress end there and no further round starts.
     """
 
     rounds: int = 4

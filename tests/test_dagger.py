@@ -145,6 +145,18 @@ def _dagger_after_interrupted_round_0(demos, tmp_path, trained: int) -> tuple[li
     return DAgger(resumed, config, out_dir=tmp_path / "dagger").run(), resumed
 
 
+def test_label_budget_stops_labelling_mid_round(bimodal_demos, tmp_path):
+    trainer = make_trainer(bimodal_demos, tmp_path)
+    dagger = DAgger(trainer, {**ROUNDS, "rounds": 3, "label_every": 1, "label_budget": 50, "evaluate": False},
+                    out_dir=tmp_path / "dagger")
+    history = dagger.run()
+    used = sum(row.get("label_steps", 0) for row in history)
+    assert 50 - dagger.labeller.horizon < used <= 50  # every whole label that fits, none beyond
+    assert len(history) < 4 and history[-1]["episodes_cut_by_budget"] > 0  # stopped mid-round, no round after
+    stored = load_demonstrations(tmp_path / "dagger" / "labelled.zarr")
+    assert sum(p["label_length"] for p in stored.metadata["provenance"]) == used
+
+
 def test_round_0_continues_from_an_interrupted_trainer(bimodal_demos, tmp_path):
     """A trainer checkpointed part-way through round 0 trains only the rest of it; the round's CPU
     time is extrapolated to all its steps and marked with the step it resumed at."""
@@ -316,8 +328,9 @@ def test_benchmark_quick_idp_equal_label_budget(tmp_path):
                          "--work-dir", str(tmp_path / "work"), "--no-progress"])["idp"]
     assert [r["variant"] for r in result["runs"]] == ["clean", "dart", "dagger"]
     dagger = result["runs"][2]
-    assert dagger["expert_labels"] >= result["label_budget"]
     state = json.loads((tmp_path / "work" / "idp_dagger_0" / "dagger.json").read_text())
-    used = [r.get("label_steps", 0) for r in state["history"]]
-    assert sum(used[:-1]) < state["config"]["label_budget"] <= sum(used)  # stopped once spent
+    provenance = load_demonstrations(tmp_path / "work" / "idp_dagger_0" / "labelled.zarr").metadata["provenance"]
+    horizon = max(p["label_length"] for p in provenance)  # shorter where the env terminated
+    assert sum(p["label_length"] for p in provenance) == sum(r.get("label_steps", 0) for r in state["history"])
+    assert result["label_budget"] - horizon < dagger["expert_labels"] <= result["label_budget"]  # equal budget
     assert (tmp_path / "out" / "dagger_idp.json").is_file()
