@@ -158,6 +158,28 @@ def test_restore_then_capture_round_trips(env_id):
         np.testing.assert_array_equal(access.observe(copy)[key], value)
 
 
+@pytest.mark.skipif(not HAS_MUJOCO, reason="needs mujoco")
+def test_mujoco_restore_reproduces_the_observed_constraint_force():
+    """InvertedDoublePendulum's observation holds the cart's rail-limit force of the step's start
+    (stale after ``mj_step``): a restore that recomputed it would change what the expert sees."""
+    env, copy = make_env("InvertedDoublePendulum-v5"), make_env("InvertedDoublePendulum-v5")
+    env.reset(seed=0)
+    core = env.unwrapped
+    qpos, qvel = core.data.qpos.copy(), core.data.qvel.copy()
+    qpos[0], qvel[0] = 0.95, 3.0  # the cart about to hit its rail limit at x = 1
+    core.set_state(qpos, qvel)
+    access, stale = STATE_ACCESS.get("InvertedDoublePendulum-v5"), 0
+    for _ in range(3):
+        obs, *_ = env.step(np.ones(1, dtype=np.float32))
+        copy.reset(seed=1)
+        access.restore(copy, access.capture(env))
+        np.testing.assert_array_equal(access.observe(copy)["state"], obs["state"])
+        mujoco = pytest.importorskip("mujoco")
+        mujoco.mj_forward(copy.unwrapped.model, copy.unwrapped.data)  # what a fresh forward pass gives
+        stale += not np.array_equal(access.observe(copy)["state"], obs["state"])
+    assert stale > 0  # the case this test is about did occur
+
+
 def test_every_builtin_expert_env_can_be_labelled():
     assert set(registry_module.expert_env_ids()) | {"gym_pusht/PushT-v0"} == set(STATE_ACCESS)
 

@@ -113,15 +113,21 @@ def _classic_restore(env: gym.Env, state: np.ndarray) -> None:
 
 
 def _mujoco_capture(env: gym.Env) -> np.ndarray:
+    """``(nq + 3 nv + 1,)``: qpos, qvel, qacc_warmstart, qfrc_constraint, time. After ``mj_step``
+    the constraint forces are those of the step's start (the state before integration), and
+    observations read them (InvertedDoublePendulum: the cart at its rail limit), so they are part
+    of what a restore must reproduce; the next step recomputes them from qpos and qvel."""
     data = env.unwrapped.data
-    return np.concatenate([data.qpos, data.qvel, data.qacc_warmstart, [data.time]]).astype(np.float64)
+    return np.concatenate([data.qpos, data.qvel, data.qacc_warmstart, data.qfrc_constraint,
+                           [data.time]]).astype(np.float64)
 
 
 def _mujoco_restore(env: gym.Env, state: np.ndarray) -> None:
     core = env.unwrapped
     nq, nv = core.model.nq, core.model.nv
-    core.set_state(state[:nq], state[nq : nq + nv])
+    core.set_state(state[:nq], state[nq : nq + nv])  # runs mj_forward: fresh constraint forces
     core.data.qacc_warmstart[:] = state[nq + nv : nq + 2 * nv]
+    core.data.qfrc_constraint[:] = state[nq + 2 * nv : nq + 3 * nv]  # the step's, as observed
     core.data.time = float(state[-1])
 
 
