@@ -265,7 +265,7 @@ def run_pusht(args: argparse.Namespace, work: Path) -> dict[str, Any]:
               f"{dagger['final']['preset']['eval/success_rate']:.2f} success in {dagger['total_cpu_s'] / 60:.0f} CPU min; "
               f"human only ({steps} steps) {human['final']['preset']['eval/score_mean']:.3f} / "
               f"{human['final']['preset']['eval/success_rate']:.2f} in {human['total_cpu_s'] / 60:.0f} CPU min", flush=True)
-    result = {"benchmark": "dagger_pusht", "demos": str(args.demos), "seeds": list(args.seed_list or range(args.seeds)), "quick": args.quick,
+    result = {"benchmark": "dagger_pusht", "demos": Path(args.demos).name if args.demos else None, "seeds": list(args.seed_list or range(args.seeds)), "quick": args.quick,
               "failure_coverage": FAILURE_COVERAGE, "summary": summarize(runs), "curve": round_curve(runs), "runs": runs,
               "settings": {k: v for k, v in vars(args).items() if k not in ("demos",)},
               "machine": {"platform": platform.platform(), "torch": torch.__version__,
