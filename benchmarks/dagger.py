@@ -53,6 +53,7 @@ from rlox_dp.presets import preset_for
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from intervals import mean_interval, wilson_interval  # noqa: E402
 from plotting import pyplot  # noqa: E402
+from pusht_expert import action_steps  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
 IDP = "InvertedDoublePendulum-v5"
@@ -228,6 +229,26 @@ def round_curve(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return out
 
 
+def pusht_action_statistics(stores: dict[str, list[Path]]) -> dict[str, dict[str, float]]:
+    """Per group of PushT zarr stores (human layout): steps, and medians of the distance from
+    each action (a target position) to the agent ``|a_t - agent_t|`` and of the change of action
+    within an episode ``|a_t - a_{t-1}|``, in pixels: do the labels look like the human data?"""
+    import zarr
+
+    out = {}
+    for name, paths in stores.items():
+        to_agent, steps = [], []
+        for path in paths:
+            root = zarr.open_group(str(path), mode="r")
+            actions, state = root["data/action"][:].astype(np.float64), root["data/state"][:, :2]
+            to_agent.append(np.linalg.norm(actions - state, axis=1))
+            steps.append(action_steps(actions, root["meta/episode_ends"][:]))
+        out[name] = {"steps": int(sum(len(d) for d in to_agent)),
+                     "action_to_agent_px_median": float(np.median(np.concatenate(to_agent))),
+                     "action_step_px_median": float(np.median(np.concatenate(steps)))}
+    return out
+
+
 def plot(path: Path, runs: list[dict[str, Any]], episodes: int) -> None:
     """Score and success per DAgger round against cumulative CPU time; human-only as stars."""
     plt = pyplot()
@@ -267,6 +288,9 @@ def run_pusht(args: argparse.Namespace, work: Path) -> dict[str, Any]:
               f"{human['final']['preset']['eval/success_rate']:.2f} in {human['total_cpu_s'] / 60:.0f} CPU min", flush=True)
     result = {"benchmark": "dagger_pusht", "demos": Path(args.demos).name if args.demos else None, "seeds": list(args.seed_list or range(args.seeds)), "quick": args.quick,
               "failure_coverage": FAILURE_COVERAGE, "summary": summarize(runs), "curve": round_curve(runs), "runs": runs,
+              "action_statistics": pusht_action_statistics(
+                  {"human": [Path(args.demos)], "expert_labelled": [work / f"pusht_dagger_{r['seed']}" / "labelled.zarr"
+                                                                    for r in runs if r["variant"] == "dagger"]}),
               "settings": {k: v for k, v in vars(args).items() if k not in ("demos",)},
               "machine": {"platform": platform.platform(), "torch": torch.__version__,
                           "threads": torch.get_num_threads()}}
@@ -278,6 +302,9 @@ def run_pusht(args: argparse.Namespace, work: Path) -> dict[str, Any]:
         print(f"round {row['round']} ({row['cpu_h']:.2f} CPU h, {row['labels']} labels): score {row['score']['mean']:.3f}"
               f"  success {row['success_rate']['mean']:.2f} [{row['success_rate']['low']:.2f}, "
               f"{row['success_rate']['high']:.2f}]  failures {row['failures']}/{row['score']['n']}")
+    for name, row in result["action_statistics"].items():
+        print(f"{name} actions ({row['steps']} steps): median |a - agent| {row['action_to_agent_px_median']:.1f} px, "
+              f"median |a_t - a_(t-1)| {row['action_step_px_median']:.1f} px")
     for name, row in result["summary"].items():
         print(f"{name:>18}: score {row['score']['mean']:.3f} [{row['score']['low']:.3f}, {row['score']['high']:.3f}]"
               f"  success {row['success_rate']['mean']:.2f} [{row['success_rate']['low']:.2f}, "

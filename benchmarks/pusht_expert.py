@@ -37,7 +37,7 @@ TARGETS = {
 }
 
 
-def _action_steps(actions: np.ndarray, episode_ends: np.ndarray) -> np.ndarray:
+def action_steps(actions: np.ndarray, episode_ends: np.ndarray) -> np.ndarray:
     """|a_t - a_{t-1}| ``(sum_e (L_e - 1),)`` within each episode of ``actions`` ``(N, 2)``."""
     starts = np.concatenate([[0], episode_ends[:-1]])
     return np.concatenate(
@@ -71,7 +71,7 @@ def _human_stats() -> dict | None:
         "store": Path(path).name,
         "n_episodes": int(len(ends)),
         "episode_length_mean": float(lengths.mean()),
-        "action_step_px": _step_stats(_action_steps(actions, ends)),
+        "action_step_px": _step_stats(action_steps(actions, ends)),
     }
 
 
@@ -111,7 +111,7 @@ def main(argv: list[str] | None = None) -> dict:
             f"coverage={result['coverage'].max():.3f} |da|={rows[-1]['mean_action_step_px']:.1f} px",
             flush=True,
         )
-    step_stats = _step_stats(_action_steps(np.concatenate(actions), np.array(ends)))
+    step_stats = _step_stats(action_steps(np.concatenate(actions), np.array(ends)))
     wall = np.array([r["wall_time_s"] for r in rows])
     cpu = np.array([r["cpu_time_s"] for r in rows])
     success = np.array([r["success"] for r in rows])

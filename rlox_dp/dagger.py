@@ -262,14 +262,13 @@ class DAgger:
                 obs[i], _ = env.reset(seed=running[i].seed)
             policy.reset(None)
             while any(e is not None for e in running):
-                if left is not None and left - cost["label_steps"] < self.labeller.horizon:
-                    cut = sum(e is not None for e in running)  # the budget is spent: stop mid-round
+                fit = None if left is None else (left - cost["label_steps"]) // self.labeller.horizon
+                if fit == 0:  # the budget holds no further whole label: stop mid-round
+                    cut = sum(e is not None for e in running)
                     done += [e for e in running if e is not None]
                     break
                 actions = policy.select_action({k: np.stack([o[k] for o in obs]) for k in obs[0]})
-                due = [i for i, e in enumerate(running) if e is not None and e.t % self.label_every == 0]
-                if left is not None:  # only whole labels that fit the budget
-                    due = due[: (left - cost["label_steps"]) // self.labeller.horizon]
+                due = [i for i, e in enumerate(running) if e is not None and e.t % self.label_every == 0][:fit]
                 if due:
                     calls += 1
                     self._label(r, calls, [envs[i] for i in due], [obs[i] for i in due],

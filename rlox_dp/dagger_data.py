@@ -95,7 +95,18 @@ def rounds_prefix(demos: Demonstrations, max_round: int) -> Demonstrations | Non
 
 
 def concat(parts: list[Demonstrations], metadata: dict[str, Any]) -> Demonstrations:
-    """Episodes of ``parts`` one after the other (the observation keys of ``parts[0]``)."""
+    """Episodes of ``parts`` one after the other (the observation keys of ``parts[0]``).
+
+    Raises:
+        ValueError: a part's per-step shape of an observation key or of the actions differs from
+            the first part's (e.g. labels stored by a version whose simulator state was longer).
+    """
+    for key in [*parts[0].observations, None]:
+        shapes = [(p.actions if key is None else p.observations[key]).shape[1:] for p in parts]
+        if len(set(shapes)) > 1:
+            raise ValueError(f"{'actions' if key is None else f'observation {key!r}'}: per-step shapes differ "
+                             f"between the demonstrations aggregated ({shapes}); were the labelled episodes "
+                             "written by another rlox_dp version or env?")
     offsets = np.cumsum([0] + [p.n_steps for p in parts[:-1]])
     return Demonstrations(
         observations={k: np.concatenate([p.observations[k] for p in parts]) for k in parts[0].observations},

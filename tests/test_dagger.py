@@ -157,6 +157,14 @@ def test_label_budget_stops_labelling_mid_round(bimodal_demos, tmp_path):
     assert sum(p["label_length"] for p in stored.metadata["provenance"]) == used
 
 
+def test_aggregating_labels_of_another_state_shape_is_refused(bimodal_demos):
+    from rlox_dp.dagger_data import concat
+
+    longer = Demonstrations({"state": np.zeros((3, 5), np.float32)}, np.zeros((3, 2), np.float32), np.array([3]))
+    with pytest.raises(ValueError, match=r"observation 'state': per-step shapes differ .*\(2,\), \(5,\)"):
+        concat([bimodal_demos, longer], {})
+
+
 def test_round_0_continues_from_an_interrupted_trainer(bimodal_demos, tmp_path):
     """A trainer checkpointed part-way through round 0 trains only the rest of it; the round's CPU
     time is extrapolated to all its steps and marked with the step it resumed at."""
@@ -314,6 +322,10 @@ def test_benchmark_quick_pusht_and_resume(tmp_path):
     assert [row["round"] for row in curve] == [0, 1] and curve[1]["labels"] == dagger["history"][1]["labels"]
     assert curve[1]["success_rate"]["mean"] == dagger["history"][1]["eval/success_rate"]
     assert 0 < curve[0]["cpu_h"] < curve[1]["cpu_h"] <= dagger["total_cpu_s"] / 3600 + 1e-9
+    stats = result["action_statistics"]  # do the labels look like the human data?
+    assert stats["human"]["steps"] == 25_650
+    assert stats["expert_labelled"]["steps"] >= dagger["history"][1]["label_steps"] > 0  # + the visited heads
+    assert all(0 < row[k] < 512 for row in stats.values() for k in ("action_to_agent_px_median", "action_step_px_median"))
     assert (tmp_path / "out" / "dagger_pusht.png").stat().st_size > 0
     assert json.loads((tmp_path / "out" / "dagger_pusht.json").read_text())["runs"] == result["runs"]
     assert bench.main(args)["pusht"]["runs"] == result["runs"]  # finished runs are reused

@@ -168,16 +168,19 @@ def test_mujoco_restore_reproduces_the_observed_constraint_force():
     qpos, qvel = core.data.qpos.copy(), core.data.qvel.copy()
     qpos[0], qvel[0] = 0.95, 3.0  # the cart about to hit its rail limit at x = 1
     core.set_state(qpos, qvel)
+    import mujoco
+
     access, stale = STATE_ACCESS.get("InvertedDoublePendulum-v5"), 0
     for _ in range(3):
         obs, *_ = env.step(np.ones(1, dtype=np.float32))
         copy.reset(seed=1)
         access.restore(copy, access.capture(env))
         np.testing.assert_array_equal(access.observe(copy)["state"], obs["state"])
-        mujoco = pytest.importorskip("mujoco")
         mujoco.mj_forward(copy.unwrapped.model, copy.unwrapped.data)  # what a fresh forward pass gives
         stale += not np.array_equal(access.observe(copy)["state"], obs["state"])
     assert stale > 0  # the case this test is about did occur
+    with pytest.raises(LabellingError, match=r"state: expected a MuJoCo state of shape \(13,\).*got \(10,\)"):
+        access.restore(copy, np.zeros(10))  # e.g. a state captured before qfrc_constraint was part of it
 
 
 def test_every_builtin_expert_env_can_be_labelled():

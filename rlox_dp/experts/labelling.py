@@ -125,6 +125,9 @@ def _mujoco_capture(env: gym.Env) -> np.ndarray:
 def _mujoco_restore(env: gym.Env, state: np.ndarray) -> None:
     core = env.unwrapped
     nq, nv = core.model.nq, core.model.nv
+    if state.shape != (nq + 3 * nv + 1,):
+        raise LabellingError(f"state: expected a MuJoCo state of shape ({nq + 3 * nv + 1},) (qpos, qvel, "
+                             f"qacc_warmstart, qfrc_constraint, time), got {state.shape}")
     core.set_state(state[:nq], state[nq : nq + nv])  # runs mj_forward: fresh constraint forces
     core.data.qacc_warmstart[:] = state[nq + nv : nq + 2 * nv]
     core.data.qfrc_constraint[:] = state[nq + 2 * nv : nq + 3 * nv]  # the step's, as observed
